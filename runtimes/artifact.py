@@ -1,0 +1,100 @@
+"""Opening an artifact directory safely: paths, files, checksums, sessions.
+
+Checksums: every file named by the manifest is hashed (sha256) before its graph is
+opened.  A hash is remembered for the life of the process, keyed by the file's resolved
+path, size and modification time (ns), so loading the same artifact twice hashes once; a
+file changed in place gets a new mtime and is hashed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+
+from edgegen.errors import ArtifactError, IntegrityError
+from edgegen.manifest import Manifest, read_manifest
+from edgegen.runtimes.session import (ProviderName, SessionConfig, check_io, create_session,
+                                      resolve_provider)
+
+_CHUNK = 1 << 20
+_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, remembered by (path, size, mtime_ns) for this process."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hash_cache[key] = value
+    return value
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact directory whose manifest parsed and whose files are all present, inside it."""
+
+    root: Path
+    manifest: Manifest
+
+    def path(self, file: str) -> Path:
+        return self.root / file
+
+
+def open_artifact(path: str | os.PathLike[str]) -> Artifact:
+    """Read the manifest and check that every file it names exists inside the directory."""
+    root = Path(path).resolve()
+    manifest = read_manifest(root)
+    missing, outside = [], []
+    for ref in manifest.files():
+        target = root / ref.file
+        # Resolve symlinks: a link leading out of the artifact is refused like '..'.
+        if not target.resolve().is_relative_to(root):
+            outside.append(ref.file)
+        elif not target.is_file():
+            missing.append(ref.file)
+    if outside:
+        raise ArtifactError(f"{root}: {', '.join(outside)} lead{'s' * (len(outside) == 1)} outside the artifact "
+                            "directory (symlink?); an artifact must be self-contained: re-convert it")
+    if missing:
+        raise ArtifactError(f"{root}: missing {', '.join(missing)}; the artifact is incomplete: "
+                            "copy the whole directory or re-convert it")
+    return Artifact(root=root, manifest=manifest)
+
+
+def verify_checksums(artifact: Artifact) -> None:
+    """Compare every file with its recorded sha256; name each file that differs."""
+    bad = [ref.file for ref in artifact.manifest.files() if sha256_file(artifact.path(ref.file)) != ref.sha256]
+    if bad:
+        raise IntegrityError(f"{artifact.root}: {', '.join(bad)} do{'es' * (len(bad) == 1)} not match the "
+                             "sha256 in edgegen.json (truncated, corrupted or swapped); re-convert or re-copy the artifact")
+
+
+def open_sessions(artifact: Artifact, config: SessionConfig,
+                  roles: tuple[str, ...] | None = None) -> tuple[ProviderName, dict[str, ort.InferenceSession]]:
+    """Verify checksums, open the graphs (all, or ``roles``) and cross-check their I/O with the manifest."""
+    provider = resolve_provider(config.provider)
+    verify_checksums(artifact)
+    graphs = artifact.manifest.graphs
+    wanted = tuple(graphs) if roles is None else roles
+    sessions = {}
+    for role in wanted:
+        spec = graphs[role]
+        sessions[role] = create_session(artifact.path(spec.file), config, provider,
+                                        label=f"graph {role!r} ({spec.file})", opset=artifact.manifest.source.opset)
+    check_io([(f"graph {role!r}", graphs[role], sessions[role]) for role in wanted])
+    return provider, sessions

@@ -1,0 +1,46 @@
+"""Which runtime class runs which model family.
+
+The table maps a family to ``"module:Class"`` and imports the module only when an
+artifact of that family is loaded, so registering a family costs nothing at import time.
+A runtime class provides ``from_artifact(artifact, config) -> instance``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol
+
+from edgegen.errors import UnknownFamilyError
+from edgegen.runtimes.artifact import Artifact, open_artifact
+from edgegen.runtimes.session import SessionConfig
+
+
+class FamilyRuntime(Protocol):
+    """What every family runtime offers to ``edgegen.load``."""
+
+    artifact: Artifact
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> FamilyRuntime: ...
+
+
+#: family -> "module:Class"; families land here as their runtimes do.
+RUNTIMES: dict[str, str] = {}
+
+
+def runtime_class(family: str) -> type[FamilyRuntime]:
+    target = RUNTIMES.get(family)
+    if target is None:
+        known = ", ".join(sorted(RUNTIMES)) or "none yet"
+        raise UnknownFamilyError(f"this edgegen cannot run {family!r} artifacts (it runs: {known}); "
+                                 "upgrade with: pip install -U edgegen")
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def load_runtime(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None) -> FamilyRuntime:
+    """Open ``path`` and hand it to its family's runtime (checksums and I/O verified there)."""
+    config = SessionConfig(provider=provider, threads=threads)
+    artifact = open_artifact(path)
+    return runtime_class(artifact.manifest.family).from_artifact(artifact, config)

@@ -1,0 +1,238 @@
+"""ONNX Runtime sessions: provider choice and every provider-specific setting, in one place.
+
+``provider`` is ``"auto" | "cpu" | "cuda" | "dml"``.  ``auto`` takes the best one the
+installed onnxruntime build offers (CUDA, then DirectML, then CPU); an explicit provider
+that the build lacks is a :class:`ProviderError` naming the package to install, never a
+silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+import onnxruntime as ort
+
+from edgegen.errors import GraphLoadError, GraphMismatchError, InvalidArgumentError, ProviderError
+from edgegen.manifest import GraphSpec, TensorSpec
+
+ProviderName = Literal["cpu", "cuda", "dml"]
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: ProviderName
+    ort_name: str
+    package: str
+    requirement: str
+
+
+PROVIDERS: dict[str, ProviderInfo] = {
+    "cuda": ProviderInfo("cuda", "CUDAExecutionProvider", "onnxruntime-gpu",
+                         "an NVIDIA GPU with CUDA 12 and cuDNN 9 libraries"),
+    "dml": ProviderInfo("dml", "DmlExecutionProvider", "onnxruntime-directml",
+                        "Windows 10/11 with a DirectX 12 GPU"),
+    "cpu": ProviderInfo("cpu", "CPUExecutionProvider", "onnxruntime", "any CPU"),
+}
+#: ``auto`` takes the first of these that the installed build offers.
+AUTO_ORDER: tuple[ProviderName, ...] = ("cuda", "dml", "cpu")
+#: The distributions that all install the ``onnxruntime`` module; exactly one may be installed.
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")
+
+_OPTIMIZATION = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+#: ONNX Runtime's type strings, in the manifest's numpy names.
+ORT_DTYPES = {
+    "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(bfloat16)": "bfloat16",
+    "tensor(double)": "float64", "tensor(int64)": "int64", "tensor(int32)": "int32",
+    "tensor(int16)": "int16", "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
+}
+
+
+def available_providers() -> list[ProviderName]:
+    """The edgegen names of the providers this onnxruntime build offers, best first."""
+    offered = set(ort.get_available_providers())
+    return [name for name in AUTO_ORDER if PROVIDERS[name].ort_name in offered]
+
+
+def installed_ort_distributions() -> list[str]:
+    """Which of onnxruntime / onnxruntime-gpu / onnxruntime-directml are installed (should be one)."""
+    found = []
+    for dist in ORT_DISTRIBUTIONS:
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(dist)
+    return found
+
+
+def _install_hint(info: ProviderInfo) -> str:
+    others = " ".join(d for d in ORT_DISTRIBUTIONS if d != info.package)
+    return f"pip uninstall -y {others} && pip install {info.package}"
+
+
+def resolve_provider(requested: str, available: list[ProviderName] | None = None) -> ProviderName:
+    """Map ``auto|cpu|cuda|dml`` to a provider the build offers, or raise with the fix."""
+    offered = available_providers() if available is None else available
+    if requested == "auto":
+        for name in AUTO_ORDER:
+            if name in offered:
+                return name
+        raise ProviderError("this onnxruntime build offers no usable execution provider; "
+                            "reinstall it: pip install --force-reinstall onnxruntime")
+    if requested not in PROVIDERS:
+        raise InvalidArgumentError(f"unknown provider {requested!r}; choose one of auto, cpu, cuda, dml")
+    if requested not in offered:
+        info = PROVIDERS[requested]
+        raise ProviderError(
+            f"provider {requested!r} is not available in the installed onnxruntime {ort.__version__} "
+            f"(it offers: {', '.join(offered) or 'none'}); it needs {info.requirement} and the "
+            f"{info.package} build: {_install_hint(info)}")
+    return requested  # type: ignore[return-value]
+
+
+def default_threads() -> int:
+    """The cores this process may run on (ONNX Runtime's own default can be lower)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to open every graph of an artifact.  ``provider`` may still be ``auto``."""
+
+    provider: str = "auto"
+    threads: int | None = None
+    optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    device_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidArgumentError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.optimization not in _OPTIMIZATION:
+            raise InvalidArgumentError(
+                f"optimization {self.optimization!r} is not one of {', '.join(_OPTIMIZATION)}")
+        if self.device_id < 0:
+            raise InvalidArgumentError(f"device_id must be >= 0, got {self.device_id}")
+
+
+def session_options(config: SessionConfig, provider: ProviderName) -> tuple[ort.SessionOptions, list]:
+    """The SessionOptions and provider list for ``provider``: the one place for per-provider settings."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = _OPTIMIZATION[config.optimization]
+    opts.intra_op_num_threads = config.threads or default_threads()
+    opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    providers: list = []
+    if provider == "dml":
+        # DirectML cannot use memory patterns nor run nodes in parallel (ORT's DML docs).
+        opts.enable_mem_pattern = False
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers.append((PROVIDERS["dml"].ort_name, {"device_id": config.device_id}))
+    elif provider == "cuda":
+        providers.append((PROVIDERS["cuda"].ort_name, {
+            "device_id": config.device_id,
+            "arena_extend_strategy": "kSameAsRequested",
+            "cudnn_conv_algo_search": "HEURISTIC",
+        }))
+    providers.append(PROVIDERS["cpu"].ort_name)
+    return opts, providers
+
+
+_UNREGISTERED = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\) is not a registered function/op")
+_NO_KERNEL = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
+_FUTURE_OPSET = re.compile(r"Opset (\d+) is under development.*?till opset (\d+)", re.S)
+
+
+def create_session(path: Path, config: SessionConfig, provider: ProviderName, label: str,
+                   opset: int | None = None) -> ort.InferenceSession:
+    """Open one graph; a graph ONNX Runtime refuses is a GraphLoadError naming op and opset."""
+    opts, providers = session_options(config, provider)
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise GraphLoadError(explain_load_failure(label, str(exc), opset)) from None
+    used = session.get_providers()[0]
+    if used != PROVIDERS[provider].ort_name:
+        info = PROVIDERS[provider]
+        raise ProviderError(
+            f"{label}: onnxruntime offers {provider!r} but could not start it (it fell back to {used}); "
+            f"check that {info.requirement} are installed, or pass provider='cpu'")
+    return session
+
+
+def explain_load_failure(label: str, message: str, opset: int | None = None) -> str:
+    """One line from ONNX Runtime's load error: which op, which opset, what to do."""
+    version = ort.__version__
+    fix = "upgrade onnxruntime (pip install -U onnxruntime) or re-convert with a lower --opset"
+    if m := _FUTURE_OPSET.search(message):
+        return (f"{label}: uses opset {m.group(1)} but onnxruntime {version} supports opsets up to "
+                f"{m.group(2)}; {fix}")
+    if m := _NO_KERNEL.search(message):
+        return f"{label}: onnxruntime {version} has no op {m.group(1)} at opset {m.group(2)}; {fix}"
+    if m := _UNREGISTERED.search(message):
+        op = f"{m.group(1)}:{m.group(2)}" if m.group(1) else m.group(2)
+        at = f" (artifact opset {opset})" if opset else ""
+        return (f"{label}: op {op}{at} is not known to onnxruntime {version}; it is a custom op that needs "
+                f"its own library, or {fix}")
+    first = message.strip().splitlines()[0][:300] if message.strip() else "unknown error"
+    return (f"{label}: onnxruntime {version} cannot load it ({first}); the file is corrupt or was not "
+            "written by edgegen: re-convert it")
+
+
+def _dims_agree(declared: int | str, actual: int | str | None) -> bool:
+    if isinstance(declared, int):
+        return actual == declared
+    # Exporters rename symbolic dimensions; any symbolic (or unknown) dimension agrees.
+    return not isinstance(actual, int)
+
+
+def io_mismatches(label: str, spec: GraphSpec, session: ort.InferenceSession) -> list[str]:
+    """Every way the session's real inputs/outputs differ from what the manifest declares."""
+    problems: list[str] = []
+    for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
+                                   ("output", spec.outputs, session.get_outputs())):
+        real = {a.name: a for a in actual}
+        for tensor in declared:
+            if tensor.name not in real:
+                problems.append(f"{label}: declared {kind} {tensor.name!r} is not in the graph")
+                continue
+            problems.extend(_tensor_mismatches(label, kind, tensor, real.pop(tensor.name)))
+        for name in real:
+            problems.append(f"{label}: graph {kind} {name!r} is not declared in the manifest")
+    return problems
+
+
+def _tensor_mismatches(label: str, kind: str, tensor: TensorSpec, actual: ort.NodeArg) -> list[str]:
+    problems = []
+    dtype = ORT_DTYPES.get(actual.type, actual.type)
+    if dtype != tensor.dtype:
+        problems.append(f"{label}: {kind} {tensor.name!r} is {dtype} in the graph, {tensor.dtype} in the manifest")
+    shape = list(actual.shape or [])
+    if len(shape) != len(tensor.shape):
+        problems.append(f"{label}: {kind} {tensor.name!r} has rank {len(shape)} in the graph, "
+                        f"{len(tensor.shape)} in the manifest")
+    elif not all(_dims_agree(d, a) for d, a in zip(tensor.shape, shape, strict=True)):
+        problems.append(f"{label}: {kind} {tensor.name!r} has shape {shape} in the graph, "
+                        f"{list(tensor.shape)} in the manifest")
+    return problems
+
+
+def check_io(checks: list[tuple[str, GraphSpec, ort.InferenceSession]]) -> None:
+    """Cross-check several graphs and raise one GraphMismatchError listing every mismatch."""
+    problems = [p for label, spec, session in checks for p in io_mismatches(label, spec, session)]
+    if problems:
+        raise GraphMismatchError(
+            f"the graphs do not match the manifest ({len(problems)} problem{'s' * (len(problems) > 1)}): "
+            + "; ".join(problems) + "; the artifact was edited or mixed up: re-convert it")

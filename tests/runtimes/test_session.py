@@ -1,0 +1,114 @@
+"""Provider resolution and the per-provider session settings."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+import pytest
+
+from edgegen.errors import GraphLoadError, InvalidArgumentError, ProviderError
+from edgegen.runtimes.session import (AUTO_ORDER, SessionConfig, available_providers, create_session,
+                                      resolve_provider, session_options)
+from tests_support import tiny_graph
+
+
+@pytest.mark.parametrize("offered, expected", [
+    (["cpu"], "cpu"),
+    (["dml", "cpu"], "dml"),
+    (["cuda", "cpu"], "cuda"),
+    (["cuda", "dml", "cpu"], "cuda"),
+])
+def test_auto_prefers_cuda_then_dml_then_cpu(offered, expected):
+    assert resolve_provider("auto", offered) == expected
+
+
+def test_explicit_provider_present():
+    assert resolve_provider("cpu", ["cuda", "cpu"]) == "cpu"
+    assert resolve_provider("dml", ["dml", "cpu"]) == "dml"
+
+
+@pytest.mark.parametrize("provider, package", [("cuda", "onnxruntime-gpu"), ("dml", "onnxruntime-directml")])
+def test_missing_provider_names_the_package(provider, package):
+    with pytest.raises(ProviderError) as info:
+        resolve_provider(provider, ["cpu"])
+    message = str(info.value)
+    assert f"provider {provider!r} is not available" in message
+    assert f"pip install {package}" in message
+    assert "pip uninstall -y" in message  # never two onnxruntime builds side by side
+    assert "\n" not in message
+
+
+def test_unknown_provider():
+    with pytest.raises(InvalidArgumentError, match="unknown provider 'tpu'; choose one of auto, cpu, cuda, dml"):
+        resolve_provider("tpu", ["cpu"])
+
+
+def test_no_provider_at_all():
+    with pytest.raises(ProviderError, match="offers no usable execution provider"):
+        resolve_provider("auto", [])
+
+
+def test_installed_build_offers_cpu():
+    offered = available_providers()
+    assert "cpu" in offered
+    assert offered == [p for p in AUTO_ORDER if p in offered]  # best first
+
+
+def test_dml_settings():
+    opts, providers = session_options(SessionConfig(threads=2), "dml")
+    assert opts.enable_mem_pattern is False
+    assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert providers == [("DmlExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+
+
+def test_cuda_settings():
+    opts, providers = session_options(SessionConfig(device_id=1), "cuda")
+    name, options = providers[0]
+    assert name == "CUDAExecutionProvider" and options["device_id"] == 1
+    assert providers[-1] == "CPUExecutionProvider"
+    assert opts.enable_mem_pattern is True  # only DirectML turns it off
+
+
+def test_cpu_settings():
+    opts, providers = session_options(SessionConfig(threads=3, optimization="basic"), "cpu")
+    assert providers == ["CPUExecutionProvider"]
+    assert opts.intra_op_num_threads == 3
+    assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threads": 0}, "threads must be a positive integer"),
+    ({"optimization": "max"}, "optimization 'max' is not one of"),
+    ({"device_id": -1}, "device_id must be >= 0"),
+])
+def test_bad_session_config(kwargs, message):
+    with pytest.raises(InvalidArgumentError, match=message):
+        SessionConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"op": "FancyAdd", "domain": "com.example", "opset": 1}, ["op com.example:FancyAdd (artifact opset 7)"]),
+    ({"op": "FancyAdd", "opset": 17}, ["no op FancyAdd at opset 17"]),
+    ({"opset": 99}, ["uses opset 99", "supports opsets up to"]),
+])
+def test_unloadable_graph_names_op_and_opset(tmp_path, kwargs, expected):
+    import onnx
+
+    model = tiny_graph(**kwargs)
+    if kwargs.get("domain"):
+        model.opset_import.append(onnx.helper.make_opsetid("", 17))
+    path = tmp_path / "bad.onnx"
+    onnx.save_model(model, str(path))
+    with pytest.raises(GraphLoadError) as info:
+        create_session(path, SessionConfig(), "cpu", label="graph 'generator'", opset=7)
+    message = str(info.value)
+    assert message.startswith("graph 'generator': ") and "\n" not in message
+    for part in expected:
+        assert part in message
+    assert "onnxruntime" in message and ("upgrade" in message or "custom op" in message)
+
+
+def test_corrupt_graph_file(tmp_path):
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(b"\x08\x07 this is not a protobuf")
+    with pytest.raises(GraphLoadError, match="cannot load it .* re-convert it"):
+        create_session(path, SessionConfig(), "cpu", label="graph 'generator'")
