@@ -58,6 +58,13 @@ def graph_io(model: onnx.ModelProto) -> tuple[tuple[TensorSpec, ...], tuple[Tens
     return tensor_specs(model.graph.input, initializers), tensor_specs(model.graph.output, set())
 
 
+def external_data_files(model: onnx.ModelProto) -> list[str]:
+    """The files (relative to the .onnx) holding a graph's external tensors, sorted."""
+    from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
+
+    return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -118,8 +125,7 @@ class ArtifactWriter:
         path = self.path(file)
         model = onnx.load_model(str(path), load_external_data=False)
         inputs, outputs = graph_io(model)
-        data = self.path(f"{file}.data")
-        external = (FileRef(data.name, sha256_file(data)),) if data.exists() else ()
+        external = tuple(FileRef(name, sha256_file(self.path(name))) for name in external_data_files(model))
         spec = GraphSpec(file=file, sha256=sha256_file(path), precision=precision,
                          inputs=inputs, outputs=outputs, external_data=external)
         self._graphs[role] = spec

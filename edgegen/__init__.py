@@ -8,12 +8,14 @@ imported by :func:`load`, the converters (which need the ``[convert]`` extra) by
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import EdgegenError
 
 __version__ = "0.1.0"
-__all__ = ["EdgegenError", "__version__", "load"]
+__all__ = ["EdgegenError", "__version__", "convert", "load"]
 
 if TYPE_CHECKING:
     from edgegen.runtimes.registry import FamilyRuntime
@@ -29,3 +31,15 @@ def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int |
     from edgegen.runtimes.registry import load_runtime
 
     return load_runtime(path, provider=provider, threads=threads)
+
+
+def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
+            report: Callable[[str], None] | None = None) -> Path:
+    """Convert a model (a Hugging Face directory, a spec such as ``CausalLMSpec``, or
+    ``"file.py:function"``) into a validated artifact at ``output``.  Needs the ``[convert]`` extra."""
+    try:
+        from edgegen.converters.api import convert as _convert
+    except ImportError as exc:
+        raise EdgegenError(f"converting needs the [convert] extra ({exc.name} is missing): "
+                           "pip install -c constraints.txt 'edgegen[convert]'") from exc
+    return _convert(source, output, overwrite=overwrite, optimize=optimize, report=report)

@@ -108,6 +108,105 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
         click.echo("  checksums  ok")
 
 
+@cli.command()
+@click.argument("source")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Artifact directory to write (written atomically).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
+@click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer optimizer.")
+@click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
+def convert(source: str, output: str, overwrite: bool, no_optimize: bool, as_json: bool) -> None:
+    """Convert SOURCE into a validated artifact.
+
+    SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
+    path/to/file.py:function returning an edgegen spec (e.g. CausalLMSpec).
+    """
+    import edgegen
+    from edgegen.runtimes.artifact import open_artifact
+
+    report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, report=report)
+    m = open_artifact(path).manifest
+    if as_json:
+        _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
+    else:
+        click.echo(f"wrote {path} ({m.family}, {', '.join(g.precision for g in m.graphs.values())})")
+
+
+def _read_prompts(prompts: tuple[str, ...]) -> list[str]:
+    if prompts:
+        return list(prompts)
+    stdin = click.get_binary_stream("stdin")
+    if stdin.isatty():
+        raise click.UsageError("give a prompt with -p/--prompt or on standard input")
+    data = stdin.read()
+    try:
+        return [data.decode("utf-8")]
+    except UnicodeDecodeError as exc:
+        raise click.UsageError(f"standard input is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                               "convert it to UTF-8 first, e.g. with iconv") from None
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("-p", "--prompt", "prompts", multiple=True,
+              help="Text to continue (repeat for a batch; default: standard input).")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=None,
+              help="Most tokens to generate [default: the artifact's, else 128].")
+@click.option("-t", "--temperature", type=float, default=None, help="0 = greedy.")
+@click.option("--top-k", type=int, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--min-p", type=float, default=None)
+@click.option("--typical-p", type=float, default=None)
+@click.option("--repetition-penalty", type=float, default=None)
+@click.option("--presence-penalty", type=float, default=None)
+@click.option("--frequency-penalty", type=float, default=None)
+@click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
+@click.option("--stop-token-id", "stop_token_ids", type=int, multiple=True, help="Stop at this token id (repeatable).")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same text.")
+@click.option("--truncate", "truncate_prompt", is_flag=True, default=None, help="Keep the end of a prompt longer than the context.")
+@click.option("--ignore-eos", is_flag=True, default=None, help="Keep going after end-of-sequence.")
+@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print completions and timings as JSON (no streaming).")
+def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: str, threads: int | None,
+             stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
+    """Generate text from a causal-lm ARTIFACT, streaming it to standard output."""
+    import edgegen
+    from edgegen.runtimes.lm_settings import GenerationSettings
+
+    texts = _read_prompts(prompts)
+    settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
+                                  **sampling)
+    lm = edgegen.load(artifact, provider=provider, threads=threads)
+    if getattr(lm, "family", None) != "causal-lm":
+        raise click.UsageError(f"{artifact} is a {lm.artifact.manifest.family} artifact; generate runs causal-lm "
+                               "artifacts (use `edgegen sample` for image models)")
+    stream = not as_json and len(texts) == 1
+    on_text = (lambda _row, piece: click.echo(piece, nl=False)) if stream else None
+    try:
+        results = lm.complete(texts, settings, on_text=on_text)
+    except KeyboardInterrupt:
+        click.echo("", err=True)
+        raise SystemExit(130) from None
+    if as_json:
+        _echo_json({"provider": lm.provider, "completions": [{
+            "prompt": prompt, "text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
+            "new_tokens": len(r.token_ids), "time_to_first_token_s": r.time_to_first_token_s,
+            "prompt_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s}
+            for prompt, r in zip(texts, results, strict=True)]})
+        return
+    if stream:
+        click.echo()
+    else:
+        for i, r in enumerate(results):
+            click.echo(f"--- [{i}] {r.finish_reason}\n{texts[i]}{r.text}")
+    r = results[0]
+    click.echo(f"[{lm.provider}: {r.prompt_tokens} prompt tokens, {sum(len(x.token_ids) for x in results)} new "
+               f"({r.finish_reason}); first token {1000 * r.time_to_first_token_s:.0f} ms, "
+               f"{r.decode_tokens_per_s:.1f} tokens/s]", err=True)
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:8.2f} MiB"
 

@@ -26,7 +26,9 @@ class FamilyRuntime(Protocol):
 
 
 #: family -> "module:Class"; families land here as their runtimes do.
-RUNTIMES: dict[str, str] = {}
+RUNTIMES: dict[str, str] = {
+    "causal-lm": "edgegen.runtimes.causal_lm:CausalLM",
+}
 
 
 def runtime_class(family: str) -> type[FamilyRuntime]:

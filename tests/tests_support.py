@@ -39,3 +39,62 @@ def write_tiny_artifact(dest: Path, family: str = "gan", model: onnx.ModelProto 
         writer.write(writer.manifest(family=family, source=Source(model_class="tests.Tiny", converter="tests", opset=17),
                                      sampler={"latent": 4}, validation={"max_abs_error": 0.0}))
         return writer.commit()
+
+
+# -- tiny Hugging Face causal LMs (random weights) with a tokenizer trained here ---------------
+
+TOKENIZER_CORPUS = [
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return fibonacci(n - 1) + fibonacci(n - 2)\n",
+    "The quick brown fox jumps over the lazy dog. Once upon a time, in a small town, there lived a cat.",
+    "import os\nimport sys\n\nclass Reader:\n    def __init__(self, path):\n        self.path = path\n",
+    "héllo wörld — naïve café, 日本語のテキスト 🙂 and more text for merges.",
+]
+
+#: Tiny configs of each architecture the causal-LM converter must handle (vocab 320 >= tokenizer's).
+TINY_LM_CONFIGS: dict[str, dict] = {
+    "gpt2": dict(n_layer=2, n_head=2, n_embd=32, n_positions=96),
+    "llama": dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                  intermediate_size=64, max_position_embeddings=96),
+    "bloom": dict(n_layer=2, n_head=2, hidden_size=32),
+    "codegen": dict(n_layer=2, n_head=4, n_embd=32, n_positions=96, n_ctx=96, rotary_dim=4),
+    "gpt_neox": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=32, intermediate_size=64,
+                     max_position_embeddings=96),
+    "qwen2": dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                  intermediate_size=64, max_position_embeddings=96),
+    "mistral": dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                    intermediate_size=64, max_position_embeddings=96, sliding_window=None),
+    "phi": dict(num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
+                max_position_embeddings=96),
+    # Not covered by Optimum's exporter: exercises edgegen's own export.
+    "biogpt": dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=32, intermediate_size=64,
+                   max_position_embeddings=96),
+}
+
+
+def train_tiny_tokenizer(vocab_size: int = 300):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on TOKENIZER_CORPUS, with <|endoftext|> = id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TOKENIZER_CORPUS, trainer)
+    return tok
+
+
+def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0) -> Path:
+    """Save a random-weight ``arch`` causal LM with a trained tokenizer as a Hugging Face directory."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tok = train_tiny_tokenizer()
+    config = AutoConfig.for_model(arch, vocab_size=320, bos_token_id=0, eos_token_id=0, **TINY_LM_CONFIGS[arch])
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():  # larger logits than init's near-uniform ones, so greedy has clear winners
+        model.get_output_embeddings().weight.mul_(8.0)
+    model.save_pretrained(dest)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(dest)
+    return dest

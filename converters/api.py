@@ -1,0 +1,95 @@
+"""``edgegen.convert``: find out what a source is, and hand it to its family's converter.
+
+A source is one of:
+
+- a Hugging Face ``transformers`` directory (``config.json`` + weights + tokenizer);
+- a spec object such as :class:`~edgegen.converters.lm_spec.CausalLMSpec`;
+- ``"path/to/file.py:function"``: a Python file the user names, whose function returns a
+  spec (the only way the CLI runs user code, and only code the user pointed at).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgegen.converters.lm_spec import CausalLMSpec
+from edgegen.errors import InvalidArgumentError, UnsupportedModelError
+
+
+def _convert_causal_lm_spec(spec: CausalLMSpec, output: Path, **options: Any) -> Path:
+    from edgegen.converters.custom_lm import CustomLMSource
+    from edgegen.converters.lm_convert import convert_lm
+
+    return convert_lm(CustomLMSource(spec), output, **options)
+
+
+def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> Path:
+    from edgegen.converters.hf_lm import HFLMSource
+    from edgegen.converters.lm_convert import convert_lm
+
+    return convert_lm(HFLMSource(model_dir), output, **options)
+
+
+#: spec type -> converter
+SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causal_lm_spec}
+#: marker file of a directory -> converter
+DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"config.json": _convert_hf_transformers}
+
+
+def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
+            report: Callable[[str], None] | None = None) -> Path:
+    """Convert ``source`` into an artifact directory at ``output``; returns its path.
+
+    ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
+    Runtime's transformer optimizer (kept only when validated and not slower);
+    ``report`` receives progress lines (default: silent).
+    """
+    options = {"overwrite": overwrite, "optimize": optimize, "report": report or (lambda _line: None)}
+    if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
+        source = load_spec(source)
+    for spec_type, converter in SPEC_CONVERTERS.items():
+        if isinstance(source, spec_type):
+            return converter(source, Path(output), **options)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InvalidArgumentError(f"{path} does not exist; give a model directory or file.py:function")
+        if path.is_dir():
+            if (path / "model_index.json").is_file():
+                raise UnsupportedModelError(f"{path} is a diffusers pipeline; this edgegen converts causal language "
+                                            "models (a transformers directory with config.json)")
+            for marker, converter in DIRECTORY_CONVERTERS.items():
+                if (path / marker).is_file():
+                    return converter(path, Path(output), **options)
+        raise UnsupportedModelError(
+            f"{path} is not a model edgegen knows: expected a Hugging Face directory with config.json, "
+            "or file.py:function returning an edgegen spec such as CausalLMSpec")
+    raise InvalidArgumentError(f"cannot convert a {type(source).__name__}; give a model directory, "
+                               "a spec (e.g. CausalLMSpec) or 'file.py:function'")
+
+
+def load_spec(target: str) -> Any:
+    """Call ``function`` of ``file.py`` (``"file.py:function"``) and return the spec it builds."""
+    file, _, name = target.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise InvalidArgumentError(f"{file} does not exist; expected file.py:function")
+    module_name = f"edgegen_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    function = getattr(module, name, None)
+    if not callable(function):
+        public = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
+        raise InvalidArgumentError(f"{file} has no function {name!r} (it has: {', '.join(public) or 'none'})")
+    result = function()
+    if not any(isinstance(result, t) for t in SPEC_CONVERTERS):
+        raise InvalidArgumentError(f"{target} returned a {type(result).__name__}; it must return an edgegen spec "
+                                   "such as edgegen.converters.lm_spec.CausalLMSpec")
+    return result

@@ -1,0 +1,198 @@
+"""The causal-LM conversion pipeline, the same for every source.
+
+1. PyTorch reference figures on fixed prompts (logits, 32 greedy tokens, NLL of a text).
+2. Export the decoder with its KV cache into the staging directory; release the torch
+   model (so the weights are never held three times).
+3. Candidates: the exported graph, and ONNX Runtime's transformer-optimizer output.
+4. Each candidate is validated by running the staged artifact with the real runtime;
+   the optimized graph is kept only if it passes and is not slower.
+5. The manifest records the figures; the writer publishes the directory atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgegen.converters.lm_source import LMSource
+from edgegen.converters.lm_validate import compare, reference_figures
+from edgegen.converters.writer import ArtifactWriter
+from edgegen.errors import ConversionError
+from edgegen.manifest import Source
+
+log = logging.getLogger("edgegen.convert")
+#: ONNX files over this size are saved with external data (protobuf's limit is 2 GB).
+LARGE_MODEL_BYTES = 1_800_000_000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    file: str
+    label: str                     # "exported" | "optimized"
+    fusions: dict[str, int]
+
+
+def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False, optimize: bool = True,
+               report: Any = print) -> Path:
+    """Convert ``source`` into a causal-lm artifact at ``output``; returns its path."""
+    import tokenizers
+
+    tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
+    with ArtifactWriter(output, overwrite=overwrite) as writer:
+        writer.add_asset("tokenizer", "tokenizer.json", source.tokenizer_json)
+        sampler = {**source.sampler, "special_tokens": special_tokens(tokenizer, source.sampler)}
+        started = time.perf_counter()
+        _quiet_libraries()
+        reference = reference_figures(source, tokenizer, sampler.get("context_length"))
+        report(f"reference: PyTorch logits, {len(reference.greedy[0])} greedy tokens x {len(reference.prompts)} prompts, "
+               f"NLL over {reference.nll_tokens} tokens ({time.perf_counter() - started:.1f} s)")
+
+        started = time.perf_counter()
+        export_dir = writer.path("export")
+        export_dir.mkdir()
+        with warnings.catch_warnings():  # tracer and exporter chatter about code we do not own
+            warnings.simplefilter("ignore")
+            exported = source.export(export_dir)
+        source.release()
+        plain = _adopt(writer, exported, "decoder.onnx")
+        shutil.rmtree(export_dir)
+        report(f"export: {source.converter} ({time.perf_counter() - started:.1f} s)")
+
+        candidates = [Candidate(plain, "exported", {})]
+        if optimize and source.optimizer_model_type:
+            optimized = optimize_graph(writer.path(plain), writer.path("decoder_optimized.onnx"), source)
+            if optimized is not None:
+                candidates.append(optimized)
+
+        manifest_source = Source(model_class=source.model_class, converter=source.converter, opset=source.opset,
+                                 checkpoint_sha256=source.checkpoint_sha256, libraries=library_versions())
+        results = []
+        for cand in candidates:
+            writer.add_graph_file("decoder", cand.file, precision="fp32")
+            writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
+                                         defaults=source.defaults))
+            figures = compare(writer.stage, reference)
+            results.append((cand, figures))
+            report(f"validate {cand.label}: max |logits error| {figures['max_abs_logits_error']:.2e}, greedy "
+                   f"{figures['greedy_matching_tokens']}/{figures['greedy_tokens']} identical, NLL "
+                   f"{figures['nll_artifact']:.4f} vs PyTorch {figures['nll_torch']:.4f}, "
+                   f"{figures['decode_ms_per_token']:.2f} ms/token" + ("" if figures["passed"] else
+                                                                         f"  FAILED: {figures['failure']}"))
+        chosen, figures = choose(results)
+        for cand, _ in results:
+            if cand is not chosen:
+                _remove_graph(writer, cand.file)
+        writer.add_graph_file("decoder", chosen.file, precision="fp32")
+        figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
+        writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
+                                     defaults=source.defaults, validation=figures))
+        return writer.commit()
+
+
+def choose(results: list[tuple[Candidate, dict[str, Any]]]) -> tuple[Candidate, dict[str, Any]]:
+    """The exported graph, or the optimized one if it passed validation and is not slower."""
+    plain, plain_figures = results[0]
+    if not plain_figures["passed"]:
+        raise ConversionError(f"the converted model does not match PyTorch: {plain_figures['failure']} "
+                              f"(figures: {_brief(plain_figures)}); please report this model's config")
+    for cand, figures in results[1:]:
+        if figures["passed"] and figures["decode_ms_per_token"] <= 1.05 * plain_figures["decode_ms_per_token"]:
+            return cand, figures
+    return plain, plain_figures
+
+
+def _brief(figures: dict[str, Any]) -> str:
+    keys = ("max_abs_logits_error", "greedy_matching_tokens", "greedy_tokens", "nll_delta")
+    return ", ".join(f"{k}={figures[k]}" for k in keys if k in figures)
+
+
+def _optimizer_summary(results: list[tuple[Candidate, dict[str, Any]]], source: LMSource) -> dict[str, Any]:
+    if len(results) < 2:
+        return {"used": False, "reason": "not applicable" if not source.optimizer_model_type else "no fusion found"}
+    (plain, pf), (opt, of) = results[0], results[1]
+    return {"used": results[0][0] is not opt and of["passed"] and
+            of["decode_ms_per_token"] <= 1.05 * pf["decode_ms_per_token"],
+            "model_type": source.optimizer_model_type, "fusions": opt.fusions, "passed": of["passed"],
+            "decode_ms_per_token": {"exported": pf["decode_ms_per_token"], "optimized": of["decode_ms_per_token"]}}
+
+
+def optimize_graph(path: Path, out: Path, source: LMSource) -> Candidate | None:
+    """ONNX Runtime's transformer optimizer (offline fusions); None if it fused nothing or failed."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        model = optimize_model(str(path), model_type=source.optimizer_model_type, num_heads=source.num_heads,
+                               hidden_size=source.hidden_size, opt_level=0, use_gpu=False)
+        fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+        if not fusions:
+            return None
+        model.save_model_to_file(str(out), use_external_data_format=path.stat().st_size > LARGE_MODEL_BYTES)
+    except Exception as exc:  # noqa: BLE001  (the optimizer is best effort; the exported graph stays)
+        log.warning("transformer optimizer skipped: %s", exc)
+        return None
+    return Candidate(out.name, "optimized", fusions)
+
+
+def _adopt(writer: ArtifactWriter, exported: Path, name: str) -> str:
+    """Move an exported .onnx (and its external data files) to the stage's top level."""
+    import onnx
+
+    from edgegen.converters.writer import external_data_files
+
+    model = onnx.load_model(str(exported), load_external_data=False)
+    for data in external_data_files(model):
+        (exported.parent / data).rename(writer.path(data))
+    exported.rename(writer.path(name))
+    return name
+
+
+def _remove_graph(writer: ArtifactWriter, file: str) -> None:
+    import onnx
+
+    from edgegen.converters.writer import external_data_files
+
+    model = onnx.load_model(str(writer.path(file)), load_external_data=False)
+    for data in external_data_files(model):
+        writer.path(data).unlink(missing_ok=True)
+    writer.path(file).unlink()
+
+
+def _quiet_libraries() -> None:
+    for name in ("transformers", "optimum", "torch.onnx", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+def special_tokens(tokenizer: Any, sampler: dict[str, Any]) -> dict[str, str]:
+    """Names of the special token ids, as the tokenizer spells them."""
+    out = {}
+    for key, ids in (("eos", sampler.get("eos_token_ids") or []), ("bos", [sampler.get("bos_token_id")]),
+                     ("pad", [sampler.get("pad_token_id")])):
+        names = [tokenizer.id_to_token(i) for i in ids if i is not None]
+        if names and all(names):
+            out[key] = names[0] if len(names) == 1 else " ".join(names)
+    return out
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for name in ("torch", "onnx", "onnxruntime", "optimum", "optimum-onnx", "transformers"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+

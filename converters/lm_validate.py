@@ -1,0 +1,134 @@
+"""Fidelity of a causal-LM artifact against its PyTorch original.
+
+Figures (recorded in the manifest's ``validation`` and printed):
+
+- ``max_abs_logits_error``: max |logits_artifact - logits_torch| over every position of
+  the fixed prompts (whole-prompt forward, no cache);
+- greedy tokens: 32 tokens per prompt from the artifact's runtime (prefill + KV-cache
+  decode, the real generation path) against PyTorch's greedy tokens by full recompute.
+  In fp32 they must be identical; a divergence is excused only where PyTorch's top two
+  logits are closer than the measured logits error (a tie that rounding decides);
+- mean NLL of a fixed text, artifact vs PyTorch.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgegen.converters.lm_source import LMSource
+
+PROMPTS = ("def fibonacci(n):\n    ", "The quick brown fox", "Once upon a time, in a small town,")
+NLL_TEXT = ('import os\n\n\ndef read_lines(path):\n    """Return the lines of a text file."""\n'
+            "    with open(path, encoding=\"utf-8\") as f:\n        return [line.rstrip() for line in f]\n\n\n"
+            "The weather was mild for the season, and the market by the river was full of people "
+            "buying bread, apples and fish before the evening train left for the city.\n")
+GREEDY_TOKENS = 32
+#: fp32 tolerances: relative to the logits' scale, and on the mean NLL.
+LOGITS_RTOL = 1e-4
+NLL_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class Reference:
+    prompts: list[list[int]]
+    logits: list[np.ndarray]          # per prompt [T, V] float32
+    greedy: list[list[int]]           # per prompt, GREEDY_TOKENS ids
+    margins: list[list[float]]        # top1 - top2 logit at each greedy step
+    nll_ids: list[int]
+    nll_torch: float
+    nll_tokens: int
+
+
+def _encode(tokenizer: Any, text: str, limit: int) -> list[int]:
+    ids = tokenizer.encode(text).ids or [0]
+    return ids[:max(1, limit)]
+
+
+@torch.no_grad()
+def reference_figures(source: LMSource, tokenizer: Any, context_length: int | None) -> Reference:
+    room = (context_length or 1024) - GREEDY_TOKENS - 1
+    prompts, logits, greedy, margins = [], [], [], []
+    for text in PROMPTS:
+        ids = _encode(tokenizer, text, min(room, 64))
+        seq = torch.tensor([ids], dtype=torch.int64)                         # [1, T]
+        tokens, gaps = [], []
+        for step in range(GREEDY_TOKENS):
+            out = source.full_logits(seq)[0]                                  # [T, V]
+            if step == 0:
+                logits.append(out.numpy().astype(np.float32))
+            top2 = torch.topk(out[-1], 2).values
+            token = int(torch.argmax(out[-1]))
+            tokens.append(token)
+            gaps.append(float(top2[0] - top2[1]))
+            seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+        prompts.append(ids), greedy.append(tokens), margins.append(gaps)
+    nll_ids = _encode(tokenizer, NLL_TEXT, min(context_length or 256, 256))
+    nll = _mean_nll(source.full_logits(torch.tensor([nll_ids]))[0].numpy(), nll_ids)
+    return Reference(prompts, logits, greedy, margins, nll_ids, nll, len(nll_ids) - 1)
+
+
+def _mean_nll(logits: np.ndarray, ids: list[int]) -> float:
+    """Mean negative log-likelihood of ids[1:] under logits[:-1] [T, V]."""
+    x = logits[:-1].astype(np.float64)                                        # [T-1, V]
+    m = x.max(axis=1, keepdims=True)
+    logz = (m + np.log(np.exp(x - m).sum(axis=1, keepdims=True)))[:, 0]       # [T-1]
+    target = x[np.arange(len(ids) - 1), ids[1:]]                              # [T-1]
+    return float(np.mean(logz - target)) if len(ids) > 1 else 0.0
+
+
+def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
+    """Run the staged artifact with the runtime and compare it with ``ref``."""
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.causal_lm import CausalLM
+    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen.runtimes.session import SessionConfig
+
+    lm = CausalLM.from_artifact(open_artifact(artifact_dir), SessionConfig(provider="cpu"))
+    error, scale = 0.0, 1.0
+    for ids, want in zip(ref.prompts, ref.logits, strict=True):
+        got = lm.graph.full_logits(np.array([ids]), np.ones((1, len(ids)), np.int64))[0]  # [T, V]
+        error = max(error, float(np.abs(got - want).max()))
+        scale = max(scale, float(np.abs(want).max()))
+    settings = GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True, stop_token_ids=())
+    matching, first_divergence, tie = 0, None, False
+    decode_s, decode_n = 0.0, 0
+    for p, (ids, want) in enumerate(zip(ref.prompts, ref.greedy, strict=True)):
+        gen = lm.generator(settings)
+        gen.append_tokens([ids])
+        gen.generate_next_token()
+        started = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        decode_s += time.perf_counter() - started
+        got = gen.tokens(0)
+        decode_n += len(got) - 1
+        same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
+        matching += same
+        if same < len(want) and first_divergence is None:
+            first_divergence = {"prompt": p, "token": same}
+            tie = ref.margins[p][same] <= max(2 * error, 1e-5)
+    got_nll = _mean_nll(lm.graph.full_logits(np.array([ref.nll_ids]), np.ones((1, len(ref.nll_ids)), np.int64))[0],
+                        ref.nll_ids)
+    total = GREEDY_TOKENS * len(ref.prompts)
+    failures = []
+    if error > LOGITS_RTOL * scale:
+        failures.append(f"max |logits error| {error:.3g} exceeds {LOGITS_RTOL:g} x logits scale {scale:.3g}")
+    if matching < total and not tie:
+        failures.append(f"greedy tokens differ from PyTorch at {first_divergence} (not a near tie)")
+    if abs(got_nll - ref.nll_torch) > NLL_ATOL:
+        failures.append(f"mean NLL {got_nll:.5f} vs PyTorch {ref.nll_torch:.5f}")
+    return {
+        "passed": not failures, "failure": "; ".join(failures) or None,
+        "prompts": len(ref.prompts), "max_abs_logits_error": error, "logits_scale": scale,
+        "greedy_tokens": total, "greedy_matching_tokens": matching, "greedy_identical": matching == total,
+        "greedy_first_divergence": first_divergence, "greedy_divergence_is_near_tie": tie,
+        "nll_torch": ref.nll_torch, "nll_artifact": got_nll, "nll_delta": got_nll - ref.nll_torch,
+        "nll_tokens": ref.nll_tokens,
+        "decode_ms_per_token": 1000 * decode_s / max(decode_n, 1),
+    }

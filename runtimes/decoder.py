@@ -1,0 +1,123 @@
+"""One forward step of a decoder graph with a KV cache, the one place that calls ``run``.
+
+The graph follows the Optimum / ONNX Runtime GenAI naming: inputs ``input_ids``
+[B, T], optionally ``attention_mask`` [B, P+T] and ``position_ids`` [B, T], and
+``past_key_values.{i}.key|value`` [B, H_kv, P, D]; outputs ``logits`` [B, T, V] and
+``present.{i}.key|value`` [B, H_kv, P+T, D].  Which optional inputs exist is read from
+the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none.
+
+The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
+bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
+or from numpy per token.  On CUDA the cache tensors live on the device and only the
+last position's logits come back to the host.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from edgegen.errors import GraphMismatchError
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+@dataclass(frozen=True)
+class CacheLayout:
+    """What the graph's past inputs say about the cache: layers, heads, head size, dtype."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: type
+
+    def empty(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.num_kv_heads, 0, self.head_dim)  # [B, H_kv, P=0, D]
+        return [np.zeros(shape, dtype=self.dtype) for _ in range(2 * self.num_layers)]
+
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
+
+
+def cache_layout(session: ort.InferenceSession) -> CacheLayout | None:
+    """The cache layout of a decoder graph, or None if it takes no past."""
+    pasts = {}
+    for arg in session.get_inputs():
+        m = _PAST.match(arg.name)
+        if m:
+            pasts[(int(m.group(1)), m.group(2))] = arg
+    if not pasts:
+        return None
+    layers = 1 + max(layer for layer, _ in pasts)
+    missing = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value") if (i, kind) not in pasts]
+    first = pasts[(0, "key")] if (0, "key") in pasts else next(iter(pasts.values()))
+    shape = first.shape
+    if missing or len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+        raise GraphMismatchError(
+            f"decoder graph: past inputs must be past_key_values.N.key/value shaped [batch, kv_heads, past, head_dim] "
+            f"(missing: {', '.join(missing) or 'none'}, shape {shape}); re-convert the model with edgegen")
+    return CacheLayout(num_layers=layers, num_kv_heads=shape[1], head_dim=shape[3],
+                       dtype=_NP_DTYPES.get(first.type, np.float32))
+
+
+class DecoderGraph:
+    """A decoder session plus the names it takes, and its step function."""
+
+    def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0) -> None:
+        self.session = session
+        names = {arg.name for arg in session.get_inputs()}
+        self.has_mask = "attention_mask" in names
+        self.has_positions = "position_ids" in names
+        self.layout = cache_layout(session)
+        n = self.layout.num_layers if self.layout else 0
+        self.past_names = [f"past_key_values.{i}.{k}" for i in range(n) for k in ("key", "value")]
+        self.present_names = [f"present.{i}.{k}" for i in range(n) for k in ("key", "value")]
+        self.vocab_size = session.get_outputs()[0].shape[-1]
+        self.device = device
+        self.device_id = device_id
+
+    def start_cache(self, batch: int) -> list[ort.OrtValue]:
+        assert self.layout is not None
+        return [ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for a in self.layout.empty(batch)]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
+             past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """Run one forward: input_ids [B, T] -> (logits of the last position [B, V] float32, present)."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
+        if self.has_mask:
+            assert attention_mask is not None
+            binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
+        if self.has_positions:
+            assert position_ids is not None
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device, self.device_id)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()  # [B, T, V]
+        return np.asarray(logits[:, -1, :], dtype=np.float32), list(outputs[1:])
+
+    def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""
+        feeds: dict[str, np.ndarray] = {"input_ids": input_ids.astype(np.int64)}
+        if self.has_mask:
+            feeds["attention_mask"] = attention_mask.astype(np.int64)
+        if self.has_positions:
+            feeds["position_ids"] = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
+        if self.layout is not None:
+            feeds.update(zip(self.past_names, self.layout.empty(input_ids.shape[0]), strict=True))
+        return self.session.run(["logits"], feeds)[0]
+
+
+def positions_from_mask(mask: np.ndarray) -> np.ndarray:
+    """position_ids [B, L] for a left-padded mask [B, L]: 0.. for real tokens, 0 for pads (as HF does)."""
+    positions = np.cumsum(mask, axis=1, dtype=np.int64) - 1
+    return np.maximum(positions, 0)

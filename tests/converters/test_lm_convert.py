@@ -1,0 +1,135 @@
+"""Hugging Face causal LMs of every listed architecture: convert, then prove the artifact generates
+what PyTorch generates (greedy tokens), that the KV-cache path equals full recompute, and that
+a left-padded batch equals each prompt alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgegen
+from edgegen.errors import ArtifactError, ConversionError, UnsupportedModelError
+from edgegen.runtimes.lm_settings import GenerationSettings
+from tests_support import TINY_LM_CONFIGS, write_tiny_hf_lm
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("optimum")
+
+ARCHS = sorted(TINY_LM_CONFIGS)
+PROMPTS = ["def fibonacci(n):", "The quick brown fox jumps", "x"]
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    cache: dict[str, tuple[Path, Path]] = {}
+
+    def get(arch: str) -> tuple[Path, Path]:
+        if arch not in cache:
+            root = tmp_path_factory.mktemp(arch)
+            hf = write_tiny_hf_lm(root / "hf", arch)
+            cache[arch] = (hf, edgegen.convert(hf, root / "artifact"))
+        return cache[arch]
+
+    return get  # type: ignore[return-value]
+
+
+def torch_greedy(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy tokens by full recompute with the transformers model (no cache, no edgegen code)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt_ids):].tolist()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_tokens_equal_pytorch(converted, arch: str) -> None:
+    hf, artifact = converted(arch)
+    lm = edgegen.load(artifact, provider="cpu")
+    figures = lm.artifact.manifest.validation
+    assert figures["passed"] and figures["greedy_identical"], figures
+    for prompt in PROMPTS[:2]:
+        ids = lm.encode(prompt)
+        gen = lm.generator(GenerationSettings(temperature=0, max_new_tokens=32, ignore_eos=True))
+        gen.append_tokens([ids])
+        while not gen.is_done():
+            gen.generate_next_token()
+        assert gen.tokens(0) == torch_greedy(hf, ids, 32)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_cache_path_equals_full_recompute(converted, arch: str) -> None:
+    _, artifact = converted(arch)
+    lm = edgegen.load(artifact, provider="cpu")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 300, size=(2, 12))                                  # [B, L]
+    mask = np.ones_like(ids)
+    full = lm.graph.full_logits(ids, mask)                                    # [B, L, V]
+    past = lm.graph.start_cache(2)
+    steps = []
+    for start, end in ((0, 5), (5, 6), (6, 9), (9, 12)):                      # prefill, then 1..3 tokens at a time
+        positions = np.broadcast_to(np.arange(start, end), (2, end - start))
+        logits, past = lm.graph.step(ids[:, start:end], mask[:, :end], positions, past)
+        steps.append((end - 1, logits))
+    for pos, logits in steps:
+        np.testing.assert_allclose(logits, full[:, pos], atol=1e-4 * max(1.0, np.abs(full).max()))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_left_padded_batch_equals_each_prompt_alone(converted, arch: str) -> None:
+    _, artifact = converted(arch)
+    lm = edgegen.load(artifact, provider="cpu")
+    settings = GenerationSettings(temperature=0, max_new_tokens=12, ignore_eos=True)
+    batch = lm.complete(PROMPTS, settings)
+    for prompt, got in zip(PROMPTS, batch, strict=True):
+        alone = lm.complete([prompt], settings)[0]
+        assert got.token_ids == alone.token_ids, prompt
+
+
+def test_manifest_carries_tokenizer_special_tokens_and_sources(converted) -> None:
+    _, artifact = converted("gpt2")
+    lm = edgegen.load(artifact, provider="cpu")
+    m = lm.artifact.manifest
+    assert m.sampler["eos_token_ids"] == [0] and m.sampler["special_tokens"]["eos"] == "<|endoftext|>"
+    assert m.sampler["context_length"] == 96
+    assert "tokenizer" in m.assets and m.source.converter.startswith("optimum")
+    assert m.validation["nll_tokens"] > 20 and abs(m.validation["nll_delta"]) < 1e-3
+    assert m.defaults == {"temperature": 0.0}
+
+
+def test_architecture_optimum_lacks_uses_our_export(converted) -> None:
+    _, artifact = converted("biogpt")
+    m = edgegen.load(artifact, provider="cpu").artifact.manifest
+    assert "hf_fallback" in m.source.converter and m.validation["greedy_identical"]
+
+
+def test_encoder_model_is_refused_naming_the_closest_architecture(tmp_path: Path) -> None:
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(tmp_path / "bert")
+    with pytest.raises(UnsupportedModelError, match="'bert'.*closest supported architecture is"):
+        edgegen.convert(tmp_path / "bert", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_without_tokenizer_is_refused_with_the_fix(tmp_path: Path) -> None:
+    hf = write_tiny_hf_lm(tmp_path / "hf", "gpt2")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (hf / name).unlink(missing_ok=True)
+    with pytest.raises(ConversionError, match="save_pretrained"):
+        edgegen.convert(hf, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.edgegen-tmp-*"))
+
+
+def test_existing_output_needs_overwrite(converted, tmp_path: Path) -> None:
+    hf, _ = converted("gpt2")
+    out = edgegen.convert(hf, tmp_path / "a", optimize=False)
+    with pytest.raises(ArtifactError, match="overwrite"):
+        edgegen.convert(hf, out)
+    assert edgegen.convert(hf, out, overwrite=True, optimize=False) == out
