@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -86,7 +87,8 @@ def load_spec(target: str) -> Any:
     spec.loader.exec_module(module)
     function = getattr(module, name, None)
     if not callable(function):
-        public = sorted(n for n in vars(module) if callable(vars(module)[n]) and not n.startswith("_"))
+        public = sorted(n for n, v in vars(module).items()
+                        if inspect.isfunction(v) and v.__module__ == module_name and not n.startswith("_"))
         raise InvalidArgumentError(f"{file} has no function {name!r} (it has: {', '.join(public) or 'none'})")
     result = function()
     if not any(isinstance(result, t) for t in SPEC_CONVERTERS):

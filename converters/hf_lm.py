@@ -165,6 +165,20 @@ class HFLMSource(LMSource):
         mask = torch.ones_like(input_ids)
         return self._model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits.float()
 
+    @torch.no_grad()
+    def greedy(self, input_ids: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
+        """Greedy tokens through transformers' own KV cache (fast on large models)."""
+        tokens, margins = [], []
+        out = self._model(input_ids=input_ids, use_cache=True)
+        for _ in range(n):
+            last = out.logits[0, -1].float()                                  # [V]
+            top2 = torch.topk(last, 2).values
+            tokens.append(int(torch.argmax(last)))
+            margins.append(float(top2[0] - top2[1]))
+            out = self._model(input_ids=torch.tensor([[tokens[-1]]]), past_key_values=out.past_key_values,
+                              use_cache=True)
+        return tokens, margins
+
     def export(self, directory: Path) -> Path:
         if self.use_optimum:
             from optimum.exporters.onnx import onnx_export_from_model

@@ -28,6 +28,8 @@ from edgegen.manifest import Source
 log = logging.getLogger("edgegen.convert")
 #: ONNX files over this size are saved with external data (protobuf's limit is 2 GB).
 LARGE_MODEL_BYTES = 1_800_000_000
+#: Final graphs with more weight bytes than this keep them in decoder.onnx.data (memory-mapped).
+EXTERNAL_WEIGHTS_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
             warnings.simplefilter("ignore")
             exported = source.export(export_dir)
         source.release()
-        plain = _adopt(writer, exported, "decoder.onnx")
+        plain = _adopt(writer, exported, "decoder_exported.onnx")
         shutil.rmtree(export_dir)
         report(f"export: {source.converter} ({time.perf_counter() - started:.1f} s)")
 
@@ -84,10 +86,8 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
                    f"{figures['decode_ms_per_token']:.2f} ms/token" + ("" if figures["passed"] else
                                                                          f"  FAILED: {figures['failure']}"))
         chosen, figures = choose(results)
-        for cand, _ in results:
-            if cand is not chosen:
-                _remove_graph(writer, cand.file)
-        writer.add_graph_file("decoder", chosen.file, precision="fp32")
+        final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
+        writer.add_graph_file("decoder", final, precision="fp32")
         figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
         writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
                                      defaults=source.defaults, validation=figures))
@@ -149,6 +149,21 @@ def _adopt(writer: ArtifactWriter, exported: Path, name: str) -> str:
         (exported.parent / data).rename(writer.path(data))
     exported.rename(writer.path(name))
     return name
+
+
+def _finalize(writer: ArtifactWriter, chosen: str, candidates: list[str]) -> str:
+    """Keep only the chosen graph, as ``decoder.onnx``; weights over EXTERNAL_WEIGHTS_BYTES go
+    to ``decoder.onnx.data``, which ONNX Runtime memory-maps instead of copying through a
+    protobuf: loading then peaks at about the model's size, not twice it."""
+    import onnx
+
+    model = onnx.load_model(str(writer.path(chosen)))  # the torch model is gone: one copy in memory
+    for file in candidates:
+        _remove_graph(writer, file)
+    external = model.ByteSize() > EXTERNAL_WEIGHTS_BYTES if model.ByteSize() >= 0 else True
+    onnx.save_model(model, str(writer.path("decoder.onnx")), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location="decoder.onnx.data", size_threshold=1024)
+    return "decoder.onnx"
 
 
 def _remove_graph(writer: ArtifactWriter, file: str) -> None:

@@ -34,6 +34,22 @@ class LMSource:
         """PyTorch logits [B, T, V] (float32) of whole sequences [B, T], no cache."""
         raise NotImplementedError
 
+    def greedy(self, input_ids: torch.Tensor, n: int) -> tuple[list[int], list[float]]:
+        """``n`` greedy tokens after ``input_ids`` [1, T], with the top-1 minus top-2 logit at each step.
+
+        Full recompute by default (the plainest reference); sources whose library has a
+        trusted cache path override this to be fast on large models.
+        """
+        tokens, margins = [], []
+        seq = input_ids
+        for _ in range(n):
+            last = self.full_logits(seq)[0, -1]                               # [V]
+            top2 = torch.topk(last, 2).values
+            tokens.append(int(torch.argmax(last)))
+            margins.append(float(top2[0] - top2[1]))
+            seq = torch.cat([seq, torch.tensor([[tokens[-1]]])], dim=1)       # [1, T+1]
+        return tokens, margins
+
     def export(self, directory: Path) -> Path:
         """Write the decoder graph into ``directory``; returns the .onnx file."""
         raise NotImplementedError

@@ -57,16 +57,8 @@ def reference_figures(source: LMSource, tokenizer: Any, context_length: int | No
     for text in PROMPTS:
         ids = _encode(tokenizer, text, min(room, 64))
         seq = torch.tensor([ids], dtype=torch.int64)                         # [1, T]
-        tokens, gaps = [], []
-        for step in range(GREEDY_TOKENS):
-            out = source.full_logits(seq)[0]                                  # [T, V]
-            if step == 0:
-                logits.append(out.numpy().astype(np.float32))
-            top2 = torch.topk(out[-1], 2).values
-            token = int(torch.argmax(out[-1]))
-            tokens.append(token)
-            gaps.append(float(top2[0] - top2[1]))
-            seq = torch.cat([seq, torch.tensor([[token]])], dim=1)
+        logits.append(source.full_logits(seq)[0].numpy().astype(np.float32))  # [T, V]
+        tokens, gaps = source.greedy(seq, GREEDY_TOKENS)
         prompts.append(ids), greedy.append(tokens), margins.append(gaps)
     nll_ids = _encode(tokenizer, NLL_TEXT, min(context_length or 256, 256))
     nll = _mean_nll(source.full_logits(torch.tensor([nll_ids]))[0].numpy(), nll_ids)

@@ -28,6 +28,7 @@ import tokenizers
 from edgegen.errors import CancelledError, ContextOverflowError, InvalidArgumentError
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.decoder import DecoderGraph, positions_from_mask
+from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved, resolve
 from edgegen.runtimes.sampling import sample
 from edgegen.runtimes.session import SessionConfig
@@ -73,6 +74,7 @@ class Generator:
             ids[b, width - len(row):] = row
             mask[b, width - len(row):] = 1
         self._check_context(self._ids.shape[1] + width)
+        self._check_memory(self._ids.shape[1] + width, width)
         self._ids = np.concatenate([self._ids, ids], axis=1)
         self._mask = np.concatenate([self._mask, mask], axis=1)
         self._pending = ids if self._pending is None else np.concatenate([self._pending, ids], axis=1)
@@ -84,6 +86,18 @@ class Generator:
             if self._budget < 1:
                 self.finished[:] = True
                 self.finish_reasons = ["length"] * self.batch
+
+    def _check_memory(self, length: int, new_width: int) -> None:
+        """Fail before allocating if the cache for the whole run, or the prompt's logits, cannot fit."""
+        total = length + self.settings.max_new_tokens
+        if self.sampler.context_length is not None:
+            total = min(total, self.sampler.context_length)
+        layout = self.graph.layout
+        cache = layout.bytes_per_token() * self.batch * total if layout else 0
+        logits = 4 * self.batch * new_width * (self.graph.vocab_size or 0)  # the graph returns [B, T, V] float32
+        check_fits(2 * cache + logits, f"generating {self.settings.max_new_tokens} tokens for a batch of "
+                   f"{self.batch} after {length} prompt tokens",
+                   "lower max_new_tokens, the batch size or the prompt length")
 
     def _check_context(self, length: int) -> None:
         limit = self.sampler.context_length

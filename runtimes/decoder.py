@@ -76,7 +76,8 @@ class DecoderGraph:
         n = self.layout.num_layers if self.layout else 0
         self.past_names = [f"past_key_values.{i}.{k}" for i in range(n) for k in ("key", "value")]
         self.present_names = [f"present.{i}.{k}" for i in range(n) for k in ("key", "value")]
-        self.vocab_size = session.get_outputs()[0].shape[-1]
+        vocab = session.get_outputs()[0].shape[-1]
+        self.vocab_size: int | None = vocab if isinstance(vocab, int) else None
         self.device = device
         self.device_id = device_id
 

@@ -98,3 +98,21 @@ def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0) -> Path:
     model.save_pretrained(dest)
     PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(dest)
     return dest
+
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def load_models_file(name: str):
+    """Import ``models/<name>.py`` by path (models/ is not a package and is never put on sys.path)."""
+    import importlib.util
+    import sys
+
+    module_name = f"edgegen_models_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, MODELS_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

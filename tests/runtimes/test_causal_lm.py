@@ -140,3 +140,11 @@ def test_logits_are_float32_vectors_of_the_vocab(lm) -> None:
     gen.append_tokens([lm.encode("hi"), lm.encode("hello there")])
     logits = gen.next_logits()
     assert logits.shape == (2, lm.graph.vocab_size) and logits.dtype == np.float32
+
+
+def test_a_request_that_cannot_fit_in_memory_fails_fast_with_the_estimate(lm, monkeypatch) -> None:
+    monkeypatch.setattr("edgegen.runtimes.memory.available_bytes", lambda: 200_000)
+    with pytest.raises(InvalidArgumentError, match=r"batch of 8 .* needs about .* available; lower"):
+        lm.complete(["hello"] * 8, GenerationSettings(max_new_tokens=80))
+    monkeypatch.setattr("edgegen.runtimes.memory.available_bytes", lambda: 1 << 34)
+    assert len(lm.complete(["hello"] * 8, GenerationSettings(max_new_tokens=2, ignore_eos=True))) == 8

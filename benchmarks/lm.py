@@ -1,0 +1,214 @@
+"""Decode speed of edgegen against PyTorch eager, Optimum's ORTModelForCausalLM and a bare
+``session.run`` loop, on the same random-weight model, in one run.
+
+    python benchmarks/lm.py                    # GPT-2 small (124M), prompt 32, 128 new tokens, greedy
+    python benchmarks/lm.py --size tiny        # a 2-layer model, to check the script quickly
+
+Every contender generates the same 128 greedy tokens after the same 32-token prompt at
+batch 1; decode tokens/s counts the tokens after the first (prefill is reported apart).
+Runs are interleaved and repeated (median reported) because shared machines are noisy;
+compare the ratios printed at the end, not absolute figures across machines.  Peak RSS
+of edgegen generation (VmHWM, Linux) is measured in a fresh subprocess that must not import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SIZES = {
+    "small": dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257),
+    "tiny": dict(n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=1000),
+}
+
+
+def build(root: Path, size: str) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**SIZES[size], bos_token_id=0, eos_token_id=0)).eval()
+    model.save_pretrained(root / "hf")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator([Path(__file__).read_text()] * 4, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(root / "hf")
+    return root / "hf"
+
+
+def torch_eager(hf: Path, prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf).eval()
+    ids = torch.from_numpy(prompt)
+
+    def run() -> tuple[list[int], float, float]:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            out = model(input_ids=ids, use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            t1 = time.perf_counter()
+            tokens, past = [int(token)], out.past_key_values
+            for _ in range(new - 1):
+                out = model(input_ids=token, past_key_values=past, use_cache=True)
+                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+                tokens.append(int(token))
+            return tokens, t1 - t0, time.perf_counter() - t1
+    return run  # type: ignore[return-value]
+
+
+def optimum_ort(onnx_dir: Path, prompt: np.ndarray, new: int):
+    import torch
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    model = ORTModelForCausalLM.from_pretrained(onnx_dir, use_cache=True, use_io_binding=False)
+    ids = torch.from_numpy(prompt)
+
+    def run() -> tuple[list[int], float, float]:
+        kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kwargs)
+        t1 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kwargs)
+        t2 = time.perf_counter()
+        return out[0, prompt.shape[1]:].tolist(), t1 - t0, (t2 - t1) - (t1 - t0)
+    return run
+
+
+def bare_loop(graph: Path, prompt: np.ndarray, new: int):
+    """The plainest loop: session.run with numpy inputs, presents fed back as pasts."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
+    outputs = [o.name for o in sess.get_outputs()]
+
+    def run() -> tuple[list[int], float, float]:
+        feeds = {p.name: np.zeros((1, p.shape[1], 0, p.shape[3]), np.float32) for p in pasts}
+        ids, length = prompt, prompt.shape[1]
+        tokens: list[int] = []
+        t0 = time.perf_counter()
+        t1 = t0
+        for step in range(new):
+            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64),
+                         position_ids=np.arange(length - ids.shape[1], length, dtype=np.int64)[None])
+            out = sess.run(outputs, feeds)
+            token = int(out[0][0, -1].argmax())
+            tokens.append(token)
+            feeds.update({p.name: v for p, v in zip(pasts, out[1:], strict=True)})
+            ids, length = np.array([[token]], np.int64), length + 1
+            if step == 0:
+                t1 = time.perf_counter()
+        return tokens, t1 - t0, time.perf_counter() - t1
+    return run
+
+
+def edgegen_runtime(artifact: Path, prompt: np.ndarray, new: int):
+    import edgegen
+    from edgegen.runtimes.lm_settings import GenerationSettings
+
+    lm = edgegen.load(artifact, provider="cpu")
+    settings = GenerationSettings(temperature=0, max_new_tokens=new, ignore_eos=True)
+
+    def run() -> tuple[list[int], float, float]:
+        gen = lm.generator(settings)
+        t0 = time.perf_counter()
+        gen.append_tokens([prompt[0].tolist()])
+        gen.generate_next_token()
+        t1 = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        return gen.tokens(0), t1 - t0, time.perf_counter() - t1
+    return run
+
+
+_RSS_PROBE = """
+import sys, json
+import edgegen
+from edgegen.runtimes.lm_settings import GenerationSettings
+lm = edgegen.load(sys.argv[1], provider="cpu")
+gen = lm.generator(GenerationSettings(temperature=0, max_new_tokens=int(sys.argv[3]), ignore_eos=True))
+gen.append_tokens([json.loads(sys.argv[2])])
+while not gen.is_done():
+    gen.generate_next_token()
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))  # peak since exec
+print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024,
+                  "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None, help="Keep models here (default: a temp dir).")
+    args = parser.parse_args()
+    import edgegen
+
+    root = args.workdir or Path(tempfile.mkdtemp(prefix="edgegen-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    hf = root / "hf" if (root / "hf" / "config.json").exists() else build(root, args.size)
+    artifact = root / "artifact"
+    if not (artifact / "edgegen.json").exists():
+        t = time.perf_counter()
+        edgegen.convert(hf, artifact, report=lambda line: print("  convert:", line))
+        print(f"converted in {time.perf_counter() - t:.1f} s")
+    if not (root / "optimum" / "model.onnx").exists():
+        from optimum.exporters.onnx import main_export
+
+        main_export(str(hf), output=root / "optimum", task="text-generation-with-past", do_validation=False)
+    manifest = json.loads((artifact / "edgegen.json").read_text())
+    graph = artifact / manifest["graphs"]["decoder"]["file"]
+    prompt = np.random.default_rng(0).integers(1, SIZES[args.size]["vocab_size"], (1, args.prompt_tokens))
+
+    contenders = {
+        "PyTorch eager": torch_eager(hf, prompt, args.new_tokens),
+        "Optimum ORTModelForCausalLM": optimum_ort(root / "optimum", prompt, args.new_tokens),
+        "bare session.run loop (our graph)": bare_loop(graph, prompt, args.new_tokens),
+        "edgegen": edgegen_runtime(artifact, prompt, args.new_tokens),
+    }
+    decode: dict[str, list[float]] = {name: [] for name in contenders}
+    prefill: dict[str, list[float]] = {name: [] for name in contenders}
+    tokens: dict[str, list[int]] = {}
+    for name, run in contenders.items():
+        run()  # warm-up
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            toks, t_prefill, t_decode = run()
+            tokens[name] = toks
+            decode[name].append((len(toks) - 1) / t_decode)
+            prefill[name].append(args.prompt_tokens / t_prefill)
+    size_mb = sum(p.stat().st_size for p in artifact.iterdir()) / 2**20
+    probe = json.loads(subprocess.run([sys.executable, "-c", _RSS_PROBE, str(artifact), json.dumps(prompt[0].tolist()),
+                                       str(args.new_tokens)], capture_output=True, text=True, check=True).stdout)
+
+    med = {name: statistics.median(v) for name, v in decode.items()}
+    print(f"\nGPT-2 {args.size} (random weights), prompt {args.prompt_tokens}, {args.new_tokens} new tokens, greedy, "
+          f"batch 1, median of {args.repeats}; graph: {manifest['validation'].get('graph')}")
+    print(f"{'':36} {'decode tok/s':>12} {'prefill tok/s':>14}  same tokens as edgegen")
+    for name in contenders:
+        print(f"{name:36} {med[name]:12.1f} {statistics.median(prefill[name]):14.0f}  "
+              f"{tokens[name] == tokens['edgegen']}")
+    print(f"\nedgegen / Optimum ORTModelForCausalLM : {med['edgegen'] / med['Optimum ORTModelForCausalLM']:.2f}x")
+    print(f"edgegen / bare session.run loop       : {med['edgegen'] / med['bare session.run loop (our graph)']:.2f}x")
+    print(f"edgegen / PyTorch eager               : {med['edgegen'] / med['PyTorch eager']:.2f}x")
+    print(f"peak RSS of edgegen generation: {probe['peak_rss_mb']:.0f} MB (artifact on disk {size_mb:.0f} MB, "
+          f"budget {size_mb + 150:.0f} MB); torch imported: {probe['torch_imported']}")
+
+
+if __name__ == "__main__":
+    main()
