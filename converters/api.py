@@ -42,15 +42,23 @@ SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causa
 DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"config.json": _convert_hf_transformers}
 
 
+QUANTIZE = ("none", "fp16", "int8", "int4")
+
+
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
-            report: Callable[[str], None] | None = None) -> Path:
+            quantize: str = "none", report: Callable[[str], None] | None = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
     Runtime's transformer optimizer (kept only when validated and not slower);
-    ``report`` receives progress lines (default: silent).
+    ``quantize`` is ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights) or ``int4``
+    (weight-only MatMulNBits); the quantized graph's cost against fp32 is measured and
+    recorded.  ``report`` receives progress lines (default: silent).
     """
-    options = {"overwrite": overwrite, "optimize": optimize, "report": report or (lambda _line: None)}
+    if quantize not in QUANTIZE:
+        raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
+    options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize,
+               "report": report or (lambda _line: None)}
     if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():

@@ -40,7 +40,7 @@ class Candidate:
 
 
 def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False, optimize: bool = True,
-               report: Any = print) -> Path:
+               quantize: str = "none", report: Any = print) -> Path:
     """Convert ``source`` into a causal-lm artifact at ``output``; returns its path."""
     import tokenizers
 
@@ -87,11 +87,31 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
                                                                          f"  FAILED: {figures['failure']}"))
         chosen, figures = choose(results)
         final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
-        writer.add_graph_file("decoder", final, precision="fp32")
         figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
+        precision = "fp32"
+        if quantize != "none":
+            final, precision, figures["quantization"] = _quantize(writer, final, quantize, sampler, reference)
+            q = figures["quantization"]
+            report(f"quantize {quantize}: greedy agreement with fp32 {q['greedy_agreement']:.0%}, top-1 "
+                   f"{q['top1_agreement']:.0%}, perplexity {q['perplexity_delta_pct']:+.2f}%, size "
+                   f"{q['size_ratio']:.2f}x, decode {q['decode_speedup']:.2f}x fp32")
+        writer.add_graph_file("decoder", final, precision=precision)
         writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
                                      defaults=source.defaults, validation=figures))
         return writer.commit()
+
+
+def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str, Any],
+              reference: Any) -> tuple[str, str, dict[str, Any]]:
+    """Quantize the validated fp32 graph, measure what it costs against fp32, keep the quantized one."""
+    from edgegen.converters.lm_quant_fidelity import quantization_fidelity
+    from edgegen.converters.lm_quantize import PRECISION, quantize_decoder
+
+    file = f"decoder_{scheme}.onnx"
+    details = quantize_decoder(writer.path(fp32), writer.path(file), scheme)
+    fidelity = quantization_fidelity(writer.path(fp32), writer.path(file), sampler, reference)
+    _remove_graph(writer, fp32)
+    return file, PRECISION[scheme], {**details, **fidelity}
 
 
 def choose(results: list[tuple[Candidate, dict[str, Any]]]) -> tuple[Candidate, dict[str, Any]]:

@@ -95,9 +95,14 @@ class ArtifactWriter:
 
     def _remove_stale_stages(self) -> None:
         """Remove staging directories left by killed conversions (not those of live ones)."""
-        for stale in self.dest.parent.glob(f".{self.dest.name}.edgegen-tmp-*"):
+        for stale in sorted(self.dest.parent.glob(f".{self.dest.name}.edgegen-tmp-*")):
             pid = stale.name.rsplit("-", 2)[-2]
-            if not (pid.isdigit() and _alive(int(pid))):
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if stale.name.rsplit("-", 1)[-1].startswith("old") and not self.dest.exists():
+                # killed between the two renames of commit(): the previous artifact comes back
+                os.replace(stale, self.dest)
+            else:
                 shutil.rmtree(stale, ignore_errors=True)
 
     def __enter__(self) -> ArtifactWriter:

@@ -9,12 +9,13 @@ a non-zero exit code; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from edgegen import __version__
-from edgegen.errors import EdgegenError
+from edgegen.errors import EdgegenError, InvalidArgumentError
 
 PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "dml"])
 
@@ -77,7 +78,8 @@ def providers(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
-@click.option("--verify", is_flag=True, help="Also check every file's sha256.")
+@click.option("--verify", is_flag=True,
+              help="Also check every file's sha256 and open every graph (as load does).")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and file sizes as JSON.")
 def info(artifact: str, verify: bool, as_json: bool) -> None:
     """Describe an artifact: family, graphs, precisions, sizes and validation figures."""
@@ -85,8 +87,16 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
     from edgegen.runtimes.artifact import open_artifact, verify_checksums
 
     art = open_artifact(artifact)
-    if verify:
+    if verify:  # everything load does: checksums, graphs open on CPU, I/O cross-check, family checks
+        from edgegen.runtimes.artifact import open_sessions
+        from edgegen.runtimes.registry import RUNTIMES, runtime_class
+        from edgegen.runtimes.session import SessionConfig
+
         verify_checksums(art)
+        if art.manifest.family in RUNTIMES:
+            runtime_class(art.manifest.family).from_artifact(art, SessionConfig(provider="cpu"))
+        else:
+            open_sessions(art, SessionConfig(provider="cpu"))
     m = art.manifest
     sizes = {ref.file: art.path(ref.file).stat().st_size for ref in m.files()}
     if as_json:
@@ -105,7 +115,7 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
     for key, value in m.validation.items():
         click.echo(f"  validation {key}: {_short(value)}")
     if verify:
-        click.echo("  checksums  ok")
+        click.echo("  verified   checksums, graphs load, inputs/outputs match, family checks")
 
 
 @cli.command()
@@ -114,8 +124,10 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               help="Artifact directory to write (written atomically).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer optimizer.")
+@click.option("-q", "--quantize", type=click.Choice(["none", "fp16", "int8", "int4"]), default="none",
+              show_default=True, help="Quantize the graph; its cost against fp32 is measured and recorded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
-def convert(source: str, output: str, overwrite: bool, no_optimize: bool, as_json: bool) -> None:
+def convert(source: str, output: str, overwrite: bool, no_optimize: bool, quantize: str, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -125,7 +137,8 @@ def convert(source: str, output: str, overwrite: bool, no_optimize: bool, as_jso
     from edgegen.runtimes.artifact import open_artifact
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, report=report)
+    path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
+                           report=report)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -136,7 +149,7 @@ def convert(source: str, output: str, overwrite: bool, no_optimize: bool, as_jso
 def _read_prompts(prompts: tuple[str, ...]) -> list[str]:
     if prompts:
         return list(prompts)
-    stdin = click.get_binary_stream("stdin")
+    stdin = sys.stdin.buffer
     if stdin.isatty():
         raise click.UsageError("give a prompt with -p/--prompt or on standard input")
     data = stdin.read()
@@ -173,15 +186,16 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: s
              stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
     """Generate text from a causal-lm ARTIFACT, streaming it to standard output."""
     import edgegen
+    from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.lm_settings import GenerationSettings
 
     texts = _read_prompts(prompts)
     settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
                                   **sampling)
+    family = open_artifact(artifact).manifest.family
+    if family != "causal-lm":
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm artifacts")
     lm = edgegen.load(artifact, provider=provider, threads=threads)
-    if getattr(lm, "family", None) != "causal-lm":
-        raise click.UsageError(f"{artifact} is a {lm.artifact.manifest.family} artifact; generate runs causal-lm "
-                               "artifacts (use `edgegen sample` for image models)")
     stream = not as_json and len(texts) == 1
     on_text = (lambda _row, piece: click.echo(piece, nl=False)) if stream else None
     try:
@@ -205,6 +219,30 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: s
     click.echo(f"[{lm.provider}: {r.prompt_tokens} prompt tokens, {sum(len(x.token_ids) for x in results)} new "
                f"({r.finish_reason}); first token {1000 * r.time_to_first_token_s:.0f} ms, "
                f"{r.decode_tokens_per_s:.1f} tokens/s]", err=True)
+
+
+@cli.command()
+@click.option("-o", "--out", type=click.Path(file_okay=False), default="edgegen-demo", show_default=True,
+              help="Folder for the artifacts and the generated outputs (artifacts are reused next time).")
+@click.option("--models", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The repository's models/ folder [default: the one next to this edgegen].")
+@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the timings as JSON at the end.")
+def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
+    """Convert the bundled reference models and generate from them, offline."""
+    import time
+    from pathlib import Path
+
+    from edgegen.demo import run_demo
+
+    started = time.perf_counter()
+    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    report = run_demo(Path(out), Path(models) if models else None, provider=provider, say=say)
+    total = time.perf_counter() - started
+    if as_json:
+        _echo_json({"total_s": round(total, 2), "models": report})
+    else:
+        click.echo(f"done in {total:.1f} s; outputs in {Path(out).resolve()}")
 
 
 def _mib(size: int) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import tokenizers
 
-from edgegen.errors import CancelledError, ContextOverflowError, InvalidArgumentError
+from edgegen.errors import CancelledError, ContextOverflowError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.decoder import DecoderGraph, positions_from_mask
 from edgegen.runtimes.memory import check_fits
@@ -200,9 +200,18 @@ class CausalLM:
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> CausalLM:
+        m = artifact.manifest
+        missing = ([] if "decoder" in m.graphs else ["a 'decoder' graph"]) + \
+                  ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
+        if missing:
+            raise ManifestError(f"{artifact.root}: this causal-lm artifact lacks {' and '.join(missing)} "
+                                f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+        CausalLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
+        GenerationSettings.from_manifest(m.defaults)
         provider, sessions = open_sessions(artifact, config)
         device = "cuda" if provider == "cuda" else "cpu"
-        graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id)
+        graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id,
+                             serialize=provider == "dml")
         tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
         return cls(artifact, graph, tokenizer, provider)
 

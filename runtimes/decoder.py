@@ -14,7 +14,9 @@ last position's logits come back to the host.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,8 +69,12 @@ def cache_layout(session: ort.InferenceSession) -> CacheLayout | None:
 class DecoderGraph:
     """A decoder session plus the names it takes, and its step function."""
 
-    def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0) -> None:
+    def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0,
+                 serialize: bool = False) -> None:
         self.session = session
+        #: DirectML sessions must not run concurrently: one lock per session serializes them.
+        self._lock: threading.Lock | contextlib.nullcontext[None] = threading.Lock() if serialize \
+            else contextlib.nullcontext()
         names = {arg.name for arg in session.get_inputs()}
         self.has_mask = "attention_mask" in names
         self.has_positions = "position_ids" in names
@@ -101,7 +107,8 @@ class DecoderGraph:
         binding.bind_output("logits", "cpu")
         for name in self.present_names:
             binding.bind_output(name, self.device, self.device_id)
-        self.session.run_with_iobinding(binding)
+        with self._lock:
+            self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()  # [B, T, V]
         return np.asarray(logits[:, -1, :], dtype=np.float32), list(outputs[1:])
@@ -115,7 +122,8 @@ class DecoderGraph:
             feeds["position_ids"] = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
         if self.layout is not None:
             feeds.update(zip(self.past_names, self.layout.empty(input_ids.shape[0]), strict=True))
-        return self.session.run(["logits"], feeds)[0]
+        with self._lock:
+            return self.session.run(["logits"], feeds)[0]
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:

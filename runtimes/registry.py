@@ -35,8 +35,8 @@ def runtime_class(family: str) -> type[FamilyRuntime]:
     target = RUNTIMES.get(family)
     if target is None:
         known = ", ".join(sorted(RUNTIMES)) or "none yet"
-        raise UnknownFamilyError(f"this edgegen cannot run {family!r} artifacts (it runs: {known}); "
-                                 "upgrade with: pip install -U edgegen")
+        raise UnknownFamilyError(f"this edgegen has no runtime for {family!r} artifacts yet (it runs: {known}); "
+                                 "a newer edgegen may: pip install -U edgegen")
     module_name, _, class_name = target.partition(":")
     return getattr(importlib.import_module(module_name), class_name)
 

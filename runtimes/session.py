@@ -175,7 +175,8 @@ def create_session(path: Path, config: SessionConfig, provider: ProviderName, la
 def explain_load_failure(label: str, message: str, opset: int | None = None) -> str:
     """One line from ONNX Runtime's load error: which op, which opset, what to do."""
     version = ort.__version__
-    fix = "upgrade onnxruntime (pip install -U onnxruntime) or re-convert with a lower --opset"
+    fix = ("upgrade onnxruntime (pip install -U onnxruntime), or re-convert the model with an edgegen whose "
+           "exporter targets this onnxruntime")
     if m := _FUTURE_OPSET.search(message):
         return (f"{label}: uses opset {m.group(1)} but onnxruntime {version} supports opsets up to "
                 f"{m.group(2)}; {fix}")

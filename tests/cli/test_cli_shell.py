@@ -34,7 +34,7 @@ def test_info(tiny_artifact):
     result = run("info", str(tiny_artifact), "--verify")
     assert result.exit_code == 0, result.output
     assert "family     gan" in result.output and "generator" in result.output
-    assert "validation max_abs_error: 0" in result.output and "checksums  ok" in result.output
+    assert "validation max_abs_error: 0" in result.output and "verified   checksums" in result.output
     data = json.loads(run("info", str(tiny_artifact), "--json").output)
     assert data["family"] == "gan" and data["sizes"]["notes.txt"] == 6
 
