@@ -133,3 +133,26 @@ def test_existing_output_needs_overwrite(converted, tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="overwrite"):
         edgegen.convert(hf, out)
     assert edgegen.convert(hf, out, overwrite=True, optimize=False) == out
+
+
+@pytest.mark.parametrize(("scheme", "precision"), [("int8", "int8-dynamic"), ("int4", "int4-weight"), ("fp16", "fp16")])
+def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path: Path, scheme: str,
+                                                             precision: str) -> None:
+    hf, _ = converted("llama")
+    lm = edgegen.load(edgegen.convert(hf, tmp_path / scheme, optimize=False, quantize=scheme), provider="cpu")
+    m = lm.artifact.manifest
+    assert m.graphs["decoder"].precision == precision
+    q = m.validation["quantization"]
+    # fp32 vs torch still recorded; the quantized graph's figures are against the fp32 graph
+    assert m.validation["greedy_identical"]
+    assert 0.0 <= q["greedy_agreement"] <= 1.0 and q["top1_agreement"] >= 0.5
+    assert q["size_ratio"] < 1.01 and q["size_bytes"] > 0  # tiny: embeddings dominate, little to shrink
+    assert len(lm.complete(["def f"], GenerationSettings(temperature=0, max_new_tokens=4, ignore_eos=True))[0]
+               .token_ids) == 4
+
+
+def test_unknown_quantization_scheme_is_refused_before_any_work(tmp_path: Path) -> None:
+    from edgegen.errors import InvalidArgumentError
+
+    with pytest.raises(InvalidArgumentError, match="quantize must be one of none, fp16, int8, int4"):
+        edgegen.convert(tmp_path / "whatever", tmp_path / "out", quantize="int3")

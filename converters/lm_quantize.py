@@ -1,0 +1,323 @@
+"""Quantized copies of a causal-LM decoder graph, made with ONNX Runtime's own tools.
+
+Schemes (the manifest's precision name in brackets):
+
+- ``fp16`` (fp16): ``onnxruntime.transformers.float16.convert_float_to_float16`` with
+  ``keep_io_types=True``: weights and compute in float16, but every graph input and output
+  (logits, the KV cache) stays float32, so the runtime's cache code is unchanged.
+- ``int8`` (int8-dynamic): ``onnxruntime.quantization.quantize_dynamic``: int8 weights,
+  activations quantized per call (MatMulInteger); only MatMuls with a constant weight
+  (``MatMulConstBOnly``), never Gather (embeddings) or the attention's activation products.
+- ``int4`` (int4-weight): ``MatMulNBitsQuantizer``: symmetric block-wise int4 weights in
+  ``MatMulNBits`` nodes, with ``accuracy_level`` (4 = int8 compute on CPU; leaving it unset
+  runs about 2x slower there).
+
+For int8 and int4 the LM head (the MatMul/Gemm producing ``logits``) stays float: its
+errors go straight into the token choice, and it is one matrix among many.
+
+Before int8/int4 the graph is put in the form the quantizers read: a ``Gemm`` with a
+constant weight (torch exports GPT-2's Conv1D layers so) becomes ``MatMul`` + ``Add``,
+and a ``Transpose`` of a constant weight feeding a MatMul is folded into the weight; both
+quantizers only look at ``MatMul(x, initializer)``.  This rewrites the graph, it does not
+quantize anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgegen.errors import ConversionError, InvalidArgumentError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import onnx
+
+__all__ = ["PRECISION", "SCHEMES", "quantize_decoder"]
+
+SCHEMES = ("fp16", "int8", "int4")
+PRECISION = {"fp16": "fp16", "int8": "int8-dynamic", "int4": "int4-weight"}   # manifest precision names
+#: Graphs with more initializer bytes than this keep them in ``<name>.data`` (memory-mapped by ORT).
+EXTERNAL_WEIGHTS_BYTES = 16 << 20
+#: Ops between the LM head's MatMul/Gemm and ``logits`` that do not change which op made them.
+_PASS_THROUGH = {"Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Add"}
+
+
+def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int = 32,
+                     accuracy_level: int = 4) -> dict[str, Any]:
+    """Write a quantized copy of the decoder graph at dst (weights over 16 MB go to f"{dst.name}.data" external data, all tensors in one file, so ORT memory-maps them); returns a JSON-able report: scheme, what tool/options, which MatMul nodes were quantized (count) and which were kept in float by name (the LM head — the MatMul/Gemm producing `logits` — always stays float for int4 and int8; embeddings Gather stay float), and size of dst (+ data) in bytes."""  # noqa: E501
+    if scheme not in SCHEMES:
+        raise InvalidArgumentError(f"unknown quantization scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
+    src, dst = Path(src), Path(dst)
+    if src.resolve() == dst.resolve():
+        raise InvalidArgumentError(f"quantize_decoder: the output {dst} must differ from the input graph")
+    import onnxruntime
+
+    if scheme == "fp16":  # everything in float16, the LM head included (keep_io_types: logits float32)
+        model, tool, rewritten = _fp16(src), _FP16_TOOL, {}
+        lm_head = _lm_head(model)
+    else:
+        model, lm_head, rewritten = _prepared(src)
+        if not _weight_matmuls(model) - set(lm_head):
+            raise ConversionError(f"{src.name}: nothing to quantize for {scheme}: the graph has no MatMul with a "
+                                  f"float weight{' besides the LM head' if lm_head else ''}")
+        if scheme == "int8":
+            model, tool = _int8(model, dst.parent, lm_head)
+        else:
+            model, tool = _int4(model, lm_head, block_size, accuracy_level)
+    quantized, kept = _census(model, scheme)
+    files = _save(model, dst)
+    return {
+        "scheme": scheme, "precision": PRECISION[scheme], **tool, "onnxruntime": onnxruntime.__version__,
+        "lm_head": lm_head, "rewritten_for_quantizer": rewritten,
+        "quantized_matmuls": quantized, "float_matmuls": kept,
+        "files": files, "size_bytes": sum((dst.parent / f).stat().st_size for f in files),
+    }
+
+
+# -- the three tools ------------------------------------------------------------------------
+
+_FP16_TOOL = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+              "options": {"keep_io_types": True, "op_block_list": "float16.DEFAULT_OP_BLOCK_LIST"}}
+
+
+def _fp16(src: Path) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # A path (not a proto): ORT runs shape inference file to file (works past 2 GB) and loads
+    # the model once.  Values outside float16's range are clamped to +-65504 by the converter.
+    return convert_float_to_float16(str(src), keep_io_types=True)
+
+
+def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    options = {"weight_type": "QInt8", "op_types_to_quantize": ["MatMul"], "per_channel": False,
+               "reduce_range": False, "nodes_to_exclude": lm_head, "extra_options": {"MatMulConstBOnly": True}}
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=workdir) as tmp:
+        # quantize_dynamic deep-copies a ModelProto it is given; from a file it loads it once.
+        src, out = Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
+        onnx.save_model(model, str(src), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="prepared.onnx.data", size_threshold=1024)
+        del model
+        with _without_preprocess_advice():
+            quantize_dynamic(src, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                             per_channel=False, reduce_range=False, nodes_to_exclude=lm_head,
+                             use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+        quantized = onnx.load_model(str(out))  # external data read into memory before tmp goes
+    return quantized, {"tool": "onnxruntime.quantization.quantize_dynamic", "options": options}
+
+
+def _int4(model: onnx.ModelProto, lm_head: list[str], block_size: int,
+          accuracy_level: int) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    if block_size < 16 or block_size & (block_size - 1):
+        raise InvalidArgumentError(f"int4 block_size must be a power of two >= 16, got {block_size}")
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise InvalidArgumentError(f"int4 accuracy_level must be 0..4 (4: int8 compute, fastest on CPU), "
+                                   f"got {accuracy_level}")
+    import inspect
+
+    nbits = _import_nbits_quantizer()
+    wanted = {"block_size": block_size, "is_symmetric": True, "accuracy_level": accuracy_level,
+              "op_types_to_quantize": ("MatMul",), "bits": 4}
+    known = inspect.signature(nbits.DefaultWeightOnlyQuantConfig).parameters  # older ORTs lack the last two
+    config = nbits.DefaultWeightOnlyQuantConfig(**{k: v for k, v in wanted.items() if k in known})
+    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=lm_head, algo_config=config)  # in place
+    log = logging.getLogger(nbits.__name__)
+    level = log.level
+    log.setLevel(logging.WARNING)  # it logs a line per node at INFO
+    try:
+        quantizer.process()
+    finally:
+        log.setLevel(level)
+    options = {"algorithm": "DEFAULT (round to nearest)", "bits": 4, "block_size": block_size, "is_symmetric": True,
+               "accuracy_level": accuracy_level, "op_types_to_quantize": ["MatMul"], "nodes_to_exclude": lm_head}
+    return quantizer.model.model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
+                                   "options": options}
+
+
+def _import_nbits_quantizer() -> Any:
+    """ORT's matmul_nbits_quantizer calls ``logging.basicConfig(level=INFO)`` when imported,
+    which would make every library's INFO lines print in the caller's process: undo that."""
+    import sys
+
+    name = "onnxruntime.quantization.matmul_nbits_quantizer"
+    if name in sys.modules:
+        return sys.modules[name]
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    import onnxruntime.quantization.matmul_nbits_quantizer as nbits
+
+    for handler in root.handlers[:]:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    return nbits
+
+
+@contextmanager
+def _without_preprocess_advice() -> Iterator[None]:
+    """quantize_dynamic logs (on the root logger) advice to run its pre-processing, which would
+    fuse and reshape the graph we just validated; we do not want it, so we do not print it."""
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    root, drop = logging.getLogger(), _Drop()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
+# -- graph preparation and census -----------------------------------------------------------
+
+def _prepared(src: Path) -> tuple[onnx.ModelProto, list[str], dict[str, int]]:
+    """The graph (weights loaded once), in the MatMul form the quantizers read, and its LM head."""
+    import onnx
+
+    model = onnx.load_model(str(src))
+    rewritten = {"gemm_to_matmul": _gemm_to_matmul(model), "transpose_folded": _fold_weight_transposes(model)}
+    return model, _lm_head(model), rewritten
+
+
+def _initializers(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            counts[name] = counts.get(name, 0) + 1
+    for out in model.graph.output:
+        counts[out.name] = counts.get(out.name, 0) + 1
+    return counts
+
+
+def _is_float(t: onnx.TensorProto) -> bool:
+    from onnx import TensorProto
+
+    return t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16)
+
+
+def _gemm_to_matmul(model: onnx.ModelProto) -> int:
+    """Gemm(A, W[, C]) with a constant 2-D float W (alpha 1, beta 1, no transA) -> MatMul(A, W') [+ Add C].
+    W' is W, or W transposed in place when transB=1 (only if nothing else reads W). Names stay."""
+    from onnx import helper, numpy_helper
+
+    inits, uses = _initializers(model), _consumers(model)
+    nodes, done = [], 0
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        w = inits.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if (w is None or not _is_float(w) or len(w.dims) != 2 or attrs.get("alpha", 1.0) != 1.0
+                or attrs.get("transA", 0) or (len(node.input) > 2 and node.input[2] and attrs.get("beta", 1.0) != 1.0)
+                or (attrs.get("transB", 0) and uses.get(w.name, 0) != 1)):
+            nodes.append(node)
+            continue
+        if attrs.get("transB", 0):
+            w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), w.name))
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        product = f"{node.output[0]}/matmul" if bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], w.name], [product], name=node.name))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [node.output[0]], name=f"{node.name}/bias"))
+        done += 1
+    if done:
+        model.graph.ClearField("node")
+        model.graph.node.extend(nodes)
+    return done
+
+
+def _fold_weight_transposes(model: onnx.ModelProto) -> int:
+    """MatMul(x, Transpose(W)) with a constant 2-D W read only by that Transpose -> MatMul(x, W^T)."""
+    from onnx import helper, numpy_helper
+
+    inits, uses = _initializers(model), _consumers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    folded: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or len(node.input) < 2:
+            continue
+        t = producers.get(node.input[1])
+        if t is None or t.op_type != "Transpose" or t.output[0] in folded:
+            continue
+        w = inits.get(t.input[0])
+        perm = next((list(helper.get_attribute_value(a)) for a in t.attribute if a.name == "perm"), [1, 0])
+        if (w is None or not _is_float(w) or len(w.dims) != 2 or perm != [1, 0] or uses.get(w.name, 0) != 1
+                or any(n.op_type != "MatMul" for n in model.graph.node if t.output[0] in n.input)
+                or t.output[0] in {o.name for o in model.graph.output}):
+            continue
+        w.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(w).T.copy(), t.output[0]))
+        folded.add(t.output[0])
+    if folded:
+        keep = [n for n in model.graph.node if not (n.op_type == "Transpose" and n.output[0] in folded)]
+        model.graph.ClearField("node")
+        model.graph.node.extend(keep)
+    return len(folded)
+
+
+def _lm_head(model: onnx.ModelProto) -> list[str]:
+    """Names of the MatMul/Gemm nodes producing ``logits`` (through reshapes, casts, a bias Add)."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    consts = set(_initializers(model)) | {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
+    heads, seen, todo = [], set(), ["logits"]
+    while todo:
+        node = producers.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("MatMul", "Gemm"):
+            heads.append(node.name)
+        elif node.op_type in _PASS_THROUGH:
+            data = [i for i in node.input if i and i not in consts]
+            if node.op_type != "Add" or len(data) == 1:  # an Add only as a constant bias
+                todo.append(data[0] if node.op_type == "Add" else node.input[0])
+    return heads
+
+
+def _weight_matmuls(model: onnx.ModelProto) -> set[str]:
+    """Names of MatMul/Gemm nodes whose weight (input 1) is a float initializer."""
+    inits = _initializers(model)
+    return {n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+            and n.input[1] in inits and _is_float(inits[n.input[1]])}
+
+
+def _census(model: onnx.ModelProto, scheme: str) -> tuple[int, list[str]]:
+    """(how many weight MatMuls were quantized, names of weight MatMul/Gemm nodes left in float32)."""
+    from onnx import TensorProto
+
+    ops = [n.op_type for n in model.graph.node]
+    if scheme == "int4":
+        quantized = ops.count("MatMulNBits")
+    elif scheme == "int8":
+        quantized = ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul")
+    else:
+        inits = _initializers(model)
+        quantized = sum(1 for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+                        and n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT16)
+    inits = _initializers(model)
+    kept = sorted(n.name for n in model.graph.node if n.op_type in ("MatMul", "Gemm") and len(n.input) > 1
+                  and n.input[1] in inits and inits[n.input[1]].data_type == TensorProto.FLOAT)
+    return quantized, kept
+
+
+def _save(model: onnx.ModelProto, dst: Path) -> list[str]:
+    """Save at dst; initializers over EXTERNAL_WEIGHTS_BYTES in total go to one ``<dst>.data``."""
+    import onnx
+
+    data = dst.with_name(f"{dst.name}.data")
+    data.unlink(missing_ok=True)  # external data is appended to: never to a stale file
+    weights = sum(t.ByteSize() for t in model.graph.initializer)
+    external = weights > EXTERNAL_WEIGHTS_BYTES
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
+                    location=data.name, size_threshold=1024)
+    return [dst.name, data.name] if external and data.exists() else [dst.name]
