@@ -155,6 +155,8 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quantized", nargs="*", default=[], choices=["fp16", "int8", "int4"],
+                        help="Also time edgegen artifacts quantized with these schemes.")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep models here (default: a temp dir).")
     args = parser.parse_args()
     import edgegen
@@ -171,6 +173,12 @@ def main() -> None:
         from optimum.exporters.onnx import main_export
 
         main_export(str(hf), output=root / "optimum", task="text-generation-with-past", do_validation=False)
+    quantized = {}
+    for scheme in args.quantized:
+        q_artifact = root / f"artifact-{scheme}"
+        if not (q_artifact / "edgegen.json").exists():
+            edgegen.convert(hf, q_artifact, quantize=scheme, report=lambda line: print("  convert:", line))
+        quantized[f"edgegen {scheme}"] = q_artifact
     manifest = json.loads((artifact / "edgegen.json").read_text())
     graph = artifact / manifest["graphs"]["decoder"]["file"]
     prompt = np.random.default_rng(0).integers(1, SIZES[args.size]["vocab_size"], (1, args.prompt_tokens))
@@ -180,6 +188,7 @@ def main() -> None:
         "Optimum ORTModelForCausalLM": optimum_ort(root / "optimum", prompt, args.new_tokens),
         "bare session.run loop (our graph)": bare_loop(graph, prompt, args.new_tokens),
         "edgegen": edgegen_runtime(artifact, prompt, args.new_tokens),
+        **{name: edgegen_runtime(path, prompt, args.new_tokens) for name, path in quantized.items()},
     }
     decode: dict[str, list[float]] = {name: [] for name in contenders}
     prefill: dict[str, list[float]] = {name: [] for name in contenders}
@@ -206,6 +215,8 @@ def main() -> None:
     print(f"\nedgegen / Optimum ORTModelForCausalLM : {med['edgegen'] / med['Optimum ORTModelForCausalLM']:.2f}x")
     print(f"edgegen / bare session.run loop       : {med['edgegen'] / med['bare session.run loop (our graph)']:.2f}x")
     print(f"edgegen / PyTorch eager               : {med['edgegen'] / med['PyTorch eager']:.2f}x")
+    for name in quantized:
+        print(f"{name} / edgegen fp32{'':<{max(0, 19 - len(name))}}: {med[name] / med['edgegen']:.2f}x")
     print(f"peak RSS of edgegen generation: {probe['peak_rss_mb']:.0f} MB (artifact on disk {size_mb:.0f} MB, "
           f"budget {size_mb + 150:.0f} MB); torch imported: {probe['torch_imported']}")
 

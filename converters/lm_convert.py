@@ -22,7 +22,7 @@ from typing import Any
 from edgegen.converters.lm_source import LMSource
 from edgegen.converters.lm_validate import compare, reference_figures
 from edgegen.converters.writer import ArtifactWriter
-from edgegen.errors import ConversionError
+from edgegen.errors import ConversionError, EdgegenError
 from edgegen.manifest import Source
 
 log = logging.getLogger("edgegen.convert")
@@ -108,7 +108,13 @@ def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str,
     from edgegen.converters.lm_quantize import PRECISION, quantize_decoder
 
     file = f"decoder_{scheme}.onnx"
-    details = quantize_decoder(writer.path(fp32), writer.path(file), scheme)
+    try:
+        details = quantize_decoder(writer.path(fp32), writer.path(file), scheme)
+    except EdgegenError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (ONNX Runtime's quantizers raise bare RuntimeErrors)
+        raise ConversionError(f"{scheme} quantization failed: {str(exc).splitlines()[0][:300]}; try "
+                              "--no-optimize (quantize the exported graph) or another --quantize scheme") from exc
     fidelity = quantization_fidelity(writer.path(fp32), writer.path(file), sampler, reference)
     _remove_graph(writer, fp32)
     return file, PRECISION[scheme], {**details, **fidelity}

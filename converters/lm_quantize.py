@@ -98,7 +98,8 @@ def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[on
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     options = {"weight_type": "QInt8", "op_types_to_quantize": ["MatMul"], "per_channel": False,
-               "reduce_range": False, "nodes_to_exclude": lm_head, "extra_options": {"MatMulConstBOnly": True}}
+               "reduce_range": False, "nodes_to_exclude": lm_head,
+               "extra_options": {"MatMulConstBOnly": True, "DefaultTensorType": "FLOAT"}}
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=workdir) as tmp:
         # quantize_dynamic deep-copies a ModelProto it is given; from a file it loads it once.
         src, out = Path(tmp, "prepared.onnx"), Path(tmp, "int8.onnx")
@@ -108,7 +109,9 @@ def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[on
         with _without_preprocess_advice():
             quantize_dynamic(src, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
                              per_channel=False, reduce_range=False, nodes_to_exclude=lm_head,
-                             use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+                             use_external_data_format=True,
+                             # fused com.microsoft ops (transformer optimizer) defeat its type inference
+                             extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
         quantized = onnx.load_model(str(out))  # external data read into memory before tmp goes
     return quantized, {"tool": "onnxruntime.quantization.quantize_dynamic", "options": options}
 

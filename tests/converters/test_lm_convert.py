@@ -135,11 +135,15 @@ def test_existing_output_needs_overwrite(converted, tmp_path: Path) -> None:
     assert edgegen.convert(hf, out, overwrite=True, optimize=False) == out
 
 
-@pytest.mark.parametrize(("scheme", "precision"), [("int8", "int8-dynamic"), ("int4", "int4-weight"), ("fp16", "fp16")])
-def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path: Path, scheme: str,
-                                                             precision: str) -> None:
-    hf, _ = converted("llama")
-    lm = edgegen.load(edgegen.convert(hf, tmp_path / scheme, optimize=False, quantize=scheme), provider="cpu")
+@pytest.mark.parametrize(("arch", "optimize", "scheme", "precision"), [
+    ("llama", False, "int8", "int8-dynamic"), ("llama", False, "int4", "int4-weight"), ("llama", False, "fp16", "fp16"),
+    # the transformer optimizer's fused com.microsoft ops must not break ORT's quantizers
+    ("gpt2", True, "int8", "int8-dynamic"), ("gpt2", True, "int4", "int4-weight"),
+])
+def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path: Path, arch: str, optimize: bool,
+                                                             scheme: str, precision: str) -> None:
+    hf, _ = converted(arch)
+    lm = edgegen.load(edgegen.convert(hf, tmp_path / scheme, optimize=optimize, quantize=scheme), provider="cpu")
     m = lm.artifact.manifest
     assert m.graphs["decoder"].precision == precision
     q = m.validation["quantization"]
