@@ -77,8 +77,8 @@ def _mean_nll(logits: np.ndarray, ids: list[int]) -> float:
 def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
     """Run the staged artifact with the runtime and compare it with ``ref``."""
     from edgegen.runtimes.artifact import open_artifact
-    from edgegen.runtimes.causal_lm import CausalLM
-    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen.runtimes.causal_lm import CausalLM, Generator
+    from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, resolve
     from edgegen.runtimes.session import SessionConfig
 
     lm = CausalLM.from_artifact(open_artifact(artifact_dir), SessionConfig(provider="cpu"))
@@ -87,11 +87,14 @@ def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
         got = lm.graph.full_logits(np.array([ids]), np.ones((1, len(ids)), np.int64))[0]  # [T, V]
         error = max(error, float(np.abs(got - want).max()))
         scale = max(scale, float(np.abs(want).max()))
-    settings = GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True, stop_token_ids=())
+    # Built-in settings only: the artifact's defaults (say, a repetition penalty) must not bend plain greedy.
+    settings = resolve(GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True),
+                       GenerationSettings())
+    sampler = CausalLMSampler.from_manifest(lm.artifact.manifest.sampler)
     matching, first_divergence, tie = 0, None, False
     decode_s, decode_n = 0.0, 0
     for p, (ids, want) in enumerate(zip(ref.prompts, ref.greedy, strict=True)):
-        gen = lm.generator(settings)
+        gen = Generator(lm.graph, sampler, settings, batch=1)
         gen.append_tokens([ids])
         gen.generate_next_token()
         started = time.perf_counter()

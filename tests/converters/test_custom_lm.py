@@ -29,7 +29,9 @@ def tiny_gpt(seed: int = 0):
 def kv_spec(model, config, **overrides) -> CausalLMSpec:
     args = dict(module=model, tokenizer=train_tiny_tokenizer(), context_length=config.block_size,
                 num_layers=config.n_layer, num_kv_heads=config.n_head, head_dim=config.n_embd // config.n_head,
-                eos_token_ids=(0,), pad_token_id=0, defaults={"temperature": 0.8, "top_k": 40})
+                eos_token_ids=(0,), pad_token_id=0,
+                # a repetition penalty in the defaults must not leak into validation's plain greedy
+                defaults={"temperature": 0.8, "top_k": 40, "repetition_penalty": 1.5})
     return CausalLMSpec(**{**args, **overrides})
 
 
@@ -59,9 +61,9 @@ def test_nanogpt_converts_and_generates_what_pytorch_generates(tmp_path: Path, c
     lm = edgegen.load(edgegen.convert(spec, tmp_path / "a"), provider="cpu")
     m = lm.artifact.manifest
     assert m.validation["greedy_identical"] and m.sampler["cache"] == cache
-    assert m.defaults == {"temperature": 0.8, "top_k": 40} and m.sampler["special_tokens"] == {
+    assert m.defaults == {"temperature": 0.8, "top_k": 40, "repetition_penalty": 1.5} and m.sampler["special_tokens"] == {
         "eos": "<|endoftext|>", "pad": "<|endoftext|>"}
-    settings = GenerationSettings(temperature=0, max_new_tokens=20, ignore_eos=True)
+    settings = GenerationSettings(temperature=0, max_new_tokens=20, ignore_eos=True, repetition_penalty=1.0)
     prompts = ["def fibonacci(n):", "The quick brown fox"]
     batch = lm.complete(prompts, settings)
     for prompt, done in zip(prompts, batch, strict=True):

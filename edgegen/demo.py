@@ -1,0 +1,103 @@
+"""``edgegen demo``: convert the bundled reference models and generate from them, offline.
+
+The models and their checkpoints live in the repository's ``models/`` folder (trained
+there by the scripts beside them).  Artifacts go to ``<out>/artifacts/<name>`` and are
+reused by the next run while the checkpoint they came from is unchanged (its sha256 is
+in the artifact's manifest); outputs go to ``<out>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgegen.errors import EdgegenError
+
+REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+@dataclass(frozen=True)
+class Bundled:
+    name: str
+    spec: str                       # "<file>.py:function" inside models/, returning an edgegen spec
+    checkpoint: str                 # relative to models/, for the reuse check
+    run: Callable[[Any, Path, Callable[[str], None]], dict[str, Any]]
+
+
+def _run_pycode(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from edgegen.runtimes.lm_settings import GenerationSettings
+
+    # Prompts end where a line ends in the training text: a trailing "\n" would split the "\n    "
+    # token the model knows, and it would not indent.
+    prompts = ["def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\n\ndef list_files(path):"]
+    greedy = GenerationSettings(temperature=0.0, repetition_penalty=1.3, max_new_tokens=64, stop=("\n\n\n",))
+    sampled = GenerationSettings(temperature=0.7, top_k=40, repetition_penalty=1.1, seed=0, max_new_tokens=64,
+                                 stop=("\n\n\n",))
+    first = lm.complete(prompts[:1], greedy)[0]
+    batch = lm.complete(prompts, sampled)
+    lines = ["# greedy, repetition penalty 1.3", prompts[0] + first.text, ""]
+    for prompt, done in zip(prompts, batch, strict=True):
+        lines += ["# temperature 0.7, top-k 40, repetition penalty 1.1, seed 0", prompt + done.text, ""]
+    (out / "pycode.txt").write_text("\n".join(lines), encoding="utf-8")
+    say("code completion (greedy):")
+    say("    " + (prompts[0] + first.text).replace("\n", "\n    ").rstrip())
+    return {"output": str(out / "pycode.txt"), "prompt_tokens": first.prompt_tokens,
+            "new_tokens": len(first.token_ids), "time_to_first_token_ms": round(1000 * first.time_to_first_token_s, 1),
+            "decode_tokens_per_s": round(first.decode_tokens_per_s, 1),
+            "batch_of_3_decode_tokens_per_s": round(batch[0].decode_tokens_per_s * len(prompts), 1)}
+
+
+BUNDLED = (
+    Bundled("pycode", "pycode.py:spec", "pycode/model.safetensors", _run_pycode),
+)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run_demo(out: Path, models: Path | None = None, provider: str = "auto", say: Callable[[str], None] = print,
+             ) -> dict[str, Any]:
+    """Convert (or reuse) every bundled model, generate from each; returns what was done and timings."""
+    import edgegen
+    from edgegen.manifest import read_manifest
+
+    models = models or REPO_MODELS
+    if not models.is_dir():
+        raise EdgegenError(f"the demo needs the repository's models/ folder ({models} is missing); "
+                           "run it from a clone of the edgegen repository or pass --models DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {}
+    for item in BUNDLED:
+        checkpoint = models / item.checkpoint
+        if not checkpoint.is_file():
+            raise EdgegenError(f"bundled checkpoint {checkpoint} is missing; restore it with git or retrain it "
+                               f"with the script in {models}")
+        artifact = out / "artifacts" / item.name
+        sha = _sha256(checkpoint)
+        started = time.perf_counter()
+        reused = (artifact / "edgegen.json").is_file() and read_manifest(artifact).source.checkpoint_sha256 == sha
+        if reused:
+            say(f"{item.name}: reusing {artifact}")
+        else:
+            say(f"{item.name}: converting {checkpoint.relative_to(models.parent)} ...")
+            edgegen.convert(f"{models / item.spec.split(':')[0]}:{item.spec.split(':')[1]}", artifact, overwrite=True,
+                            report=lambda line, name=item.name: say(f"  {line}"))
+        convert_s = time.perf_counter() - started
+        started = time.perf_counter()
+        runtime = edgegen.load(artifact, provider=provider)
+        load_s = time.perf_counter() - started
+        figures = item.run(runtime, out, say)
+        report[item.name] = {"artifact": str(artifact), "reused": reused, "convert_s": round(convert_s, 2),
+                             "load_s": round(load_s, 3), "provider": runtime.provider, **figures}
+        say(f"{item.name}: {'reused' if reused else f'converted in {convert_s:.1f} s'}, loaded in {load_s:.2f} s "
+            f"on {runtime.provider}; " + ", ".join(f"{k} {v}" for k, v in figures.items() if k != "output"))
+    return report
