@@ -6,6 +6,7 @@ Tiny config, fixed seed: every test here takes well under a second (the export a
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -110,13 +111,13 @@ def test_training_path_matches_cache_forward_and_learns(model):
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     x, y = ids[:, :-1], ids[:, 1:]
-    first = float(model.loss(x, y))
+    first = model.loss(x, y).item()
     for _ in range(20):
         loss = model.loss(x, y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(model.loss(x, y)) < first - 1.0
+    assert model.loss(x, y).item() < first - 1.0
     with pytest.raises(ValueError, match="block_size"):
         model.loss(torch.zeros(1, CONFIG.block_size + 1, dtype=torch.long), torch.zeros(1, CONFIG.block_size + 1,
                                                                                          dtype=torch.long))
@@ -137,6 +138,9 @@ def test_checkpoint_round_trip(model, tmp_path):
     model.save_checkpoint(path)
     loaded = GPT.from_checkpoint(path)
     assert loaded.config == CONFIG
+    header = path.read_bytes()[8:8 + int.from_bytes(path.read_bytes()[:8], "little")]
+    meta = json.loads(header)["__metadata__"]
+    assert list(meta) == sorted(meta) and json.loads(meta["config"])["n_embd"] == CONFIG.n_embd  # same bytes each run
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     half = tmp_path / "half.safetensors"
@@ -170,6 +174,8 @@ def test_config_validation():
         GPTConfig(vocab_size=0, block_size=8, n_layer=1, n_head=2, n_embd=16)
 
 
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning")
 def test_onnx_export_runs_with_and_without_past(model, tmp_path):
     """The traced graph (dynamo=False, opset 17) handles any B, T and P, P = 0 included."""
     ort = pytest.importorskip("onnxruntime")

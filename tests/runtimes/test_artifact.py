@@ -106,7 +106,7 @@ def test_fixed_graph_dim_declared_symbolic_is_a_mismatch(tiny_artifact):
 
 def test_unknown_family_is_clear(tiny_artifact, monkeypatch):
     monkeypatch.setattr("edgegen.runtimes.registry.RUNTIMES", {"causal-lm": "x:y"})
-    with pytest.raises(UnknownFamilyError, match="cannot run 'gan' artifacts .it runs: causal-lm."):
+    with pytest.raises(UnknownFamilyError, match="no runtime for 'gan' artifacts yet .it runs: causal-lm."):
         edgegen.load(tiny_artifact)
 
 
