@@ -12,13 +12,12 @@ path), on the same fixed prompts and text as validation:
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgegen.converters.lm_validate import GREEDY_TOKENS, Reference, _mean_nll
+from edgegen.converters.lm_validate import Reference, _mean_nll, greedy_runs
 
 
 def _graph(path: Path) -> Any:
@@ -29,27 +28,12 @@ def _graph(path: Path) -> Any:
 
 
 def _figures(path: Path, sampler: dict[str, Any], ref: Reference) -> dict[str, Any]:
-    from edgegen.runtimes.causal_lm import Generator
-    from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, resolve
+    from edgegen.runtimes.lm_settings import CausalLMSampler
 
     graph = _graph(path)
-    lm_sampler = CausalLMSampler.from_manifest(sampler)
-    settings = resolve(GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True),
-                       GenerationSettings())
-    tokens, decode_s, decode_n = [], 0.0, 0
-    for ids in ref.prompts:
-        gen = Generator(graph, lm_sampler, settings, batch=1)
-        gen.append_tokens([ids])
-        gen.generate_next_token()
-        started = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        decode_s += time.perf_counter() - started
-        decode_n += len(gen.tokens(0)) - 1
-        tokens.append(gen.tokens(0))
+    tokens, ms = greedy_runs(graph, CausalLMSampler.from_manifest(sampler), ref.prompts)
     logits = graph.full_logits(np.array([ref.nll_ids]), np.ones((1, len(ref.nll_ids)), np.int64))[0]  # [T, V]
-    return {"tokens": tokens, "argmax": logits.argmax(-1), "nll": _mean_nll(logits, ref.nll_ids),
-            "ms": 1000 * decode_s / max(decode_n, 1)}
+    return {"tokens": tokens, "argmax": logits.argmax(-1), "nll": _mean_nll(logits, ref.nll_ids), "ms": ms}
 
 
 def _size(path: Path) -> int:

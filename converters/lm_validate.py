@@ -74,11 +74,33 @@ def _mean_nll(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.mean(logz - target)) if len(ids) > 1 else 0.0
 
 
+def greedy_runs(graph: Any, sampler: Any, prompts: list[list[int]]) -> tuple[list[list[int]], float]:
+    """GREEDY_TOKENS greedy tokens per prompt through the runtime's generator; and decode ms/token."""
+    from edgegen.runtimes.causal_lm import Generator
+    from edgegen.runtimes.lm_settings import GenerationSettings, resolve
+
+    # Built-in settings only: the artifact's defaults (say, a repetition penalty) must not bend plain greedy.
+    settings = resolve(GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True),
+                       GenerationSettings())
+    runs, decode_s, decode_n = [], 0.0, 0
+    for ids in prompts:
+        gen = Generator(graph, sampler, settings, batch=1)
+        gen.append_tokens([ids])
+        gen.generate_next_token()
+        started = time.perf_counter()
+        while not gen.is_done():
+            gen.generate_next_token()
+        decode_s += time.perf_counter() - started
+        runs.append(gen.tokens(0))
+        decode_n += len(runs[-1]) - 1
+    return runs, 1000 * decode_s / max(decode_n, 1)
+
+
 def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
     """Run the staged artifact with the runtime and compare it with ``ref``."""
     from edgegen.runtimes.artifact import open_artifact
-    from edgegen.runtimes.causal_lm import CausalLM, Generator
-    from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, resolve
+    from edgegen.runtimes.causal_lm import CausalLM
+    from edgegen.runtimes.lm_settings import CausalLMSampler
     from edgegen.runtimes.session import SessionConfig
 
     lm = CausalLM.from_artifact(open_artifact(artifact_dir), SessionConfig(provider="cpu"))
@@ -87,22 +109,10 @@ def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
         got = lm.graph.full_logits(np.array([ids]), np.ones((1, len(ids)), np.int64))[0]  # [T, V]
         error = max(error, float(np.abs(got - want).max()))
         scale = max(scale, float(np.abs(want).max()))
-    # Built-in settings only: the artifact's defaults (say, a repetition penalty) must not bend plain greedy.
-    settings = resolve(GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True),
-                       GenerationSettings())
     sampler = CausalLMSampler.from_manifest(lm.artifact.manifest.sampler)
+    runs, decode_ms = greedy_runs(lm.graph, sampler, ref.prompts)
     matching, first_divergence, tie = 0, None, False
-    decode_s, decode_n = 0.0, 0
-    for p, (ids, want) in enumerate(zip(ref.prompts, ref.greedy, strict=True)):
-        gen = Generator(lm.graph, sampler, settings, batch=1)
-        gen.append_tokens([ids])
-        gen.generate_next_token()
-        started = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        decode_s += time.perf_counter() - started
-        got = gen.tokens(0)
-        decode_n += len(got) - 1
+    for p, (got, want) in enumerate(zip(runs, ref.greedy, strict=True)):
         same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
         matching += same
         if same < len(want) and first_divergence is None:
@@ -125,5 +135,5 @@ def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
         "greedy_first_divergence": first_divergence, "greedy_divergence_is_near_tie": tie,
         "nll_torch": ref.nll_torch, "nll_artifact": got_nll, "nll_delta": got_nll - ref.nll_torch,
         "nll_tokens": ref.nll_tokens,
-        "decode_ms_per_token": 1000 * decode_s / max(decode_n, 1),
+        "decode_ms_per_token": decode_ms,
     }

@@ -108,7 +108,7 @@ def load_models_file(name: str):
     import importlib.util
     import sys
 
-    module_name = f"edgegen_models_{name}"
+    module_name = name  # the name models/pycode.py's own loader uses, so each file is imported once
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, MODELS_DIR / f"{name}.py")

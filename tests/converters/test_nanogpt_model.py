@@ -5,26 +5,13 @@ Tiny config, fixed seed: every test here takes well under a second (the export a
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-def _load(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, MODELS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from tests_support import load_models_file as _load
 
 nanogpt = _load("nanogpt")
 GPT, GPTConfig, position_ids_from_mask = nanogpt.GPT, nanogpt.GPTConfig, nanogpt.position_ids_from_mask

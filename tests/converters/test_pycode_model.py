@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
-
-
-def _load(name: str):
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, MODELS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
+from tests_support import MODELS_DIR as MODELS
+from tests_support import load_models_file as _load
 
 nanogpt = _load("nanogpt")
 pycode = _load("pycode")
