@@ -309,10 +309,11 @@ class CausalLM:
                 if gen.finished[b]:
                     piece += decoders[b].flush()
                 out, stopped = stops[b].push(piece)
-                if stopped:
-                    gen.finish(b, "stop")
-                elif gen.finished[b]:
+                if not stopped and gen.finished[b]:
                     out += stops[b].flush()
+                    stopped = stops[b].stopped   # a stop string settled only at the end
+                if stopped:  # the text was cut at a stop string, even if the length ran out at this token
+                    gen.finished[b], gen.finish_reasons[b] = True, "stop"
                 if out:
                     texts[b] += out
                     yield int(b), out
