@@ -113,6 +113,8 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
         click.echo(f"  asset      {name:<14} {ref.file:<24} {'':<13} {_mib(sizes[ref.file])}")
     click.echo(f"  total      {_mib(sum(sizes.values()))}")
     for key, value in m.validation.items():
+        if key == "quantization" and isinstance(value, dict):  # the price of quantizing, vs the fp32 graph
+            value = {k: value[k] for k in _QUANT_FIGURES if k in value}
         click.echo(f"  validation {key}: {_short(value)}")
     if verify:
         click.echo("  verified   checksums, graphs load, inputs/outputs match, family checks")
@@ -243,6 +245,10 @@ def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
         _echo_json({"total_s": round(total, 2), "models": report})
     else:
         click.echo(f"done in {total:.1f} s; outputs in {Path(out).resolve()}")
+
+
+_QUANT_FIGURES = ("scheme", "greedy_agreement", "top1_agreement", "perplexity_delta_pct", "size_ratio",
+                  "decode_speedup", "quantized_matmuls", "float_matmuls")
 
 
 def _mib(size: int) -> str:

@@ -153,6 +153,12 @@ def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path:
     assert q["size_ratio"] < 1.01 and q["size_bytes"] > 0  # tiny: embeddings dominate, little to shrink
     assert len(lm.complete(["def f"], GenerationSettings(temperature=0, max_new_tokens=4, ignore_eos=True))[0]
                .token_ids) == 4
+    from click.testing import CliRunner
+
+    from edgegen.cli import cli
+
+    shown = CliRunner().invoke(cli, ["info", str(lm.artifact.root)])
+    assert f"validation quantization: scheme={scheme}, greedy_agreement=" in shown.output, shown.output
 
 
 def test_unknown_quantization_scheme_is_refused_before_any_work(tmp_path: Path) -> None:
