@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from edgegen.converters.lm_spec import CausalLMSpec
+from edgegen.converters.rnn_spec import RNNLMSpec
 from edgegen.errors import InvalidArgumentError, UnsupportedModelError
 
 
@@ -36,8 +37,19 @@ def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> P
     return convert_lm(HFLMSource(model_dir), output, **options)
 
 
+def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
+    from edgegen.converters.rnn_convert import convert_rnn_lm
+
+    if quantize != "none":
+        raise InvalidArgumentError(f"rnn-lm artifacts are fp32 for now; --quantize {quantize} applies to causal-lm "
+                                   "artifacts (use --quantize none)")
+    options.pop("optimize", None)  # no transformer-optimizer fusions apply to a recurrent step graph
+    return convert_rnn_lm(spec, output, **options)
+
+
 #: spec type -> converter
-SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causal_lm_spec}
+SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causal_lm_spec,
+                                                    RNNLMSpec: _convert_rnn_lm_spec}
 #: marker file of a directory -> converter
 DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"config.json": _convert_hf_transformers}
 

@@ -186,7 +186,7 @@ def _read_prompts(prompts: tuple[str, ...]) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Print completions and timings as JSON (no streaming).")
 def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: str, threads: int | None,
              stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
-    """Generate text from a causal-lm ARTIFACT, streaming it to standard output."""
+    """Generate text from a causal-lm or rnn-lm ARTIFACT, streaming it to standard output."""
     import edgegen
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.lm_settings import GenerationSettings
@@ -195,8 +195,9 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: s
     settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
                                   **sampling)
     family = open_artifact(artifact).manifest.family
-    if family != "causal-lm":
-        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm artifacts")
+    if family not in ("causal-lm", "rnn-lm"):
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm and rnn-lm "
+                                   "artifacts")
     lm = edgegen.load(artifact, provider=provider, threads=threads)
     stream = not as_json and len(texts) == 1
     on_text = (lambda _row, piece: click.echo(piece, nl=False)) if stream else None

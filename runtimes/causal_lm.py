@@ -18,9 +18,7 @@ sessions are shared, so one loaded model serves several threads at once.
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 import tokenizers
@@ -32,7 +30,9 @@ from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved, resolve
 from edgegen.runtimes.sampling import sample
 from edgegen.runtimes.session import SessionConfig
-from edgegen.runtimes.text import IncrementalDecoder, StopStringMatcher
+from edgegen.runtimes.text_loop import Completion, TextModel
+
+__all__ = ["CausalLM", "Completion", "Generator"]
 
 
 class Generator:
@@ -175,20 +175,7 @@ class Generator:
         return list(self._new[row])
 
 
-@dataclass(frozen=True)
-class Completion:
-    """The result of generating from one prompt."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    prompt_tokens: int
-    finish_reason: str            # "eos" | "stop" | "length" | "cancelled"
-    time_to_first_token_s: float
-    prefill_tokens_per_s: float
-    decode_tokens_per_s: float
-
-
-class CausalLM:
+class CausalLM(TextModel):
     """A loaded causal-lm artifact."""
 
     family = "causal-lm"
@@ -215,27 +202,17 @@ class CausalLM:
         tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
         return cls(artifact, graph, tokenizer, provider)
 
-    # -- text <-> ids ---------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InvalidArgumentError(f"a prompt must be a string, got {type(text).__name__}")
-        return self.tokenizer.encode(text).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids))
-
     # -- the step API ------------------------------------------------------------------------------
     def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
                   cancel: threading.Event | None = None) -> Generator:
         return Generator(self.graph, self.sampler, resolve(settings or GenerationSettings(), self.defaults),
                          batch=batch, cancel=cancel)
 
+    def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:
+        return Generator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
+
     def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
-        if not isinstance(prompt, str) or not prompt:
-            raise InvalidArgumentError("the prompt is empty: give some text to continue")
-        ids = self.encode(prompt)
-        if not ids:
-            raise InvalidArgumentError("the prompt encodes to no tokens: give some text to continue")
+        ids = self._encode_prompt(prompt)
         limit = self.sampler.context_length
         if limit is not None and len(ids) >= limit:
             if not settings.truncate_prompt:
@@ -247,85 +224,3 @@ class CausalLM:
         return ids
 
     # -- conveniences ---------------------------------------------------------------------------
-    def stream_batch(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
-                     cancel: threading.Event | None = None) -> Iterator[tuple[int, str]]:
-        """Yield (row, text) pieces as they become final; the last state is in ``self`` of the run."""
-        yield from self._run(prompts, settings, cancel, results=None)
-
-    def complete(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
-                 cancel: threading.Event | None = None,
-                 on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
-        """Generate for each prompt (batched); texts with finish reasons and timings.
-
-        ``on_text(row, piece)`` is called with each piece of text as it becomes final.
-        """
-        results: list[Completion] = []
-        for row, piece in self._run(prompts, settings, cancel, results=results):
-            if on_text is not None:
-                on_text(row, piece)
-        return results
-
-    def generate(self, prompt: str, settings: GenerationSettings | None = None, *, max_new_tokens: int | None = None,
-                 temperature: float | None = None, seed: int | None = None) -> str:
-        """The continuation of ``prompt`` as text."""
-        merged = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).over(
-            settings or GenerationSettings())
-        return self.complete([prompt], merged)[0].text
-
-    def generate_batch(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[str]:
-        return [c.text for c in self.complete(prompts, settings)]
-
-    def stream(self, prompt: str, settings: GenerationSettings | None = None, *, max_new_tokens: int | None = None,
-               temperature: float | None = None, seed: int | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str]:
-        """Yield the continuation piece by piece, never splitting a character."""
-        merged = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).over(
-            settings or GenerationSettings())
-        for _row, piece in self._run([prompt], merged, cancel, results=None):
-            yield piece
-
-    def _run(self, prompts: Sequence[str], settings: GenerationSettings | None, cancel: threading.Event | None,
-             results: list[Completion] | None) -> Iterator[tuple[int, str]]:
-        if isinstance(prompts, str) or not prompts:
-            raise InvalidArgumentError("prompts must be a non-empty list of strings")
-        resolved = resolve(settings or GenerationSettings(), self.defaults)
-        prompt_ids = [self._prompt_ids(p, resolved) for p in prompts]
-        gen = Generator(self.graph, self.sampler, resolved, batch=len(prompts), cancel=cancel)
-        decoders = [IncrementalDecoder(self.tokenizer, ids) for ids in prompt_ids]
-        stops = [StopStringMatcher(resolved.stop) for _ in prompts]
-        texts = [""] * len(prompts)
-        start = time.perf_counter()
-        gen.append_tokens(prompt_ids)
-        first_token_at = None
-        while not gen.is_done():
-            live = np.flatnonzero(~gen.finished)
-            tokens = gen.generate_next_token()
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            for b in live:
-                token = int(tokens[b])
-                is_stop_token = gen.finish_reasons[b] in ("eos", "stop") and gen.finished[b]
-                piece = decoders[b].add([] if is_stop_token else [token])
-                if gen.finished[b]:
-                    piece += decoders[b].flush()
-                out, stopped = stops[b].push(piece)
-                if not stopped and gen.finished[b]:
-                    out += stops[b].flush()
-                    stopped = stops[b].stopped   # a stop string settled only at the end
-                if stopped:  # the text was cut at a stop string, even if the length ran out at this token
-                    gen.finished[b], gen.finish_reasons[b] = True, "stop"
-                if out:
-                    texts[b] += out
-                    yield int(b), out
-        end = time.perf_counter()
-        if results is not None:
-            first_token_at = first_token_at or end
-            prefill = first_token_at - start
-            for b, ids in enumerate(prompt_ids):
-                new = gen.tokens(b)
-                decode_n = max(len(new) - 1, 0)
-                results.append(Completion(
-                    text=texts[b], token_ids=tuple(new), prompt_tokens=len(ids),
-                    finish_reason=gen.finish_reasons[b] or "length", time_to_first_token_s=prefill,
-                    prefill_tokens_per_s=len(ids) / prefill if prefill > 0 else float("inf"),
-                    decode_tokens_per_s=decode_n / (end - first_token_at) if end > first_token_at else 0.0))

@@ -28,6 +28,7 @@ class FamilyRuntime(Protocol):
 #: family -> "module:Class"; families land here as their runtimes do.
 RUNTIMES: dict[str, str] = {
     "causal-lm": "edgegen.runtimes.causal_lm:CausalLM",
+    "rnn-lm": "edgegen.runtimes.rnn_lm:RNNLM",
 }
 
 

@@ -1,0 +1,224 @@
+"""The rnn-lm runtime: recurrent language models (LSTM, GRU) exported as one ``step`` graph.
+
+The graph (written by :mod:`edgegen.converters.rnn_convert`)::
+
+    inputs   input_ids     int64   [B, T]
+             state.{i}     float32 [B, *state_shapes[i]]     (zeros start a sequence)
+    outputs  logits        float32 [B, T, V]
+             new_state.{i} float32 [B, *state_shapes[i]]     (the state after the T tokens)
+
+The loop carries the state instead of a KV cache, so there is no context limit: memory is
+constant in the sequence length.  ``max_new_tokens`` (from the settings, the artifact's
+defaults or the built-in 128) bounds every run.
+
+Batches: each prompt's prefill runs alone (prompts of different lengths need no padding,
+which an RNN could not skip), then the rows' states are stacked and every decode step runs
+the whole batch in one graph call.  Finished rows keep stepping (their tokens are ignored).
+Greedy output of a row is therefore the same alone or in a batch; sampled output is
+reproducible for the same seed, prompts and settings (one random draw per row per step,
+all rows at once, as in the causal-LM runtime).
+
+Same sampling as the causal-LM runtime (:func:`edgegen.runtimes.sampling.sample`), same
+settings (:class:`GenerationSettings`), same results (:class:`Completion`).  No torch here.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+import tokenizers
+
+from edgegen.errors import CancelledError, GraphMismatchError, InvalidArgumentError, ManifestError
+from edgegen.runtimes.artifact import Artifact, open_sessions
+from edgegen.runtimes.text_loop import TextModel
+from edgegen.runtimes.lm_settings import GenerationSettings, Resolved, resolve
+from edgegen.runtimes.sampling import sample
+from edgegen.runtimes.session import SessionConfig
+
+__all__ = ["RNNLM", "RNNGenerator", "RNNLMSampler", "StepGraph"]
+
+
+@dataclass(frozen=True)
+class RNNLMSampler:
+    """The ``sampler`` section of an rnn-lm manifest."""
+
+    #: Per state tensor, its shape without the batch axis (the graph's state.{i} is [B, *shape]).
+    state_shapes: tuple[tuple[int, ...], ...]
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    #: The special tokens as the tokenizer spells them, e.g. {"eos": "<|endoftext|>"}.
+    special_tokens: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, section: object) -> RNNLMSampler:
+        from edgegen.strict import from_json
+
+        sampler = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
+        if not sampler.state_shapes or any(not shape or min(shape) < 1 for shape in sampler.state_shapes):
+            raise ManifestError(f"edgegen.json.sampler.state_shapes must be a non-empty list of shapes of positive "
+                                f"integers, got {[list(s) for s in sampler.state_shapes]}; re-convert the model")
+        return sampler
+
+
+class StepGraph:
+    """The ``step`` graph: one call runs T tokens of B rows from given states."""
+
+    def __init__(self, session: ort.InferenceSession, state_shapes: tuple[tuple[int, ...], ...]) -> None:
+        self.session, self.state_shapes = session, state_shapes
+        n = len(state_shapes)
+        self.state_names = [f"state.{i}" for i in range(n)]
+        self.output_names = ["logits", *[f"new_state.{i}" for i in range(n)]]
+        inputs = sorted(arg.name for arg in session.get_inputs())
+        outputs = {arg.name for arg in session.get_outputs()}
+        want = sorted(["input_ids", *self.state_names])
+        if inputs != want or not set(self.output_names) <= outputs:
+            raise GraphMismatchError(
+                f"the rnn-lm step graph has inputs {inputs} and outputs {sorted(outputs)}, but the manifest's "
+                f"{n} state shapes need inputs {want} and outputs {self.output_names}; re-convert the model")
+
+    def zero_states(self, batch: int) -> list[np.ndarray]:
+        return [np.zeros((batch, *shape), dtype=np.float32) for shape in self.state_shapes]   # [B, *shape]
+
+    def step(self, input_ids: np.ndarray, states: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """input_ids [B, T] int64, states [B, *shape] -> logits [B, T, V] float32, new states."""
+        feed = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64)}
+        feed.update({name: np.ascontiguousarray(s, dtype=np.float32) for name, s in zip(self.state_names, states)})
+        logits, *new = self.session.run(self.output_names, feed)
+        return logits, new
+
+    def full_logits(self, input_ids: np.ndarray) -> np.ndarray:
+        """Logits [B, T, V] of whole sequences from zero states."""
+        return self.step(input_ids, self.zero_states(input_ids.shape[0]))[0]
+
+
+class RNNGenerator:
+    """One generation run over a batch: append tokens (each row alone), then step the batch."""
+
+    def __init__(self, graph: StepGraph, sampler: RNNLMSampler, settings: Resolved, batch: int,
+                 cancel: threading.Event | None = None) -> None:
+        if batch < 1:
+            raise InvalidArgumentError(f"batch must be >= 1, got {batch}")
+        self.graph, self.sampler, self.settings, self.batch = graph, sampler, settings, batch
+        self.rng = np.random.default_rng(settings.seed)
+        self.cancel_event = cancel or threading.Event()
+        self._eos = frozenset() if settings.ignore_eos else frozenset(sampler.eos_token_ids)
+        self._stop_ids = self._eos | settings.stop_token_ids
+        self._states = graph.zero_states(batch)                 # each [B, *shape]
+        self._ids = np.zeros((batch, 0), dtype=np.int64)        # [B, L] all tokens, left-padded (for penalties)
+        self._mask = np.zeros((batch, 0), dtype=bool)           # [B, L] True = real token
+        self._logits: np.ndarray | None = None                  # [B, V] next-token logits
+        self._new: list[list[int]] = [[] for _ in range(batch)]
+        self.finished = np.zeros(batch, dtype=bool)
+        self.finish_reasons: list[str | None] = [None] * batch
+
+    def append_tokens(self, rows: Sequence[Sequence[int]]) -> None:
+        """Run each row's tokens alone from its current state (rows may differ in length)."""
+        if len(rows) != self.batch:
+            raise InvalidArgumentError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
+        if min(len(r) for r in rows) == 0:
+            raise InvalidArgumentError("a prompt is empty: give at least one token of text")
+        width = max(len(r) for r in rows)
+        ids = np.zeros((self.batch, width), dtype=np.int64)     # [B, T]
+        mask = np.zeros((self.batch, width), dtype=bool)        # [B, T]
+        last = []
+        for b, row in enumerate(rows):
+            seq = np.asarray([row], dtype=np.int64)             # [1, T_b]
+            logits, new = self.graph.step(seq, [s[b:b + 1] for s in self._states])
+            for s, n in zip(self._states, new):
+                s[b] = n[0]
+            last.append(logits[0, -1])                          # [V]
+            ids[b, width - len(row):] = row
+            mask[b, width - len(row):] = True
+        self._ids = np.concatenate([self._ids, ids], axis=1)
+        self._mask = np.concatenate([self._mask, mask], axis=1)
+        self._logits = np.stack(last).astype(np.float32)        # [B, V]
+
+    def is_done(self) -> bool:
+        return bool(self.finished.all())
+
+    def next_logits(self) -> np.ndarray:
+        if self._logits is None:
+            raise InvalidArgumentError("append_tokens before generating")
+        return self._logits
+
+    def generate_next_token(self) -> np.ndarray:
+        """Sample one token per row [B], then run the batch one step (finished rows are ignored)."""
+        if self.is_done():
+            raise InvalidArgumentError("generation is done; check is_done() before stepping")
+        if self.cancel_event.is_set():
+            self.finished[:] = True
+            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
+            raise CancelledError("generation was cancelled")
+        logits = self.next_logits()
+        tokens = sample(logits, self.settings.sampling, self.rng, history=self._ids, history_mask=self._mask)
+        tokens = np.where(self.finished, self._ids[:, -1], tokens).astype(np.int64)     # [B]
+        for b in np.flatnonzero(~self.finished):
+            token = int(tokens[b])
+            self._new[b].append(token)
+            if token in self._stop_ids:
+                self.finish(b, "eos" if token in self._eos else "stop")
+            elif len(self._new[b]) >= self.settings.max_new_tokens:
+                self.finish(b, "length")
+        self._ids = np.concatenate([self._ids, tokens[:, None]], axis=1)
+        self._mask = np.concatenate([self._mask, np.ones((self.batch, 1), dtype=bool)], axis=1)
+        if self.is_done():
+            self._logits = None     # no step needed: nothing more will be sampled
+        else:
+            step_logits, self._states = self.graph.step(tokens[:, None], self._states)   # [B, 1, V]
+            self._logits = step_logits[:, -1, :]
+        return tokens
+
+    def finish(self, row: int, reason: str) -> None:
+        if not self.finished[row]:
+            self.finished[row] = True
+            self.finish_reasons[row] = reason
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    def tokens(self, row: int) -> list[int]:
+        """The generated token ids of a row (a stop token id is included)."""
+        return list(self._new[row])
+
+
+class RNNLM(TextModel):
+    """A loaded rnn-lm artifact."""
+
+    family = "rnn-lm"
+
+    def __init__(self, artifact: Artifact, graph: StepGraph, tokenizer: tokenizers.Tokenizer, provider: str) -> None:
+        self.artifact, self.graph, self.tokenizer, self.provider = artifact, graph, tokenizer, provider
+        self.sampler = RNNLMSampler.from_manifest(artifact.manifest.sampler)
+        self.defaults = GenerationSettings.from_manifest(artifact.manifest.defaults)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> RNNLM:
+        m = artifact.manifest
+        missing = ([] if "step" in m.graphs else ["a 'step' graph"]) + \
+                  ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
+        if missing:
+            raise ManifestError(f"{artifact.root}: this rnn-lm artifact lacks {' and '.join(missing)} "
+                                f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+        sampler = RNNLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
+        GenerationSettings.from_manifest(m.defaults)
+        provider, sessions = open_sessions(artifact, config, roles=("step",))
+        graph = StepGraph(sessions["step"], sampler.state_shapes)
+        tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(m.assets["tokenizer"].file)))
+        return cls(artifact, graph, tokenizer, provider)
+
+    # -- the step API -----------------------------------------------------------------------------
+    def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
+                  cancel: threading.Event | None = None) -> RNNGenerator:
+        return RNNGenerator(self.graph, self.sampler, resolve(settings or GenerationSettings(), self.defaults),
+                            batch=batch, cancel=cancel)
+
+    def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> RNNGenerator:
+        return RNNGenerator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
+
+    def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
+        return self._encode_prompt(prompt)   # no context limit: the state has a fixed size
