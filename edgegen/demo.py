@@ -51,8 +51,24 @@ def _run_pycode(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any
             "batch_of_3_decode_tokens_per_s": round(batch[0].decode_tokens_per_s * len(prompts), 1)}
 
 
+def _run_charlstm(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    from edgegen.runtimes.lm_settings import GenerationSettings
+
+    prompts = ["def ", "import ", "class "]
+    sampled = GenerationSettings(temperature=0.8, top_k=20, seed=0, max_new_tokens=160)
+    batch = lm.complete(prompts, sampled)
+    text = "\n".join(f"# temperature 0.8, top-k 20, seed 0\n{p}{done.text}\n" for p, done in zip(prompts, batch))
+    (out / "charlstm.txt").write_text(text, encoding="utf-8")
+    say("character-level LSTM (temperature 0.8, seed 0):")
+    say("    " + (prompts[0] + batch[0].text).replace("\n", "\n    ").rstrip())
+    return {"output": str(out / "charlstm.txt"), "new_tokens": len(batch[0].token_ids),
+            "time_to_first_token_ms": round(1000 * batch[0].time_to_first_token_s, 1),
+            "batch_of_3_decode_tokens_per_s": round(batch[0].decode_tokens_per_s * len(prompts), 1)}
+
+
 BUNDLED = (
     Bundled("pycode", "pycode.py:spec", "pycode/model.safetensors", _run_pycode),
+    Bundled("charlstm", "charlstm_bundled.py:spec", "charlstm/model.safetensors", _run_charlstm),
 )
 
 

@@ -41,6 +41,24 @@ class LSTMConfig:
                 raise ValueError(f"LSTMConfig.{name} must be a positive int, got {value!r}")
 
 
+def sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its metadata keys sorted, in place (a stable sha256).
+
+    safetensors writes the metadata in hash-map order; only the key order changes here, so the
+    header keeps its length and the tensor offsets stay valid (as models/nanogpt.py does).
+    """
+    with path.open("r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        meta = header.pop("__metadata__", None)
+        if not meta:
+            return
+        text = json.dumps({"__metadata__": dict(sorted(meta.items())), **header}, separators=(",", ":")).encode()
+        if len(text) <= size:
+            f.seek(8)
+            f.write(text + b" " * (size - len(text)))
+
+
 class CharLSTM(nn.Module):
     """Embedding -> n_layer LSTM -> linear head."""
 
@@ -82,13 +100,20 @@ class CharLSTM(nn.Module):
         return new
 
     # -- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    def save_checkpoint(self, path: str | Path, metadata: dict[str, str] | None = None,
+                        dtype: torch.dtype | None = None) -> None:
+        """Write the weights (cast to dtype if given, e.g. torch.float16) and the config; same weights, same bytes."""
         from safetensors.torch import save_file
 
-        tensors = {name: t.detach().cpu().contiguous() for name, t in self.state_dict().items()}
+        tensors = {name: (t.detach().to(dtype) if dtype is not None and t.is_floating_point() else t.detach())
+                   .cpu().contiguous() for name, t in self.state_dict().items()}
         meta = dict(metadata or {})
         meta.update(format=CHECKPOINT_FORMAT, config=json.dumps(asdict(self.config), sort_keys=True))
         save_file(tensors, str(path), metadata=meta)
+        sort_metadata(Path(path))
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path) -> CharLSTM:

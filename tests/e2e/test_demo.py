@@ -27,6 +27,7 @@ def test_demo_converts_generates_and_reuses(tmp_path: Path) -> None:
     code = (tmp_path / "pycode.txt").read_text(encoding="utf-8")
     assert code.startswith("# greedy, repetition penalty 1.3\ndef fibonacci(n):\n") and len(code) > 200
     assert report["models"]["pycode"]["decode_tokens_per_s"] > 0
+    assert (tmp_path / "charlstm.txt").read_text(encoding="utf-8").count("# temperature 0.8") == 3
     second = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--provider", "cpu", "--json"])
     assert second.exit_code == 0, second.output
     assert all(entry["reused"] for entry in json.loads(second.stdout)["models"].values())
