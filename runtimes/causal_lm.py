@@ -23,49 +23,34 @@ from collections.abc import Sequence
 import numpy as np
 import tokenizers
 
-from edgegen.errors import CancelledError, ContextOverflowError, InvalidArgumentError, ManifestError
+from edgegen.errors import ContextOverflowError, InvalidArgumentError
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.decoder import DecoderGraph, positions_from_mask
 from edgegen.runtimes.memory import check_fits
-from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved, resolve
-from edgegen.runtimes.sampling import sample
+from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved
 from edgegen.runtimes.session import SessionConfig
-from edgegen.runtimes.text_loop import Completion, TextModel
+from edgegen.runtimes.text_loop import Completion, StepGenerator, TextModel, load_tokenizer, require_parts
 
 __all__ = ["CausalLM", "Completion", "Generator"]
 
 
-class Generator:
+class Generator(StepGenerator):
     """One generation run over a batch of sequences: append tokens, then step."""
 
     def __init__(self, graph: DecoderGraph, sampler: CausalLMSampler, settings: Resolved, batch: int,
                  cancel: threading.Event | None = None) -> None:
-        if batch < 1:
-            raise InvalidArgumentError(f"batch must be >= 1, got {batch}")
-        self.graph, self.sampler, self.settings, self.batch = graph, sampler, settings, batch
-        self.rng = np.random.default_rng(settings.seed)
-        self.cancel_event = cancel or threading.Event()
-        self._eos = frozenset() if settings.ignore_eos else frozenset(sampler.eos_token_ids)
-        self._stop_ids = self._eos | settings.stop_token_ids
-        self._ids = np.zeros((batch, 0), dtype=np.int64)      # [B, L] all tokens, left-padded
+        super().__init__(sampler.eos_token_ids, settings, batch, cancel)
+        self.graph, self.sampler = graph, sampler
         self._mask = np.zeros((batch, 0), dtype=np.int64)     # [B, L] 1 = real token
         self._past = graph.start_cache(batch) if graph.layout else []
         self._pending: np.ndarray | None = None               # [B, T] tokens not yet run
         self._logits: np.ndarray | None = None                # [B, V] next-token logits
-        self._new = [[] for _ in range(batch)]                 # generated ids per row
-        self.finished = np.zeros(batch, dtype=bool)
-        self.finish_reasons: list[str | None] = [None] * batch
-        self._budget = settings.max_new_tokens
 
     # -- feeding ------------------------------------------------------------------------
     def append_tokens(self, rows: Sequence[Sequence[int]]) -> None:
         """Add tokens to every row (prompts of different lengths are left-padded)."""
-        if len(rows) != self.batch:
-            raise InvalidArgumentError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
-        lengths = [len(r) for r in rows]
-        if min(lengths) == 0:
-            raise InvalidArgumentError("a prompt is empty: give at least one token of text")
-        width = max(lengths)
+        self._check_rows(rows)
+        width = max(len(r) for r in rows)
         ids = np.zeros((self.batch, width), dtype=np.int64)       # [B, T]
         mask = np.zeros((self.batch, width), dtype=np.int64)      # [B, T]
         pad = self.sampler.pad_token_id if self.sampler.pad_token_id is not None else 0
@@ -107,9 +92,6 @@ class Generator:
                 "truncate_prompt=True (--truncate) to keep its last tokens")
 
     # -- stepping ---------------------------------------------------------------------------
-    def is_done(self) -> bool:
-        return bool(self.finished.all())
-
     def _forward(self) -> None:
         """Run the pending tokens through the graph and keep the next-token logits."""
         assert self._pending is not None
@@ -137,42 +119,13 @@ class Generator:
         assert self._logits is not None
         return self._logits
 
-    def generate_next_token(self) -> np.ndarray:
-        """Sample one token per row [B] (finished rows repeat their last token and are ignored)."""
-        if self.is_done():
-            raise InvalidArgumentError("generation is done; check is_done() before stepping")
-        if self.cancel_event.is_set():
-            self.finished[:] = True
-            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
-            raise CancelledError("generation was cancelled")
-        logits = self.next_logits()
-        tokens = sample(logits, self.settings.sampling, self.rng, history=self._ids, history_mask=self._mask == 1)
-        tokens = np.where(self.finished, self._ids[:, -1], tokens).astype(np.int64)   # [B]
-        for b in np.flatnonzero(~self.finished):
-            token = int(tokens[b])
-            self._new[b].append(token)
-            if token in self._stop_ids:
-                self.finish(b, "eos" if token in self._eos else "stop")
-            elif len(self._new[b]) >= self._budget:
-                self.finish(b, "length")
+    def _real(self) -> np.ndarray:
+        return self._mask == 1
+
+    def _advance(self, tokens: np.ndarray) -> None:
         self._ids = np.concatenate([self._ids, tokens[:, None]], axis=1)
         self._mask = np.concatenate([self._mask, np.ones((self.batch, 1), np.int64)], axis=1)
         self._pending, self._logits = tokens[:, None], None
-        return tokens
-
-    def finish(self, row: int, reason: str) -> None:
-        """Mark a row finished (the caller does this for stop strings it detects in text)."""
-        if not self.finished[row]:
-            self.finished[row] = True
-            self.finish_reasons[row] = reason
-
-    def cancel(self) -> None:
-        """Stop from any thread: the next step raises CancelledError."""
-        self.cancel_event.set()
-
-    def tokens(self, row: int) -> list[int]:
-        """The generated token ids of a row (a stop token id is included)."""
-        return list(self._new[row])
 
 
 class CausalLM(TextModel):
@@ -188,26 +141,16 @@ class CausalLM(TextModel):
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> CausalLM:
         m = artifact.manifest
-        missing = ([] if "decoder" in m.graphs else ["a 'decoder' graph"]) + \
-                  ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
-        if missing:
-            raise ManifestError(f"{artifact.root}: this causal-lm artifact lacks {' and '.join(missing)} "
-                                f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+        require_parts(artifact, cls.family, "decoder")
         CausalLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
         GenerationSettings.from_manifest(m.defaults)
         provider, sessions = open_sessions(artifact, config)
         device = "cuda" if provider == "cuda" else "cpu"
         graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id,
                              serialize=provider == "dml")
-        tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
-        return cls(artifact, graph, tokenizer, provider)
+        return cls(artifact, graph, load_tokenizer(artifact), provider)
 
     # -- the step API ------------------------------------------------------------------------------
-    def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
-                  cancel: threading.Event | None = None) -> Generator:
-        return Generator(self.graph, self.sampler, resolve(settings or GenerationSettings(), self.defaults),
-                         batch=batch, cancel=cancel)
-
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:
         return Generator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
 

@@ -32,11 +32,10 @@ import numpy as np
 import onnxruntime as ort
 import tokenizers
 
-from edgegen.errors import CancelledError, GraphMismatchError, InvalidArgumentError, ManifestError
+from edgegen.errors import GraphMismatchError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.artifact import Artifact, open_sessions
-from edgegen.runtimes.text_loop import TextModel
-from edgegen.runtimes.lm_settings import GenerationSettings, Resolved, resolve
-from edgegen.runtimes.sampling import sample
+from edgegen.runtimes.text_loop import StepGenerator, TextModel, load_tokenizer, require_parts
+from edgegen.runtimes.lm_settings import GenerationSettings, Resolved
 from edgegen.runtimes.session import SessionConfig
 
 __all__ = ["RNNLM", "RNNGenerator", "RNNLMSampler", "StepGraph"]
@@ -96,32 +95,20 @@ class StepGraph:
         return self.step(input_ids, self.zero_states(input_ids.shape[0]))[0]
 
 
-class RNNGenerator:
+class RNNGenerator(StepGenerator):
     """One generation run over a batch: append tokens (each row alone), then step the batch."""
 
     def __init__(self, graph: StepGraph, sampler: RNNLMSampler, settings: Resolved, batch: int,
                  cancel: threading.Event | None = None) -> None:
-        if batch < 1:
-            raise InvalidArgumentError(f"batch must be >= 1, got {batch}")
-        self.graph, self.sampler, self.settings, self.batch = graph, sampler, settings, batch
-        self.rng = np.random.default_rng(settings.seed)
-        self.cancel_event = cancel or threading.Event()
-        self._eos = frozenset() if settings.ignore_eos else frozenset(sampler.eos_token_ids)
-        self._stop_ids = self._eos | settings.stop_token_ids
+        super().__init__(sampler.eos_token_ids, settings, batch, cancel)
+        self.graph, self.sampler = graph, sampler
         self._states = graph.zero_states(batch)                 # each [B, *shape]
-        self._ids = np.zeros((batch, 0), dtype=np.int64)        # [B, L] all tokens, left-padded (for penalties)
         self._mask = np.zeros((batch, 0), dtype=bool)           # [B, L] True = real token
         self._logits: np.ndarray | None = None                  # [B, V] next-token logits
-        self._new: list[list[int]] = [[] for _ in range(batch)]
-        self.finished = np.zeros(batch, dtype=bool)
-        self.finish_reasons: list[str | None] = [None] * batch
 
     def append_tokens(self, rows: Sequence[Sequence[int]]) -> None:
         """Run each row's tokens alone from its current state (rows may differ in length)."""
-        if len(rows) != self.batch:
-            raise InvalidArgumentError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
-        if min(len(r) for r in rows) == 0:
-            raise InvalidArgumentError("a prompt is empty: give at least one token of text")
+        self._check_rows(rows)
         width = max(len(r) for r in rows)
         ids = np.zeros((self.batch, width), dtype=np.int64)     # [B, T]
         mask = np.zeros((self.batch, width), dtype=bool)        # [B, T]
@@ -138,52 +125,23 @@ class RNNGenerator:
         self._mask = np.concatenate([self._mask, mask], axis=1)
         self._logits = np.stack(last).astype(np.float32)        # [B, V]
 
-    def is_done(self) -> bool:
-        return bool(self.finished.all())
-
     def next_logits(self) -> np.ndarray:
         if self._logits is None:
             raise InvalidArgumentError("append_tokens before generating")
         return self._logits
 
-    def generate_next_token(self) -> np.ndarray:
-        """Sample one token per row [B], then run the batch one step (finished rows are ignored)."""
-        if self.is_done():
-            raise InvalidArgumentError("generation is done; check is_done() before stepping")
-        if self.cancel_event.is_set():
-            self.finished[:] = True
-            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
-            raise CancelledError("generation was cancelled")
-        logits = self.next_logits()
-        tokens = sample(logits, self.settings.sampling, self.rng, history=self._ids, history_mask=self._mask)
-        tokens = np.where(self.finished, self._ids[:, -1], tokens).astype(np.int64)     # [B]
-        for b in np.flatnonzero(~self.finished):
-            token = int(tokens[b])
-            self._new[b].append(token)
-            if token in self._stop_ids:
-                self.finish(b, "eos" if token in self._eos else "stop")
-            elif len(self._new[b]) >= self.settings.max_new_tokens:
-                self.finish(b, "length")
+    def _real(self) -> np.ndarray:
+        return self._mask
+
+    def _advance(self, tokens: np.ndarray) -> None:
+        """Record the tokens [B], then run the batch one step (unless nothing more will be sampled)."""
         self._ids = np.concatenate([self._ids, tokens[:, None]], axis=1)
         self._mask = np.concatenate([self._mask, np.ones((self.batch, 1), dtype=bool)], axis=1)
         if self.is_done():
-            self._logits = None     # no step needed: nothing more will be sampled
+            self._logits = None
         else:
             step_logits, self._states = self.graph.step(tokens[:, None], self._states)   # [B, 1, V]
             self._logits = step_logits[:, -1, :]
-        return tokens
-
-    def finish(self, row: int, reason: str) -> None:
-        if not self.finished[row]:
-            self.finished[row] = True
-            self.finish_reasons[row] = reason
-
-    def cancel(self) -> None:
-        self.cancel_event.set()
-
-    def tokens(self, row: int) -> list[int]:
-        """The generated token ids of a row (a stop token id is included)."""
-        return list(self._new[row])
 
 
 class RNNLM(TextModel):
@@ -199,24 +157,14 @@ class RNNLM(TextModel):
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> RNNLM:
         m = artifact.manifest
-        missing = ([] if "step" in m.graphs else ["a 'step' graph"]) + \
-                  ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
-        if missing:
-            raise ManifestError(f"{artifact.root}: this rnn-lm artifact lacks {' and '.join(missing)} "
-                                f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+        require_parts(artifact, cls.family, "step")
         sampler = RNNLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
         GenerationSettings.from_manifest(m.defaults)
         provider, sessions = open_sessions(artifact, config, roles=("step",))
         graph = StepGraph(sessions["step"], sampler.state_shapes)
-        tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(m.assets["tokenizer"].file)))
-        return cls(artifact, graph, tokenizer, provider)
+        return cls(artifact, graph, load_tokenizer(artifact), provider)
 
     # -- the step API -----------------------------------------------------------------------------
-    def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
-                  cancel: threading.Event | None = None) -> RNNGenerator:
-        return RNNGenerator(self.graph, self.sampler, resolve(settings or GenerationSettings(), self.defaults),
-                            batch=batch, cancel=cancel)
-
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> RNNGenerator:
         return RNNGenerator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
 

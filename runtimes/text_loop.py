@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import tokenizers
 
-from edgegen.errors import InvalidArgumentError
+from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.lm_settings import GenerationSettings, Resolved, resolve
+from edgegen.runtimes.sampling import sample
 from edgegen.runtimes.text import IncrementalDecoder, StopStringMatcher
 
 
@@ -36,6 +38,97 @@ class Completion:
     decode_tokens_per_s: float
 
 
+class StepGenerator:
+    """What every LM generator shares: per-run random state, stop ids, finish bookkeeping, and
+    ``generate_next_token`` (check, sample, record).  Subclasses own the graph calls and the
+    history: ``_ids`` [B, L], ``_real()``, ``next_logits()`` and ``_advance(tokens)``."""
+
+    def __init__(self, eos_token_ids: Sequence[int], settings: Resolved, batch: int,
+                 cancel: threading.Event | None) -> None:
+        if batch < 1:
+            raise InvalidArgumentError(f"batch must be >= 1, got {batch}")
+        self.settings, self.batch = settings, batch
+        self.rng = np.random.default_rng(settings.seed)
+        self.cancel_event = cancel or threading.Event()
+        self._eos = frozenset() if settings.ignore_eos else frozenset(eos_token_ids)
+        self._stop_ids = self._eos | settings.stop_token_ids
+        self._new: list[list[int]] = [[] for _ in range(batch)]   # generated ids per row
+        self._budget = settings.max_new_tokens                    # subclasses may bound it further
+        self._ids = np.zeros((batch, 0), dtype=np.int64)          # [B, L] all tokens, left-padded
+        self.finished = np.zeros(batch, dtype=bool)
+        self.finish_reasons: list[str | None] = [None] * batch
+
+    def _check_rows(self, rows: Sequence[Sequence[int]]) -> None:
+        if len(rows) != self.batch:
+            raise InvalidArgumentError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
+        if min(len(r) for r in rows) == 0:
+            raise InvalidArgumentError("a prompt is empty: give at least one token of text")
+
+    def next_logits(self) -> np.ndarray:
+        """The logits [B, V] the next token will be sampled from."""
+        raise NotImplementedError
+
+    def _real(self) -> np.ndarray:
+        """[B, L] bool: which history positions are real tokens (False = left padding)."""
+        raise NotImplementedError
+
+    def _advance(self, tokens: np.ndarray) -> None:
+        """Append the sampled tokens [B] to the history and prepare the next logits."""
+        raise NotImplementedError
+
+    def generate_next_token(self) -> np.ndarray:
+        """Sample one token per row [B] (finished rows repeat their last token and are ignored)."""
+        if self.is_done():
+            raise InvalidArgumentError("generation is done; check is_done() before stepping")
+        if self.cancel_event.is_set():
+            self.finished[:] = True
+            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
+            raise CancelledError("generation was cancelled")
+        logits, history = self.next_logits(), self._ids                            # [B, V], [B, L]
+        tokens = sample(logits, self.settings.sampling, self.rng, history=history, history_mask=self._real())
+        tokens = np.where(self.finished, history[:, -1], tokens).astype(np.int64)   # [B] finished rows repeat
+        for b in np.flatnonzero(~self.finished):
+            token = int(tokens[b])
+            self._new[b].append(token)
+            if token in self._stop_ids:
+                self.finish(b, "eos" if token in self._eos else "stop")
+            elif len(self._new[b]) >= self._budget:
+                self.finish(b, "length")
+        self._advance(tokens)
+        return tokens
+
+    def is_done(self) -> bool:
+        return bool(self.finished.all())
+
+    def finish(self, row: int, reason: str) -> None:
+        """Mark a row finished (the caller does this for stop strings it detects in text)."""
+        if not self.finished[row]:
+            self.finished[row] = True
+            self.finish_reasons[row] = reason
+
+    def cancel(self) -> None:
+        """Stop from any thread: the next step raises CancelledError."""
+        self.cancel_event.set()
+
+    def tokens(self, row: int) -> list[int]:
+        """The generated token ids of a row (a stop token id is included)."""
+        return list(self._new[row])
+
+
+def require_parts(artifact: Any, family: str, graph: str) -> None:
+    """A clear ManifestError when an LM artifact lacks its graph or its tokenizer."""
+    m = artifact.manifest
+    missing = ([] if graph in m.graphs else [f"a {graph!r} graph"]) + \
+              ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
+    if missing:
+        raise ManifestError(f"{artifact.root}: this {family} artifact lacks {' and '.join(missing)} "
+                            f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+
+
+def load_tokenizer(artifact: Any) -> tokenizers.Tokenizer:
+    return tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
+
+
 class TextModel:
     """Text in, text out, on top of a runtime's step generator."""
 
@@ -47,6 +140,11 @@ class TextModel:
 
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Any:
         raise NotImplementedError
+
+    def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
+                  cancel: threading.Event | None = None) -> Any:
+        """A step generator for one run (the caller owns the loop)."""
+        return self._new_generator(resolve(settings or GenerationSettings(), self.defaults), batch, cancel)
 
     def encode(self, text: str) -> list[int]:
         if not isinstance(text, str):
