@@ -28,10 +28,11 @@ def _graph(path: Path) -> Any:
 
 
 def _figures(path: Path, sampler: dict[str, Any], ref: Reference) -> dict[str, Any]:
+    from edgegen.runtimes.causal_lm import Generator
     from edgegen.runtimes.lm_settings import CausalLMSampler
 
-    graph = _graph(path)
-    tokens, ms = greedy_runs(graph, CausalLMSampler.from_manifest(sampler), ref.prompts)
+    graph, lm_sampler = _graph(path), CausalLMSampler.from_manifest(sampler)
+    tokens, ms = greedy_runs(lambda settings: Generator(graph, lm_sampler, settings, batch=1), ref.prompts)
     logits = graph.full_logits(np.array([ref.nll_ids]), np.ones((1, len(ref.nll_ids)), np.int64))[0]  # [T, V]
     return {"tokens": tokens, "argmax": logits.argmax(-1), "nll": _mean_nll(logits, ref.nll_ids), "ms": ms}
 

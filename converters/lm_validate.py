@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -74,9 +75,11 @@ def _mean_nll(logits: np.ndarray, ids: list[int]) -> float:
     return float(np.mean(logz - target)) if len(ids) > 1 else 0.0
 
 
-def greedy_runs(graph: Any, sampler: Any, prompts: list[list[int]]) -> tuple[list[list[int]], float]:
-    """GREEDY_TOKENS greedy tokens per prompt through the runtime's generator; and decode ms/token."""
-    from edgegen.runtimes.causal_lm import Generator
+def greedy_runs(make_generator: Callable[[Any], Any], prompts: list[list[int]]) -> tuple[list[list[int]], float]:
+    """GREEDY_TOKENS greedy tokens per prompt through a runtime generator; and decode ms/token.
+
+    ``make_generator(resolved_settings)`` returns a batch-1 generator of the runtime's family.
+    """
     from edgegen.runtimes.lm_settings import GenerationSettings, resolve
 
     # Built-in settings only: the artifact's defaults (say, a repetition penalty) must not bend plain greedy.
@@ -84,7 +87,7 @@ def greedy_runs(graph: Any, sampler: Any, prompts: list[list[int]]) -> tuple[lis
                        GenerationSettings())
     runs, decode_s, decode_n = [], 0.0, 0
     for ids in prompts:
-        gen = Generator(graph, sampler, settings, batch=1)
+        gen = make_generator(settings)
         gen.append_tokens([ids])
         gen.generate_next_token()
         started = time.perf_counter()
@@ -97,20 +100,29 @@ def greedy_runs(graph: Any, sampler: Any, prompts: list[list[int]]) -> tuple[lis
 
 
 def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
-    """Run the staged artifact with the runtime and compare it with ``ref``."""
+    """Run the staged causal-lm artifact with the runtime and compare it with ``ref``."""
     from edgegen.runtimes.artifact import open_artifact
-    from edgegen.runtimes.causal_lm import CausalLM
-    from edgegen.runtimes.lm_settings import CausalLMSampler
+    from edgegen.runtimes.causal_lm import CausalLM, Generator
     from edgegen.runtimes.session import SessionConfig
 
     lm = CausalLM.from_artifact(open_artifact(artifact_dir), SessionConfig(provider="cpu"))
+    return judge(ref, lambda ids: lm.graph.full_logits(np.array([ids]), np.ones((1, len(ids)), np.int64))[0],
+                 lambda settings: Generator(lm.graph, lm.sampler, settings, batch=1))
+
+
+def judge(ref: Reference, logits_of: Callable[[list[int]], np.ndarray],
+          make_generator: Callable[[Any], Any]) -> dict[str, Any]:
+    """The validation figures of a runtime against PyTorch's ``ref``, and whether they pass.
+
+    ``logits_of(ids)`` is the artifact's whole-sequence logits [T, V]; ``make_generator``
+    as in :func:`greedy_runs` (the real generation path of the family).
+    """
     error, scale = 0.0, 1.0
     for ids, want in zip(ref.prompts, ref.logits, strict=True):
-        got = lm.graph.full_logits(np.array([ids]), np.ones((1, len(ids)), np.int64))[0]  # [T, V]
+        got = logits_of(ids)                                                    # [T, V]
         error = max(error, float(np.abs(got - want).max()))
         scale = max(scale, float(np.abs(want).max()))
-    sampler = CausalLMSampler.from_manifest(lm.artifact.manifest.sampler)
-    runs, decode_ms = greedy_runs(lm.graph, sampler, ref.prompts)
+    runs, decode_ms = greedy_runs(make_generator, ref.prompts)
     matching, first_divergence, tie = 0, None, False
     for p, (got, want) in enumerate(zip(runs, ref.greedy, strict=True)):
         same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
@@ -118,8 +130,7 @@ def compare(artifact_dir: Path, ref: Reference) -> dict[str, Any]:
         if same < len(want) and first_divergence is None:
             first_divergence = {"prompt": p, "token": same}
             tie = ref.margins[p][same] <= max(2 * error, 1e-5)
-    got_nll = _mean_nll(lm.graph.full_logits(np.array([ref.nll_ids]), np.ones((1, len(ref.nll_ids)), np.int64))[0],
-                        ref.nll_ids)
+    got_nll = _mean_nll(logits_of(ref.nll_ids), ref.nll_ids)
     total = GREEDY_TOKENS * len(ref.prompts)
     failures = []
     if error > LOGITS_RTOL * scale:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from edgegen.converters.lm_convert import _quiet_libraries, library_versions, special_tokens
-from edgegen.converters.lm_validate import GREEDY_TOKENS, LOGITS_RTOL, NLL_ATOL, NLL_TEXT, PROMPTS, _mean_nll
+from edgegen.converters.lm_validate import GREEDY_TOKENS, NLL_TEXT, PROMPTS, Reference, _mean_nll, judge
 from edgegen.converters.rnn_spec import RNNLMSpec
 from edgegen.converters.writer import ArtifactWriter
 from edgegen.errors import ConversionError
@@ -131,7 +131,10 @@ def convert_rnn_lm(spec: RNNLMSpec, output: str | Path, *, overwrite: bool = Fal
                         converter=converter, opset=OPSET, checkpoint_sha256=spec.checkpoint_sha256,
                         libraries=library_versions())
         writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=dict(spec.defaults)))
-        figures = _compare(writer.stage, prompts, ref_logits, greedy, nll_ids, nll_torch)
+        reference = Reference(prompts=prompts, logits=ref_logits, greedy=[g[0] for g in greedy],
+                              margins=[g[1] for g in greedy], nll_ids=nll_ids, nll_torch=nll_torch,
+                              nll_tokens=len(nll_ids) - 1)
+        figures = _compare(writer.stage, reference)
         report(f"validate: max |logits error| {figures['max_abs_logits_error']:.2e}, greedy "
                f"{figures['greedy_matching_tokens']}/{figures['greedy_tokens']} identical, NLL "
                f"{figures['nll_artifact']:.4f} vs PyTorch {figures['nll_torch']:.4f}, "
@@ -169,54 +172,12 @@ def _export(spec: RNNLMSpec, path: Path) -> None:
             "contract (logits, *new_states = module(input_ids, *states)), see edgegen.converters.rnn_spec") from exc
 
 
-def _compare(stage: Path, prompts: list[list[int]], ref_logits: list[np.ndarray],
-             greedy: list[tuple[list[int], list[float]]], nll_ids: list[int], nll_torch: float) -> dict[str, Any]:
-    """Run the staged artifact with the runtime and compare it with PyTorch's figures."""
+def _compare(stage: Path, ref: Reference) -> dict[str, Any]:
+    """Run the staged artifact with the rnn-lm runtime and judge it against PyTorch's figures."""
     from edgegen.runtimes.artifact import open_artifact
-    from edgegen.runtimes.lm_settings import GenerationSettings, resolve
     from edgegen.runtimes.rnn_lm import RNNLM, RNNGenerator
     from edgegen.runtimes.session import SessionConfig
 
     lm = RNNLM.from_artifact(open_artifact(stage), SessionConfig(provider="cpu"))
-    error, scale = 0.0, 1.0
-    for ids, want in zip(prompts, ref_logits, strict=True):
-        got = lm.graph.full_logits(np.array([ids], dtype=np.int64))[0]       # [T, V]
-        error = max(error, float(np.abs(got - want).max()))
-        scale = max(scale, float(np.abs(want).max()))
-    # Built-in settings only: the artifact's defaults (say, a repetition penalty) must not bend plain greedy.
-    settings = resolve(GenerationSettings(temperature=0.0, max_new_tokens=GREEDY_TOKENS, ignore_eos=True),
-                       GenerationSettings())
-    matching, first_divergence, tie = 0, None, False
-    decode_s, decode_n = 0.0, 0
-    for p, (ids, (want, margins)) in enumerate(zip(prompts, greedy, strict=True)):
-        gen = RNNGenerator(lm.graph, lm.sampler, settings, batch=1)
-        gen.append_tokens([ids])
-        gen.generate_next_token()
-        started = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        decode_s += time.perf_counter() - started
-        got = gen.tokens(0)
-        decode_n += len(got) - 1
-        same = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), len(want))
-        matching += same
-        if same < len(want) and first_divergence is None:
-            first_divergence = {"prompt": p, "token": same}
-            tie = margins[same] <= max(2 * error, 1e-5)
-    got_nll = _mean_nll(lm.graph.full_logits(np.array([nll_ids], dtype=np.int64))[0], nll_ids)
-    total = GREEDY_TOKENS * len(prompts)
-    failures = []
-    if error > LOGITS_RTOL * scale:
-        failures.append(f"max |logits error| {error:.3g} exceeds {LOGITS_RTOL:g} x logits scale {scale:.3g}")
-    if matching < total and not tie:
-        failures.append(f"greedy tokens differ from PyTorch at {first_divergence} (not a near tie)")
-    if abs(got_nll - nll_torch) > NLL_ATOL:
-        failures.append(f"mean NLL {got_nll:.5f} vs PyTorch {nll_torch:.5f}")
-    return {
-        "passed": not failures, "failure": "; ".join(failures) or None,
-        "prompts": len(prompts), "max_abs_logits_error": error, "logits_scale": scale,
-        "greedy_tokens": total, "greedy_matching_tokens": matching, "greedy_identical": matching == total,
-        "greedy_first_divergence": first_divergence, "greedy_divergence_is_near_tie": tie,
-        "nll_torch": nll_torch, "nll_artifact": got_nll, "nll_delta": got_nll - nll_torch,
-        "nll_tokens": len(nll_ids) - 1, "decode_ms_per_token": 1000 * decode_s / max(decode_n, 1),
-    }
+    return judge(ref, lambda ids: lm.graph.full_logits(np.array([ids], dtype=np.int64))[0],
+                 lambda settings: RNNGenerator(lm.graph, lm.sampler, settings, batch=1))
