@@ -62,27 +62,40 @@ class CausalLMSpec:
                     problems.append(f"{name} must be a positive integer with cache='kv', got {value!r}")
         if self.context_length is not None and (not isinstance(self.context_length, int) or self.context_length < 2):
             problems.append(f"context_length must be an integer >= 2 or None, got {self.context_length!r}")
-        if not isinstance(self.tokenizer, (str, os.PathLike)) and not hasattr(self.tokenizer, "to_str"):
-            problems.append("tokenizer must be a tokenizers.Tokenizer or the path of a tokenizer.json, "
-                            f"got {type(self.tokenizer).__name__}")
-        if not callable(self.module):
-            problems.append(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
-        from edgegen.runtimes.lm_settings import GenerationSettings
-
-        known = {f.name for f in fields(GenerationSettings)}
-        unknown = sorted(set(self.defaults) - known)
-        if unknown:
-            problems.append(f"defaults has unknown settings {unknown}; known: {sorted(known)}")
+        problems += shared_problems(self.module, self.tokenizer, self.defaults)
         if problems:
             raise InvalidArgumentError("CausalLMSpec: " + "; ".join(problems))
 
     def tokenizer_json(self) -> str:
-        if isinstance(self.tokenizer, (str, os.PathLike)):
-            import tokenizers
+        return tokenizer_json(self.tokenizer)
 
-            try:
-                return tokenizers.Tokenizer.from_file(os.fspath(self.tokenizer)).to_str()
-            except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
-                raise InvalidArgumentError(f"cannot read the tokenizer {os.fspath(self.tokenizer)!r}: {exc}; "
-                                           "give a Hugging Face tokenizers JSON file") from exc
-        return str(self.tokenizer.to_str())
+
+def shared_problems(module: Any, tokenizer: Any, defaults: Any) -> list[str]:
+    """What every LM spec checks the same way: the module, the tokenizer, the default settings."""
+    from edgegen.runtimes.lm_settings import GenerationSettings
+
+    problems = []
+    if not isinstance(tokenizer, (str, os.PathLike)) and not hasattr(tokenizer, "to_str"):
+        problems.append("tokenizer must be a tokenizers.Tokenizer or the path of a tokenizer.json, "
+                        f"got {type(tokenizer).__name__}")
+    if not callable(module):
+        problems.append(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    known = {f.name for f in fields(GenerationSettings)}
+    if not isinstance(defaults, dict):
+        problems.append(f"defaults must be a dict, got {type(defaults).__name__}")
+    elif unknown := sorted(set(defaults) - known):
+        problems.append(f"defaults has unknown settings {unknown}; known: {sorted(known)}")
+    return problems
+
+
+def tokenizer_json(tokenizer: Any) -> str:
+    """A spec's tokenizer (a tokenizers.Tokenizer or a tokenizer.json path) as a JSON string."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        import tokenizers
+
+        try:
+            return tokenizers.Tokenizer.from_file(os.fspath(tokenizer)).to_str()
+        except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
+            raise InvalidArgumentError(f"cannot read the tokenizer {os.fspath(tokenizer)!r}: {exc}; "
+                                       "give a Hugging Face tokenizers JSON file") from exc
+    return str(tokenizer.to_str())

@@ -21,10 +21,10 @@ Python branches on tensor values) for any B and T.  ``models/charlstm.py`` is an
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
+from edgegen.converters.lm_spec import shared_problems, tokenizer_json
 from edgegen.errors import InvalidArgumentError
 
 
@@ -64,32 +64,12 @@ class RNNLMSpec:
             value = getattr(self, name)
             if value is not None and not _non_negative_int(value):
                 problems.append(f"{name} must be a non-negative integer or None, got {value!r}")
-        if not isinstance(self.tokenizer, (str, os.PathLike)) and not hasattr(self.tokenizer, "to_str"):
-            problems.append("tokenizer must be a tokenizers.Tokenizer or the path of a tokenizer.json, "
-                            f"got {type(self.tokenizer).__name__}")
-        if not callable(self.module):
-            problems.append(f"module must be a torch.nn.Module, got {type(self.module).__name__}")
-        from edgegen.runtimes.lm_settings import GenerationSettings
-
-        known = {f.name for f in fields(GenerationSettings)}
-        unknown = sorted(set(self.defaults) - known) if isinstance(self.defaults, dict) else None
-        if unknown is None:
-            problems.append(f"defaults must be a dict, got {type(self.defaults).__name__}")
-        elif unknown:
-            problems.append(f"defaults has unknown settings {unknown}; known: {sorted(known)}")
+        problems += shared_problems(self.module, self.tokenizer, self.defaults)
         if problems:
             raise InvalidArgumentError("RNNLMSpec: " + "; ".join(problems))
 
     def tokenizer_json(self) -> str:
-        if isinstance(self.tokenizer, (str, os.PathLike)):
-            import tokenizers
-
-            try:
-                return tokenizers.Tokenizer.from_file(os.fspath(self.tokenizer)).to_str()
-            except Exception as exc:  # tokenizers raises a bare Exception for unreadable files
-                raise InvalidArgumentError(f"cannot read the tokenizer {os.fspath(self.tokenizer)!r}: {exc}; "
-                                           "give a Hugging Face tokenizers JSON file") from exc
-        return str(self.tokenizer.to_str())
+        return tokenizer_json(self.tokenizer)
 
 
 def _positive_int(value: Any) -> bool:
