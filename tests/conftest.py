@@ -23,3 +23,14 @@ def tiny_lm_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny-lm")
     return edgegen.convert(write_tiny_hf_lm(root / "hf", "gpt2"), root / "artifact", optimize=False)
+
+
+@pytest.fixture(scope="session")
+def heldout_texts() -> list[str]:
+    """Three held-out stdlib files of the bundled models' split (models/train_pycode.py)."""
+    from tests_support import load_models_file
+
+    train_pycode = load_models_file("train_pycode")
+    files = [f for f in train_pycode.list_source_files() if train_pycode.is_heldout(f)]
+    assert len(files) >= 3, "the stdlib should give a held-out set"
+    return [text for _, text in train_pycode.read_sources(files[:3])]

@@ -23,13 +23,6 @@ def bundled():
     return bundled_module.load()
 
 
-@pytest.fixture(scope="module")
-def heldout_texts() -> list[str]:
-    files = [f for f in train_pycode.list_source_files() if train_pycode.is_heldout(f)]
-    assert len(files) >= 3, "the stdlib should give a held-out set"
-    return [text for _, text in train_pycode.read_sources(files[:3])]
-
-
 def test_bundled_checkpoint_loads(bundled):
     model, tokenizer = bundled
     assert isinstance(model, charlstm.CharLSTM) and not model.training
