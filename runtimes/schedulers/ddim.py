@@ -1,0 +1,76 @@
+"""DDIM (Song et al. 2021): the non-Markovian sampler, deterministic at eta = 0, as diffusers' ``DDIMScheduler``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgegen.errors import InvalidArgumentError
+from edgegen.runtimes.schedulers.base import ScheduleConfig, VPScheduler, as_float, predicted_x0_eps, take_noise
+
+__all__ = ["DDIMConfig", "DDIMScheduler"]
+
+
+@dataclass(frozen=True)
+class DDIMConfig(ScheduleConfig):
+    clip_sample: bool = True
+    clip_sample_range: float = 1.0
+    #: the alpha-bar after the last step: 1 (a clean image), or alphas_cumprod[0] as at training
+    set_alpha_to_one: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.clip_sample_range <= 0:
+            raise ValueError(f"clip_sample_range must be > 0, got {self.clip_sample_range}")
+
+
+class DDIMScheduler(VPScheduler):
+    """``eta`` scales the noise of each step: 0 is DDIM, 1 is DDPM's variance (eq. 16 of the paper)."""
+
+    name = "ddim"
+    config_type = DDIMConfig
+    fixed = {"thresholding": (False,)}
+    config: DDIMConfig
+
+    def __init__(self, config: DDIMConfig, *, eta: float = 0.0) -> None:
+        super().__init__(config)
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0.0 <= eta <= 1.0:
+            raise InvalidArgumentError(f"eta must be a number from 0 (deterministic DDIM) to 1, got {eta!r}")
+        self.eta = float(eta)
+        self.final_alpha_cumprod = 1.0 if config.set_alpha_to_one else float(self.alphas_cumprod[0])
+
+    @classmethod
+    def from_config(cls, config, *, eta: float = 0.0) -> DDIMScheduler:   # type: ignore[override]
+        scheduler = super().from_config(config)
+        return cls(scheduler.config, eta=eta)
+
+    def fresh(self) -> DDIMScheduler:
+        return type(self)(self.config, eta=self.eta)
+
+    def step(self, model_output: np.ndarray, t: int, sample: np.ndarray, *,
+             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        c = self.config
+        t = self._check_t(t)
+        x = as_float("sample", sample)                                          # [B, C, H, W]
+        out = as_float("model_output", model_output, x.shape)
+
+        # 1. the previous timestep: diffusers steps back by T // steps whatever the spacing
+        prev_t = t - c.num_train_timesteps // self.num_inference_steps
+        abar_t = float(self.alphas_cumprod[t])
+        abar_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else self.final_alpha_cumprod
+
+        # 2. predicted x0 and eps (eq. 12 of Song et al. 2021), x0 clipped
+        x0, eps = predicted_x0_eps(c.prediction_type, out, x, abar_t ** 0.5, (1 - abar_t) ** 0.5)
+        if c.clip_sample:
+            x0 = np.clip(x0, -c.clip_sample_range, c.clip_sample_range)
+
+        # 3. sigma_t(eta) (eq. 16)
+        variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+        std = self.eta * variance ** 0.5
+
+        # 4. x_{t-1} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps + std z (eq. 12)
+        prev = abar_prev ** 0.5 * x0 + (1 - abar_prev - std ** 2) ** 0.5 * eps
+        if self.eta > 0:
+            prev = prev + std * take_noise(x.shape, noise, rng, self.name, t)
+        return prev.astype(np.float32)

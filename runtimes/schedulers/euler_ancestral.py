@@ -1,0 +1,67 @@
+"""Euler ancestral (k-diffusion's ``sample_euler_ancestral``): an Euler step down to sigma_down, then fresh
+noise up to the next sigma, as diffusers' ``EulerAncestralDiscreteScheduler``.  Samples live at the
+variance-exploding scale, as in :mod:`edgegen.runtimes.schedulers.euler`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgegen.runtimes.schedulers.base import (ScheduleConfig, Spacing, as_float, predicted_x0_eps, spaced_timesteps,
+                                              take_noise)
+from edgegen.runtimes.schedulers.sigmas import train_sigmas
+from edgegen.runtimes.schedulers.euler import EulerScheduler
+
+__all__ = ["EulerAncestralConfig", "EulerAncestralScheduler"]
+
+
+@dataclass(frozen=True)
+class EulerAncestralConfig(ScheduleConfig):
+    timestep_spacing: Spacing = "linspace"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.prediction_type == "sample":
+            raise ValueError("the euler-a scheduler does not implement prediction_type 'sample' (diffusers neither); "
+                             "choose ddpm, ddim, euler or dpm++ for this model")
+
+
+class EulerAncestralScheduler(EulerScheduler):
+    """Euler's sigmas (without Karras' or a final sigma_min), input scaling and add_noise; its own step."""
+
+    name = "euler-a"
+    config_type = EulerAncestralConfig
+    fixed = {}
+    config: EulerAncestralConfig  # type: ignore[assignment]
+
+    def _sigma_schedule(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        c = self.config
+        timesteps = spaced_timesteps(c.timestep_spacing, c.num_train_timesteps, n, c.steps_offset,
+                                     round_linspace=False).astype(np.float32)      # [n]
+        table = train_sigmas(self.alphas_cumprod)                                   # float32 [T]
+        sigmas = np.interp(timesteps, np.arange(len(table)), table)                 # [n]
+        return timesteps, np.append(sigmas, 0.0).astype(np.float32)                 # [n], [n + 1]
+
+    def step(self, model_output: np.ndarray, t: Any, sample: np.ndarray, *,
+             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        i = self._current(t)
+        x = as_float("sample", sample)                                              # [B, C, H, W]
+        out = as_float("model_output", model_output, x.shape)
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+
+        # 1. x0 from the model output (the VP sample is alpha * x with alpha = 1 / sqrt(sigma^2 + 1))
+        alpha = 1 / (sigma ** 2 + 1) ** 0.5
+        x0, _ = predicted_x0_eps(self.config.prediction_type, out, x * alpha, alpha, sigma * alpha)
+
+        # 2. split the next sigma into a deterministic part (down) and fresh noise (up): down^2 + up^2 = next^2
+        sigma_up = (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5
+        sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
+
+        # 3. an Euler step to sigma_down, then noise up to sigma_next (none after the last step)
+        prev = x + (x - x0) / sigma * (sigma_down - sigma)
+        if sigma_up > 0:
+            prev = prev + sigma_up * take_noise(x.shape, noise, rng, self.name, t)
+        self._index = i + 1
+        return prev.astype(np.float32)
