@@ -18,6 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edgegen.converters.diffusion_spec import DiffusionSpec
+from edgegen.converters.flow_spec import FlowSpec
+from edgegen.converters.image_spec import GANSpec, VAESpec, VQVAESpec
 from edgegen.converters.lm_spec import CausalLMSpec
 from edgegen.converters.rnn_spec import RNNLMSpec
 from edgegen.errors import InvalidArgumentError, UnsupportedModelError
@@ -47,11 +50,67 @@ def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, *, quantize: str = "none
     return convert_rnn_lm(spec, output, **options)
 
 
+def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
+    quantize = options.pop("quantize", "none")
+    if quantize != "none":
+        raise InvalidArgumentError(f"diffusion artifacts are fp32 for now; --quantize {quantize} applies to causal-lm "
+                                   "artifacts (use --quantize none)")
+    options.pop("optimize", None)
+    return options
+
+
+def _convert_diffusion_spec(spec: DiffusionSpec, output: Path, **options: Any) -> Path:
+    from edgegen.converters.diffusion_convert import convert_diffusion, from_spec
+
+    return convert_diffusion(from_spec(spec), output, **_diffusion_options(options))
+
+
+def _convert_diffusers(model_dir: Path, output: Path, **options: Any) -> Path:
+    from edgegen.converters.diffusion_convert import convert_diffusion, from_directory
+
+    return convert_diffusion(from_directory(model_dir), output, **_diffusion_options(options))
+
+
+def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
+    """config.json: a diffusers UNet2DModel (its ``_class_name`` says so) or a transformers model."""
+    from edgegen.converters.diffusion_convert import is_diffusers_unet_dir
+
+    if is_diffusers_unet_dir(model_dir):
+        return _convert_diffusers(model_dir, output, **options)
+    return _convert_hf_transformers(model_dir, output, **options)
+
+
+def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
+    from edgegen.converters.flow_convert import convert_flow
+
+    if quantize != "none":
+        raise InvalidArgumentError(f"flow artifacts are fp32 for now (exact likelihoods); --quantize {quantize} "
+                                   "applies to causal-lm artifacts (use --quantize none)")
+    options.pop("optimize", None)
+    return convert_flow(spec, output, **options)
+
+
+def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, quantize: str = "none",
+                        **options: Any) -> Path:
+    from edgegen.converters.image_convert import convert_image
+
+    if quantize != "none":
+        raise InvalidArgumentError(f"gan, vae and vq-vae artifacts are fp32 for now; --quantize {quantize} applies to "
+                                   "causal-lm artifacts (use --quantize none)")
+    options.pop("optimize", None)
+    return convert_image(spec, output, **options)
+
+
 #: spec type -> converter
 SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causal_lm_spec,
-                                                    RNNLMSpec: _convert_rnn_lm_spec}
-#: marker file of a directory -> converter
-DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"config.json": _convert_hf_transformers}
+                                                    RNNLMSpec: _convert_rnn_lm_spec,
+                                                    DiffusionSpec: _convert_diffusion_spec,
+                                                    FlowSpec: _convert_flow_spec,
+                                                    GANSpec: _convert_image_spec, VAESpec: _convert_image_spec,
+                                                    VQVAESpec: _convert_image_spec}
+#: marker file of a directory -> converter (first match wins)
+DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"model_index.json": _convert_diffusers,
+                                                        "config.json": _convert_config_dir}
 
 
 QUANTIZE = ("none", "fp16", "int8", "int4")
@@ -81,14 +140,12 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         if not path.exists():
             raise InvalidArgumentError(f"{path} does not exist; give a model directory or file.py:function")
         if path.is_dir():
-            if (path / "model_index.json").is_file():
-                raise UnsupportedModelError(f"{path} is a diffusers pipeline; this edgegen converts causal language "
-                                            "models (a transformers directory with config.json)")
             for marker, converter in DIRECTORY_CONVERTERS.items():
                 if (path / marker).is_file():
                     return converter(path, Path(output), **options)
         raise UnsupportedModelError(
-            f"{path} is not a model edgegen knows: expected a Hugging Face directory with config.json, "
+            f"{path} is not a model edgegen knows: expected a Hugging Face directory with config.json or a "
+            "diffusers pipeline with model_index.json, "
             "or file.py:function returning an edgegen spec such as CausalLMSpec")
     raise InvalidArgumentError(f"cannot convert a {type(source).__name__}; give a model directory, "
                                "a spec (e.g. CausalLMSpec) or 'file.py:function'")

@@ -122,14 +122,17 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
-              help="Artifact directory to write (written atomically).")
+@click.option("-o", "--output", type=click.Path(file_okay=False),
+              help="Artifact directory to write (written atomically); required unless --check.")
+@click.option("--check", is_flag=True, help="Dry run: list what would block converting an image spec (gan, vae, "
+              "vq-vae), export nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer optimizer.")
 @click.option("-q", "--quantize", type=click.Choice(["none", "fp16", "int8", "int4"]), default="none",
               show_default=True, help="Quantize the graph; its cost against fp32 is measured and recorded.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
-def convert(source: str, output: str, overwrite: bool, no_optimize: bool, quantize: str, as_json: bool) -> None:
+def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
+            as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -137,6 +140,19 @@ def convert(source: str, output: str, overwrite: bool, no_optimize: bool, quanti
     """
     import edgegen
     from edgegen.runtimes.artifact import open_artifact
+
+    if check:
+        from edgegen.converters.image_convert import check_source
+
+        problems = check_source(source)
+        for problem in problems:
+            click.echo(f"blocks conversion: {problem}")
+        if problems:
+            raise _UserError(f"{len(problems)} problem{'s' * (len(problems) > 1)} would block converting {source}", 1)
+        click.echo(f"ok: nothing found that blocks converting {source}")
+        return
+    if output is None:
+        raise click.UsageError("Missing option '-o' / '--output'.")
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
@@ -222,6 +238,175 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: s
     click.echo(f"[{lm.provider}: {r.prompt_tokens} prompt tokens, {sum(len(x.token_ids) for x in results)} new "
                f"({r.finish_reason}); first token {1000 * r.time_to_first_token_s:.0f} ms, "
                f"{r.decode_tokens_per_s:.1f} tokens/s]", err=True)
+
+
+#: ``edgegen sample`` options -> the keyword each image family's ``sample``/``interpolate`` takes.
+_SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance", "image", "strength",
+                   "truncation", "label", "temperature")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="PNG to write (a grid when -n > 1, unless --separate).")
+@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="How many images.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same images.")
+@click.option("--steps", type=int, default=None, help="Diffusion: denoising steps.")
+@click.option("--scheduler", default=None, help="Diffusion: ddpm, ddim, euler, euler-a or dpm++.")
+@click.option("--prompt", default=None, help="Text-to-image: what to draw.")
+@click.option("--negative-prompt", default=None, help="Text-to-image: what to steer away from.")
+@click.option("--guidance", type=float, default=None, help="Text-to-image: classifier-free guidance scale.")
+@click.option("--image", type=click.Path(dir_okay=False), default=None, help="Diffusion img2img: start image.")
+@click.option("--strength", type=float, default=None, help="img2img: 0 keeps the image, 1 ignores it.")
+@click.option("--truncation", type=float, default=None, help="GAN: truncation psi (1 = none).")
+@click.option("--label", type=int, default=None, help="Class-conditional models: the class to draw.")
+@click.option("--temperature", type=float, default=None, help="VAE/flow: scale of the prior's noise.")
+@click.option("--interpolate", nargs=2, type=click.IntRange(min=0), default=None, metavar="SEED_A SEED_B",
+              help="Draw a strip of --frames images between two seeds' latents.")
+@click.option("--frames", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Images in an --interpolate strip.")
+@click.option("--separate", is_flag=True, help="Write OUTPUT-0.png, OUTPUT-1.png, ... instead of a grid.")
+@click.option("--upscale", type=click.IntRange(min=1, max=32), default=1, show_default=True,
+              help="Enlarge the PNG by this factor (nearest neighbour), e.g. for 8x8 digits.")
+@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the files written and timings as JSON.")
+def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: tuple[int, int] | None,
+           frames: int, separate: bool, upscale: int, provider: str, threads: int | None, as_json: bool,
+           **family_options: Any) -> None:
+    """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG."""
+    import inspect
+    import time
+
+    import edgegen
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.images import save_images
+
+    family = open_artifact(artifact).manifest.family
+    if family in ("causal-lm", "rnn-lm"):
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; use 'edgegen generate' for text")
+    if not output.lower().endswith(".png"):
+        raise InvalidArgumentError(f"{output}: images are written as PNG; give a path ending in .png")
+    started = time.perf_counter()
+    model = edgegen.load(artifact, provider=provider, threads=threads)
+    load_s = time.perf_counter() - started
+    method = getattr(model, "interpolate" if interpolate else "sample", None)
+    if method is None:
+        raise InvalidArgumentError(f"{family} artifacts do not support {'--interpolate' if interpolate else 'sample'}")
+    accepted = inspect.signature(method).parameters
+    given = {k: v for k, v in family_options.items() if v is not None}
+    refused = [k for k in given if k not in accepted]
+    if refused:
+        names = ", ".join("--" + k.replace("_", "-") for k in refused)
+        takes = ", ".join("--" + k.replace("_", "-") for k in _SAMPLE_OPTIONS if k in accepted) or "none"
+        raise InvalidArgumentError(f"{names} do{'es' * (len(refused) == 1)} not apply to this {family} artifact "
+                                   f"(its options: {takes})")
+    if "progress" in accepted and not as_json and sys.stderr.isatty():
+        given["progress"] = _progress_bar()
+    started = time.perf_counter()
+    if interpolate:
+        images = method(interpolate[0], interpolate[1], frames=frames, **given)
+    else:
+        images = method(num, seed=seed, **given)
+    sample_s = time.perf_counter() - started
+    paths = save_images(images, output, as_grid=not separate, upscale=upscale,
+                        columns=len(images) if interpolate else None)
+    if as_json:
+        _echo_json({"files": [str(p) for p in paths], "images": len(images), "provider": model.provider,
+                    "load_s": round(load_s, 4), "sample_s": round(sample_s, 4)})
+        return
+    for p in paths:
+        click.echo(f"wrote {p}")
+    click.echo(f"[{model.provider}: {len(images)} image{'s' * (len(images) != 1)} in {sample_s:.2f} s, "
+               f"load {load_s:.2f} s]", err=True)
+
+
+#: Families whose runtime encodes and decodes images (``reconstruct``).
+_RECONSTRUCT_FAMILIES = ("vae", "vq-vae")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, help="Seed of any noise the model draws.")
+@click.option("--compare", is_flag=True, help="Write the input and its reconstruction side by side.")
+@click.option("--upscale", type=click.IntRange(min=1, max=32), default=1, show_default=True,
+              help="Enlarge the PNG by this factor (nearest neighbour).")
+@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the file written and timings as JSON.")
+def reconstruct(artifact: str, image: str, output: str, seed: int | None, compare: bool, upscale: int, provider: str,
+                threads: int | None, as_json: bool) -> None:
+    """Encode IMAGE and decode it again with a vae or vq-vae ARTIFACT; write the result as PNG."""
+    import time
+
+    import numpy as np
+
+    import edgegen
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.images import load_image, save_images
+
+    if not output.lower().endswith(".png"):
+        raise InvalidArgumentError(f"{output}: images are written as PNG; give a path ending in .png")
+    family = open_artifact(artifact).manifest.family
+    if family not in _RECONSTRUCT_FAMILIES:
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; reconstruct runs "
+                                   f"{' and '.join(_RECONSTRUCT_FAMILIES)} artifacts")
+    model = edgegen.load(artifact, provider=provider, threads=threads)
+    channels, height, width = model.image_shape
+    pixels = load_image(image, (height, width), channels)                      # [1, H, W, C] uint8
+    started = time.perf_counter()
+    out = model.reconstruct(pixels, seed=seed)
+    seconds = time.perf_counter() - started
+    paths = save_images(np.concatenate([pixels, out]) if compare else out, output, upscale=upscale, columns=2)
+    if as_json:
+        _echo_json({"files": [str(p) for p in paths], "provider": model.provider, "reconstruct_s": round(seconds, 4)})
+        return
+    click.echo(f"wrote {paths[0]}")
+    click.echo(f"[{model.provider}: reconstructed in {seconds:.3f} s]", err=True)
+
+
+def _progress_bar() -> Any:
+    """A progress callback ``(done, total)`` that redraws one line on standard error."""
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True, nl=done >= total)
+    return show
+
+
+#: Families whose runtime gives exact likelihoods (``bits_per_dim``).
+_SCORE_FAMILIES = ("flow",)
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(exists=True, file_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
+def score(artifact: str, images: tuple[str, ...], provider: str, threads: int | None, as_json: bool) -> None:
+    """Bits per dimension of each of IMAGES under a flow ARTIFACT (exact likelihood; lower = more likely)."""
+    import numpy as np
+
+    import edgegen
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.images import load_image
+
+    family = open_artifact(artifact).manifest.family
+    if family not in _SCORE_FAMILIES:
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; score needs exact likelihoods, which "
+                                   f"{', '.join(_SCORE_FAMILIES)} artifacts give")
+    model = edgegen.load(artifact, provider=provider, threads=threads)
+    c, h, w = model.image_shape
+    bits = model.bits_per_dim(np.concatenate([load_image(path, (h, w), c) for path in images]))   # [N]
+    if as_json:
+        _echo_json({"provider": model.provider, "images": [
+            {"file": path, "bits_per_dim": float(b)} for path, b in zip(images, bits, strict=True)]})
+        return
+    for path, b in zip(images, bits, strict=True):
+        click.echo(f"{b:.4f}  {path}")
 
 
 @cli.command()

@@ -29,6 +29,11 @@ class FamilyRuntime(Protocol):
 RUNTIMES: dict[str, str] = {
     "causal-lm": "edgegen.runtimes.causal_lm:CausalLM",
     "rnn-lm": "edgegen.runtimes.rnn_lm:RNNLM",
+    "diffusion": "edgegen.runtimes.diffusion:Diffusion",
+    "flow": "edgegen.runtimes.flow:Flow",
+    "gan": "edgegen.runtimes.gan:GAN",
+    "vae": "edgegen.runtimes.vae:VAE",
+    "vq-vae": "edgegen.runtimes.vae:VQVAE",
 }
 
 

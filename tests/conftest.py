@@ -34,3 +34,27 @@ def heldout_texts() -> list[str]:
     files = [f for f in train_pycode.list_source_files() if train_pycode.is_heldout(f)]
     assert len(files) >= 3, "the stdlib should give a held-out set"
     return [text for _, text in train_pycode.read_sources(files[:3])]
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(diffusers DDPMPipeline directory, its artifact): a tiny random UNet2DModel, converted once."""
+    pytest.importorskip("diffusers")
+    import edgegen
+    from diffusion_support import write_tiny_ddpm_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-ddpm")
+    source = write_tiny_ddpm_pipeline(root / "pipe")
+    return source, edgegen.convert(source, root / "artifact")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(diffusers StableDiffusionPipeline directory, its artifact): tiny CLIP + UNet + VAE, converted once."""
+    pytest.importorskip("diffusers")
+    import edgegen
+    from diffusion_support import write_tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("tiny-sd")
+    source = write_tiny_sd_pipeline(root / "pipe")
+    return source, edgegen.convert(source, root / "artifact")

@@ -1,0 +1,79 @@
+"""The spec that lets any denoising ``torch.nn.Module`` become a ``diffusion`` artifact.
+
+The denoiser predicts, for a noisy sample at timestep ``t``, the noise (``epsilon``), the
+velocity (``v_prediction``) or the clean sample (``sample``)::
+
+    out = denoiser(sample, timestep)              # unconditional
+    out = denoiser(sample, timestep, labels)      # class-conditional (num_classes set)
+
+    sample    float32 [B, *sample_shape]   e.g. [B, 1, 16, 16]
+    timestep  float32 [B]                  the scheduler's timestep (0 .. num_train_timesteps - 1;
+                                           Euler-type schedulers give fractional ones)
+    labels    int64   [B]                  0 .. num_classes - 1, or null_label (the "no class"
+                                           embedding classifier-free guidance runs against)
+    out       float32 [B, *sample_shape]
+
+The noise schedule is a diffusers ``scheduler_config.json`` dict (``num_train_timesteps``,
+``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction_type``, ...): the runtime's
+numpy schedulers read it with diffusers' key names, and any of them (DDPM, DDIM, Euler,
+Euler ancestral, DPM-Solver++) can sample the model.  ``models/digits_ddpm.py`` is an example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgegen.errors import InvalidArgumentError
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    """A custom denoiser, its noise schedule and the shape of what it denoises."""
+
+    denoiser: Any                           # torch.nn.Module following the contract above
+    sample_shape: tuple[int, ...]           # without the batch axis, e.g. (1, 16, 16)
+    scheduler_config: dict[str, Any]        # diffusers scheduler_config.json keys
+    #: Class-conditional models: number of classes; ``null_label`` enables guidance.
+    num_classes: int | None = None
+    null_label: int | None = None
+    #: Pixel values the samples live in (what -1..1 or 0..1 means for the PNG).
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    #: Sampling defaults stored in the artifact: scheduler, steps, guidance.
+    defaults: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    checkpoint_sha256: str | None = None
+
+    def __post_init__(self) -> None:
+        import torch
+
+        problems = []
+        if not isinstance(self.denoiser, torch.nn.Module):
+            problems.append(f"denoiser must be a torch.nn.Module, got {type(self.denoiser).__name__}")
+        shape = self.sample_shape
+        if not isinstance(shape, (tuple, list)) or not shape or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+            problems.append(f"sample_shape must be positive integers without the batch axis, e.g. (1, 16, 16); "
+                            f"got {shape!r}")
+        else:
+            object.__setattr__(self, "sample_shape", tuple(shape))
+        if not isinstance(self.scheduler_config, dict) or "num_train_timesteps" not in self.scheduler_config:
+            problems.append("scheduler_config must be a diffusers scheduler config dict with at least "
+                            "num_train_timesteps (and beta_schedule, beta_start, beta_end, prediction_type)")
+        elif self.scheduler_config.get("prediction_type", "epsilon") not in PREDICTION_TYPES:
+            problems.append(f"scheduler_config prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got "
+                            f"{self.scheduler_config['prediction_type']!r}")
+        if self.num_classes is not None and (not isinstance(self.num_classes, int) or self.num_classes < 1):
+            problems.append(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
+        if self.null_label is not None and self.num_classes is None:
+            problems.append("null_label needs num_classes (it is the label of the unconditional embedding)")
+        lo, hi = self.value_range
+        if not lo < hi:
+            problems.append(f"value_range must be (low, high) with low < high, got {self.value_range!r}")
+        unknown = set(self.defaults) - {"scheduler", "steps", "guidance"}
+        if unknown:
+            problems.append(f"defaults may set scheduler, steps and guidance, not {', '.join(sorted(unknown))}")
+        if problems:
+            raise InvalidArgumentError("DiffusionSpec: " + "; ".join(problems))

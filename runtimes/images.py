@@ -1,0 +1,95 @@
+"""Images in and out of the image families' runtimes (numpy + Pillow, no torch).
+
+Runtimes hand images around as float arrays ``[N, C, H, W]`` in a stated value range
+(``[-1, 1]`` for diffusion, GANs and most VAEs; ``[0, 1]`` for some), and users get
+``uint8`` arrays ``[N, H, W, C]`` (C = 1 or 3) that Pillow writes as PNG.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgegen.errors import InvalidArgumentError
+
+
+def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """``[N, C, H, W]`` floats in ``value_range`` -> ``[N, H, W, C]`` uint8 (clipped, rounded)."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images [N, C, H, W], got shape {images.shape}")
+    lo, hi = value_range
+    scaled = (images.astype(np.float32) - lo) / (hi - lo)                       # [N, C, H, W] in [0, 1]
+    return np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def from_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """``[N, H, W, C]`` uint8 -> ``[N, C, H, W]`` float32 in ``value_range``."""
+    lo, hi = value_range
+    return (images.astype(np.float32).transpose(0, 3, 1, 2) / 255.0) * (hi - lo) + lo
+
+
+def grid(images: np.ndarray, columns: int | None = None, padding: int = 2) -> np.ndarray:
+    """Tile ``[N, H, W, C]`` uint8 images into one ``[H', W', C]`` image, row by row."""
+    n, h, w, c = images.shape
+    cols = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    out = np.zeros((rows * h + (rows + 1) * padding, cols * w + (cols + 1) * padding, c), dtype=np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        y, x = padding + r * (h + padding), padding + k * (w + padding)
+        out[y:y + h, x:x + w] = images[i]
+    return out
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike[str], upscale: int = 1) -> Path:
+    """Write one ``[H, W, C]`` uint8 image (C = 1 or 3) as PNG; ``upscale`` enlarges by nearest neighbour."""
+    from PIL import Image
+
+    if upscale > 1:
+        image = image.repeat(upscale, axis=0).repeat(upscale, axis=1)
+    path = Path(path)
+    mode_image = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode_image.save(path, format="PNG")
+    return path
+
+
+def save_images(images: np.ndarray, path: str | os.PathLike[str], *, as_grid: bool = True,
+                upscale: int = 1, columns: int | None = None) -> list[Path]:
+    """Write ``[N, H, W, C]`` uint8 images: one grid PNG at ``path`` (N > 1, ``as_grid``), or
+    ``path`` for N = 1, or ``stem-0.png``, ``stem-1.png``, ... when not a grid."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise InvalidArgumentError(f"{path}: images are written as PNG; give a path ending in .png")
+    if len(images) == 1:
+        return [save_png(images[0], path, upscale)]
+    if as_grid:
+        return [save_png(grid(images, columns), path, upscale)]
+    return [save_png(img, path.with_name(f"{path.stem}-{i}{path.suffix}"), upscale) for i, img in enumerate(images)]
+
+
+def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: int) -> np.ndarray:
+    """Read an image file as ``[1, H, W, C]`` uint8 with the model's size and channels.
+
+    A different size is an error that names both sizes (resize it yourself, so nothing is
+    silently distorted); colour/grey conversion is done here.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(img, dtype=np.uint8)
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"{path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InvalidArgumentError(f"{path} is not an image Pillow can read ({exc})") from None
+    h, w = size
+    if array.shape[:2] != (h, w):
+        raise InvalidArgumentError(f"{path} is {array.shape[1]}x{array.shape[0]} pixels but the model takes "
+                                   f"{w}x{h}; resize it first (e.g. PIL.Image.resize)")
+    return (array[:, :, None] if channels == 1 else array)[None]

@@ -1,0 +1,66 @@
+"""``edgegen sample`` on diffusion artifacts: PNGs out, clear one-line errors for bad options."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgegen.cli import cli
+
+pytest.importorskip("diffusers")
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_sample_writes_a_grid_and_reports_timings(tiny_ddpm, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run("sample", tiny_ddpm[1], "-o", out, "-n", 4, "--steps", 3, "--seed", 0, "--scheduler", "dpm++",
+                 "--upscale", 2)
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output
+    with Image.open(out) as img:       # 2x2 grid of 16x16 with 2px padding, doubled
+        assert img.size == (2 * (2 * 16 + 3 * 2),) * 2 and img.mode == "RGB"
+    again = tmp_path / "again.png"
+    run("sample", tiny_ddpm[1], "-o", again, "-n", 4, "--steps", 3, "--seed", 0, "--scheduler", "dpm++",
+        "--upscale", 2)
+    assert np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(again)))   # same seed, same PNG
+
+
+def test_text_to_image_and_img2img_from_the_shell(tiny_sd, tmp_path):
+    first = tmp_path / "cat.png"
+    result = run("sample", tiny_sd[1], "-o", first, "--prompt", "a red cat", "--negative-prompt", "dog",
+                 "--guidance", 5, "--steps", 3, "--seed", 1, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["files"] == [str(first)] and data["images"] == 1 and data["sample_s"] > 0
+    result = run("sample", tiny_sd[1], "-o", tmp_path / "edit.png", "--prompt", "a dog", "--image", first,
+                 "--strength", 0.5, "--steps", 4, "-n", 2, "--separate")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "edit-0.png").is_file() and (tmp_path / "edit-1.png").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt", "a cat"], "not text-conditioned: it takes no prompt"),
+    (["--truncation", "0.7"], "--truncation does not apply to this diffusion artifact (its options: --steps, "
+                              "--scheduler, --prompt, --negative-prompt, --guidance, --image, --strength, --label)"),
+    (["--steps", "0"], "steps must be an integer of at least 1"),
+    (["--scheduler", "pndm"], "pndm"),
+])
+def test_bad_sample_options_are_one_line_errors(tiny_ddpm, tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["sample", str(tiny_ddpm[1]), "-o", str(tmp_path / "x.png"), *args])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert message in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_refuses_language_models_and_non_png_paths(tiny_lm_artifact, tiny_ddpm, tmp_path):
+    result = CliRunner().invoke(cli, ["sample", str(tiny_lm_artifact), "-o", str(tmp_path / "x.png")])
+    assert result.exit_code != 0 and "use 'edgegen generate' for text" in result.output
+    result = CliRunner().invoke(cli, ["sample", str(tiny_ddpm[1]), "-o", str(tmp_path / "x.jpg"), "--steps", "2"])
+    assert result.exit_code != 0 and "give a path ending in .png" in result.output

@@ -1,0 +1,89 @@
+"""Tiny diffusers pipelines built from configs in the test (random weights, no downloads).
+
+Importable as ``diffusion_support`` (pytest puts tests/ on sys.path).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.0001, "beta_end": 0.02,
+                    "beta_schedule": "linear", "prediction_type": "epsilon", "clip_sample": True}
+
+
+def write_tiny_ddpm_pipeline(dest: Path, seed: int = 0, prediction_type: str = "epsilon",
+                             sample_size: int = 16) -> Path:
+    """A DDPMPipeline directory (UNet2DModel in the google/ddpm-cifar10 layout, shrunk) at ``dest``."""
+    import torch
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DModel(sample_size=sample_size, in_channels=3, out_channels=3, layers_per_block=1,
+                       block_out_channels=(16, 32), norm_num_groups=8,
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    scheduler = DDPMScheduler(**{**SCHEDULER_CONFIG, "prediction_type": prediction_type})
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(dest)
+    return dest
+
+
+def _tiny_clip_tokenizer(dest: Path, max_length: int):
+    """A CLIP BPE tokenizer over single characters plus a few merges (written as vocab.json/merges.txt)."""
+    from transformers import CLIPTokenizer
+    from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    merges = ["t h", "th e</w>", "c a", "ca t</w>", "d o", "do g</w>", "r e", "re d</w>"]
+    tokens = chars + [c + "</w>" for c in chars] + ["th", "the</w>", "ca", "cat</w>", "do", "dog</w>", "re", "red</w>"]
+    tokens = list(dict.fromkeys(tokens)) + ["<|startoftext|>", "<|endoftext|>"]
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}), encoding="utf-8")
+    (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return CLIPTokenizer(str(dest / "vocab.json"), str(dest / "merges.txt"), model_max_length=max_length,
+                         pad_token="<|endoftext|>")
+
+
+#: "tiny": for tests (16x16 images); "bench": diffusers' own test pipeline size (64x64 images, 32x32 latents)
+SD_SIZES = {
+    "tiny": dict(text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+                 max_length=16, layers=1, unet_blocks=(16, 32), head_dim=4, vae_blocks=(8, 16), latent=8, groups=8),
+    "bench": dict(text=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4),
+                  max_length=77, layers=2, unet_blocks=(32, 64), head_dim=8, vae_blocks=(32, 64), latent=32,
+                  groups=32),
+}
+
+
+def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "epsilon", size: str = "tiny") -> Path:
+    """A StableDiffusionPipeline directory (CLIP text encoder, UNet2DConditionModel, AutoencoderKL,
+    CLIP tokenizer, DDIM scheduler with SD's scaled_linear schedule), small, at ``dest``."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    c = SD_SIZES[size]
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tiny_clip_tokenizer(Path(tmp), c["max_length"])
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), **c["text"], max_position_embeddings=c["max_length"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    unet = UNet2DConditionModel(
+        sample_size=c["latent"], in_channels=4, out_channels=4, layers_per_block=c["layers"],
+        block_out_channels=c["unet_blocks"], norm_num_groups=c["groups"], cross_attention_dim=32,
+        attention_head_dim=c["head_dim"],
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=c["vae_blocks"],
+                        norm_num_groups=c["groups"], layers_per_block=1, sample_size=c["latent"] * 2,
+                        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+                              steps_offset=1, prediction_type=prediction_type)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(dest)
+    return dest
