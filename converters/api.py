@@ -14,6 +14,7 @@ import hashlib
 import importlib.util
 import inspect
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,26 @@ from edgegen.converters.rnn_spec import RNNLMSpec
 from edgegen.errors import InvalidArgumentError, UnsupportedModelError
 
 
+def _no_gate(options: dict[str, Any], family: str) -> dict[str, Any]:
+    """``min_psnr`` is the quality gate of image-model quantization; other families measure their own figures."""
+    if options.pop("min_psnr", None) is not None:
+        raise InvalidArgumentError(f"min_psnr (the quality gate of image-model quantization) does not apply to "
+                                   f"{family} models; drop it")
+    return options
+
+
+def _lm_options(options: dict[str, Any]) -> dict[str, Any]:
+    if options.get("quantize") == "int8-static":
+        raise InvalidArgumentError("int8-static (QDQ with calibration) is for conv nets (diffusion, gan, vae, "
+                                   "vq-vae); causal-lm artifacts take --quantize fp16, int8 or int4")
+    return _no_gate(options, "causal-lm")
+
+
 def _convert_causal_lm_spec(spec: CausalLMSpec, output: Path, **options: Any) -> Path:
     from edgegen.converters.custom_lm import CustomLMSource
     from edgegen.converters.lm_convert import convert_lm
 
+    options = _lm_options(options)   # before the model loads
     return convert_lm(CustomLMSource(spec), output, **options)
 
 
@@ -37,6 +54,7 @@ def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> P
     from edgegen.converters.hf_lm import HFLMSource
     from edgegen.converters.lm_convert import convert_lm
 
+    options = _lm_options(options)   # before the model loads
     return convert_lm(HFLMSource(model_dir), output, **options)
 
 
@@ -47,14 +65,14 @@ def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, *, quantize: str = "none
         raise InvalidArgumentError(f"rnn-lm artifacts are fp32 for now; --quantize {quantize} applies to causal-lm "
                                    "artifacts (use --quantize none)")
     options.pop("optimize", None)  # no transformer-optimizer fusions apply to a recurrent step graph
-    return convert_rnn_lm(spec, output, **options)
+    return convert_rnn_lm(spec, output, **_no_gate(options, "rnn-lm"))
 
 
 def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
-    quantize = options.pop("quantize", "none")
-    if quantize != "none":
-        raise InvalidArgumentError(f"diffusion artifacts are fp32 for now; --quantize {quantize} applies to causal-lm "
-                                   "artifacts (use --quantize none)")
+    from edgegen.converters.image_quantize import check_scheme
+
+    if options.get("quantize", "none") != "none":
+        check_scheme(options["quantize"], "diffusion")   # before any export
     options.pop("optimize", None)
     return options
 
@@ -82,23 +100,23 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
 
 def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
     from edgegen.converters.flow_convert import convert_flow
+    from edgegen.converters.image_quantize import check_scheme
 
     if quantize != "none":
-        raise InvalidArgumentError(f"flow artifacts are fp32 for now (exact likelihoods); --quantize {quantize} "
-                                   "applies to causal-lm artifacts (use --quantize none)")
+        check_scheme(quantize, "flow")   # refuses, with the reason
     options.pop("optimize", None)
-    return convert_flow(spec, output, **options)
+    return convert_flow(spec, output, **_no_gate(options, "flow"))
 
 
 def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, quantize: str = "none",
                         **options: Any) -> Path:
     from edgegen.converters.image_convert import convert_image
+    from edgegen.converters.image_quantize import check_scheme
 
     if quantize != "none":
-        raise InvalidArgumentError(f"gan, vae and vq-vae artifacts are fp32 for now; --quantize {quantize} applies to "
-                                   "causal-lm artifacts (use --quantize none)")
+        check_scheme(quantize, {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)])  # before export
     options.pop("optimize", None)
-    return convert_image(spec, output, **options)
+    return convert_image(spec, output, quantize=quantize, **options)
 
 
 #: spec type -> converter
@@ -113,23 +131,29 @@ DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"model_index.json": _con
                                                         "config.json": _convert_config_dir}
 
 
-QUANTIZE = ("none", "fp16", "int8", "int4")
+QUANTIZE = ("none", "fp16", "int8", "int4", "int8-static")
 
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
-            quantize: str = "none", report: Callable[[str], None] | None = None) -> Path:
+            quantize: str = "none", min_psnr: float | None = None,
+            report: Callable[[str], None] | None = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
     Runtime's transformer optimizer (kept only when validated and not slower);
-    ``quantize`` is ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights) or ``int4``
-    (weight-only MatMulNBits); the quantized graph's cost against fp32 is measured and
-    recorded.  ``report`` receives progress lines (default: silent).
+    ``quantize`` is ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights), ``int4``
+    (weight-only MatMulNBits, LMs) or ``int8-static`` (QDQ calibrated on the model's own
+    sampling loop, image models); the quantized graph's cost against fp32 is measured and
+    recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
+    against fp32 (default 30), met by keeping sensitive nodes in float, else an error.
+    ``report`` receives progress lines (default: silent).
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize,
                "report": report or (lambda _line: None)}
+    if min_psnr is not None:
+        options["min_psnr"] = min_psnr
     if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():
@@ -161,6 +185,7 @@ def load_spec(target: str) -> Any:
     spec = importlib.util.spec_from_file_location(module_name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module   # registered before it runs: dataclasses look their module up
     spec.loader.exec_module(module)
     function = getattr(module, name, None)
     if not callable(function):

@@ -311,8 +311,9 @@ def psnr(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> floa
 
 
 def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: bool = False, report: Any = print,
-                      **_ignored: Any) -> Path:
-    """Export, validate and write ``model`` as a diffusion artifact at ``output``; returns its path."""
+                      quantize: str = "none", min_psnr: float | None = None, **_ignored: Any) -> Path:
+    """Export, validate and write ``model`` as a diffusion artifact at ``output``; returns its path.
+    ``quantize`` (not ``none``): :func:`edgegen.converters.image_quantize.quantize_graphs` after validation."""
     from edgegen.converters.lm_convert import _quiet_libraries, library_versions
 
     _quiet_libraries()
@@ -351,6 +352,10 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
         if not s["psnr_db"] >= MIN_PSNR:
             raise ConversionError(f"the artifact's sample differs from PyTorch's (PSNR {s['psnr_db']:.1f} dB < "
                                   f"{MIN_PSNR} dB); this is a bug in edgegen's scheduler or export")
+        if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
+            from edgegen.converters.image_quantize import quantize_graphs
+
+            figures["quantization"] = quantize_graphs(writer, quantize, min_psnr=min_psnr, report=report)
         writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults,
                                      validation=figures))
         return writer.commit()

@@ -288,10 +288,12 @@ def check_spec(spec: Any) -> list[str]:
 
 
 def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, overwrite: bool = False,
-                  report: Any = print, **_ignored: Any) -> Path:
+                  report: Any = print, quantize: str = "none", min_psnr: float | None = None,
+                  **_ignored: Any) -> Path:
     """Convert an image spec into a gan, vae or vq-vae artifact at ``output``; returns its path.
 
-    Options of other converters (``optimize``) are accepted and ignored: graphs are exported as is, in fp32.
+    Options of other converters (``optimize``) are accepted and ignored: graphs are exported as is, in fp32;
+    ``quantize`` (not ``none``): :func:`edgegen.converters.image_quantize.quantize_graphs` after validation.
     """
     from edgegen.converters.lm_convert import library_versions
     from edgegen.runtimes.artifact import open_artifact
@@ -340,6 +342,10 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
             raise ConversionError(f"the converted {plan.family} does not match PyTorch end to end (max abs error "
                                   f"{figures['samples_max_abs_error']:.3g} > {ATOL:g}); check that the modules follow "
                                   "the contract in edgegen.converters.image_spec")
+        if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
+            from edgegen.converters.image_quantize import quantize_graphs
+
+            figures["quantization"] = quantize_graphs(writer, quantize, min_psnr=min_psnr, report=report)
         writer.write(writer.manifest(family=plan.family, source=source, sampler=sampler, defaults=defaults,
                                      validation=figures))
         return writer.commit()

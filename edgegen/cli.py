@@ -128,11 +128,13 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               "vq-vae), export nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer optimizer.")
-@click.option("-q", "--quantize", type=click.Choice(["none", "fp16", "int8", "int4"]), default="none",
-              show_default=True, help="Quantize the graph; its cost against fp32 is measured and recorded.")
+@click.option("-q", "--quantize", type=click.Choice(["none", "fp16", "int8", "int4", "int8-static"]),
+              default="none", show_default=True, help="Quantize the graph; its cost against fp32 is measured and recorded.")
+@click.option("--min-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Image models: quality gate of --quantize, dB of samples vs fp32 [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
-            as_json: bool) -> None:
+            min_psnr: float | None, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -156,7 +158,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
-                           report=report)
+                           min_psnr=min_psnr, report=report)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -433,8 +435,9 @@ def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
         click.echo(f"done in {total:.1f} s; outputs in {Path(out).resolve()}")
 
 
-_QUANT_FIGURES = ("scheme", "greedy_agreement", "top1_agreement", "perplexity_delta_pct", "size_ratio",
-                  "decode_speedup", "quantized_matmuls", "float_matmuls")
+_QUANT_FIGURES = ("scheme", "used", "reason", "greedy_agreement", "top1_agreement", "perplexity_delta_pct",
+                  "psnr_db", "min_psnr_db", "size_ratio", "decode_speedup", "speedup", "speed_unit",
+                  "quantized_matmuls", "float_matmuls", "quantized_nodes", "float_nodes", "warning")
 
 
 def _mib(size: int) -> str:

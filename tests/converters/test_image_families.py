@@ -301,6 +301,7 @@ def test_codebook_from_an_attribute_path_to_an_embedding() -> None:
     assert torch.equal(spec.codebook_tensor(), codebook)
 
 
-def test_quantize_is_refused_for_now(tmp_path) -> None:
-    with pytest.raises(InvalidArgumentError, match="gan, vae and vq-vae artifacts are fp32 for now"):
-        edgegen.convert(vqvae_spec(), tmp_path / "a", quantize="int8")
+def test_int4_is_refused_for_image_models(tmp_path) -> None:
+    with pytest.raises(InvalidArgumentError, match="int4 .* is for LMs"):
+        edgegen.convert(vqvae_spec(), tmp_path / "a", quantize="int4")
+    assert not (tmp_path / "a").exists()
