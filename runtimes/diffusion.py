@@ -23,7 +23,7 @@ The schedulers are :mod:`edgegen.runtimes.schedulers` (numpy; tested against dif
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -131,10 +131,12 @@ class Diffusion:
     # -- the public API ----------------------------------------------------------------------
     def sample(self, n: int = 1, *, seed: int | None = None, steps: int | None = None, scheduler: str | None = None,
                prompt: str | None = None, negative_prompt: str | None = None, guidance: float | None = None,
-               label: int | None = None, image: Any = None, strength: float | None = None,
+               label: int | Sequence[int] | None = None, image: Any = None, strength: float | None = None,
                progress: Progress | None = None) -> np.ndarray:
         """Draw ``n`` images; uint8 ``[n, H, W, C]``.
 
+        ``label`` (class-conditional models): one class for all, one per image, or None for
+        random classes.
         ``image`` (a path, or uint8 ``[H, W, C]`` / ``[n, H, W, C]``) with ``strength`` in [0, 1]
         runs img2img.  ``progress(done, total)`` is called after every step; returning
         ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).
@@ -152,7 +154,7 @@ class Diffusion:
 
     def generate(self, n: int = 1, *, seed: int | None = None, steps: int | None = None,
                  scheduler: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
-                 guidance: float | None = None, label: int | list[int] | None = None, image: Any = None,
+                 guidance: float | None = None, label: int | Sequence[int] | None = None, image: Any = None,
                  strength: float | None = None, noise: np.ndarray | None = None, progress: Progress | None = None,
                  force_guidance_batch: bool = False) -> np.ndarray:
         """Like :meth:`sample`, as floats ``[n, C, H, W]`` in the model's value range.
@@ -190,14 +192,15 @@ class Diffusion:
             latents = self._noise(noise, n, rng) * np.float32(sched.init_noise_sigma)   # [n, C, h, w]
 
         total = len(timesteps)
+        fixed = {} if self._cond_input is None else {                                 # the same every step
+            self._cond_input: np.concatenate([uncond, cond]) if cfg else cond}
+        denoiser = self.sessions["denoiser"]
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents           # [(2)n, C, h, w]
             model_in = sched.scale_model_input(model_in, t)
             feed = {"sample": np.ascontiguousarray(model_in, dtype=np.float32),
-                    "timestep": np.full((model_in.shape[0],), t, dtype=np.float32)}
-            if self._cond_input is not None:
-                feed[self._cond_input] = np.concatenate([uncond, cond]) if cfg else cond
-            out = self.sessions["denoiser"].run(None, feed)[0]
+                    "timestep": np.full((model_in.shape[0],), t, dtype=np.float32), **fixed}
+            out = denoiser.run(None, feed)[0]
             if cfg:
                 out_u, out_c = out[:n], out[n:]
                 out = out_u + np.float32(guidance) * (out_c - out_u)
@@ -247,8 +250,13 @@ class Diffusion:
             raise InvalidArgumentError("this diffusion model is not class-conditional: it takes no label (drop --label)")
         if s.conditioning == "class":
             assert s.num_classes is not None
-            labels = rng.integers(0, s.num_classes, n) if label is None else np.broadcast_to(
-                np.asarray(label, dtype=np.int64), (n,))
+            if label is None:
+                labels = rng.integers(0, s.num_classes, n)
+            else:
+                given = np.asarray(label, dtype=np.int64)
+                if given.ndim > 1 or (given.ndim == 1 and len(given) != n):
+                    raise InvalidArgumentError(f"{given.size} labels for {n} images; give one label or {n}")
+                labels = np.broadcast_to(given, (n,))
             bad = sorted({int(x) for x in labels if not 0 <= x < s.num_classes})
             if bad:
                 raise InvalidArgumentError(f"label {bad[0]} is out of range: this model has classes 0.."

@@ -144,7 +144,8 @@ def data_to_pixels(s: FlowSampler, x: np.ndarray) -> np.ndarray:
     if s.logit:
         v = 0.5 * (1.0 + np.tanh(0.5 * v))   # sigmoid, without overflow
     levels = np.clip(np.nan_to_num(np.floor((v - lo) / (hi - lo) * s.num_bins)), 0, s.num_bins - 1)
-    return (levels * 256 // s.num_bins).astype(np.uint8).transpose(0, 2, 3, 1)
+    # the bin's lowest pixel, ceil(k * 256 / num_bins): reads back as level k even when num_bins does not divide 256
+    return (-(-levels * 256 // s.num_bins)).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 class Flow:

@@ -19,7 +19,7 @@ graph.  Images come out as ``uint8 [N, H, W, C]``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -123,7 +123,7 @@ class GAN:
         return images
 
     # -- the image-family contract --------------------------------------------------------------------
-    def sample(self, n: int, *, seed: int | None = None, label: int | None = None,
+    def sample(self, n: int, *, seed: int | None = None, label: int | Sequence[int] | None = None,
                truncation: float | None = None) -> np.ndarray:
         """``n`` images ``uint8 [n, H, W, C]``; same seed, same images."""
         n = check_count(n)
@@ -166,7 +166,7 @@ class GAN:
                                        "DCGAN-style generator has none: drop --truncation")
         return float(psi)
 
-    def _labels(self, label: int | None, n: int, rng: np.random.Generator) -> np.ndarray | None:
+    def _labels(self, label: int | Sequence[int] | None, n: int, rng: np.random.Generator) -> np.ndarray | None:
         k = self.sampler.num_classes
         if k is None:
             if label is not None:
@@ -174,6 +174,13 @@ class GAN:
             return None
         if label is None:
             return rng.integers(0, k, size=n, dtype=np.int64)                         # [n]
+        if isinstance(label, (list, tuple, np.ndarray)):                              # one label per image
+            labels = np.asarray(label)
+            if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 \
+                    or labels.max() >= k:
+                raise InvalidArgumentError(f"labels must be {n} class indices in 0..{k - 1} (one per image), got "
+                                           f"{labels.tolist()!r}")
+            return labels.astype(np.int64)
         if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or not 0 <= label < k:
             raise InvalidArgumentError(f"label must be a class index in 0..{k - 1}, got {label!r}")
         return np.full(n, label, dtype=np.int64)

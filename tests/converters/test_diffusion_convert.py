@@ -96,6 +96,10 @@ def test_class_conditional_spec_converts_and_follows_labels(tmp_path):
     assert not np.allclose(zero, two)          # the label reaches the denoiser
     with pytest.raises(InvalidArgumentError, match="label 7 is out of range: this model has classes 0..2"):
         model.sample(1, label=7)
+    with pytest.raises(InvalidArgumentError, match="3 labels for 2 images; give one label or 2"):
+        model.sample(2, label=[0, 1, 2])
+    per_image = model.generate(2, noise=noise, label=[0, 2], steps=5)
+    np.testing.assert_allclose(per_image, np.concatenate([zero[:1], two[1:]]), atol=1e-5)
 
 
 def test_bad_specs_and_sources_say_what_to_fix(tmp_path, tiny_ddpm):
@@ -105,8 +109,8 @@ def test_bad_specs_and_sources_say_what_to_fix(tmp_path, tiny_ddpm):
         label_spec(scheduler_config={**SCHEDULER_CONFIG, "prediction_type": "flow"})
     with pytest.raises(InvalidArgumentError, match="null_label needs num_classes"):
         label_spec(num_classes=None)
-    with pytest.raises(InvalidArgumentError, match="diffusion artifacts are fp32 for now"):
-        edgegen.convert(label_spec(), tmp_path / "q", quantize="int8")
+    with pytest.raises(InvalidArgumentError, match="int4 .* is for LMs"):
+        edgegen.convert(label_spec(), tmp_path / "q", quantize="int4")
 
     other = tmp_path / "kandinsky"
     other.mkdir()

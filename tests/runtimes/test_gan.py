@@ -47,6 +47,11 @@ def test_labels(conditional_artifact) -> None:
             gan.sample(1, label=bad)
     with pytest.raises(InvalidArgumentError, match="this GAN is conditional: labels must be"):
         gan.generate(z)
+    per_image = [0, 3, 1, 2]                                            # one label per image
+    assert np.array_equal(gan.sample(4, seed=1, label=per_image), to_uint8(gan.generate(z, np.array(per_image))))
+    for bad in ([0, 1], [0, 1, 2, CLASSES], [0.5, 1, 2, 3]):
+        with pytest.raises(InvalidArgumentError, match="labels must be 4 class indices"):
+            gan.sample(4, label=bad)
 
 
 def test_a_label_for_an_unconditional_model_is_refused(dcgan_artifact) -> None:
