@@ -66,9 +66,59 @@ def _run_charlstm(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, A
             "batch_of_3_decode_tokens_per_s": round(batch[0].decode_tokens_per_s * len(prompts), 1)}
 
 
+def _digit_grid(model: Any, out: Path, name: str, say: Callable[[str], None], what: str,
+                **options: Any) -> dict[str, Any]:
+    """Ten samples of each digit (one row per digit, 0 to 9) as an upscaled PNG grid."""
+    import numpy as np
+
+    from edgegen.runtimes.images import save_images
+
+    labels = [int(k) for k in np.repeat(np.arange(10), 10)]
+    started = time.perf_counter()
+    images = model.sample(len(labels), seed=0, label=labels, **options)                  # [100, 8, 8, 1]
+    seconds = time.perf_counter() - started
+    path = save_images(images, out / f"{name}.png", columns=10, upscale=4)[0]
+    say(f"{what}: wrote {path} (rows: digits 0-9)")
+    return {"output": str(path), "images": len(images), "sample_s": round(seconds, 3)}
+
+
+def _run_digits_ddpm(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    d = model.defaults
+    return _digit_grid(model, out, "digits_ddpm", say,
+                       f"class-conditional DDPM ({d.scheduler} {d.steps} steps, guidance {d.guidance}, seed 0)")
+
+
+def _run_digits_gan(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    return _digit_grid(model, out, "digits_gan", say, "class-conditional DCGAN (seed 0)")
+
+
+def _unconditional_grid(model: Any, out: Path, name: str, say: Callable[[str], None], what: str,
+                        **options: Any) -> dict[str, Any]:
+    from edgegen.runtimes.images import save_images
+
+    started = time.perf_counter()
+    images = model.sample(100, seed=0, **options)                                      # [100, 8, 8, 1]
+    seconds = time.perf_counter() - started
+    path = save_images(images, out / f"{name}.png", columns=10, upscale=4)[0]
+    say(f"{what}: wrote {path}")
+    return {"output": str(path), "images": len(images), "sample_s": round(seconds, 3)}
+
+
+def _run_digits_vae(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    return _unconditional_grid(model, out, "digits_vae", say, "VAE prior samples (seed 0)")
+
+
+def _run_digits_flow(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    return _unconditional_grid(model, out, "digits_flow", say, "RealNVP flow samples (default temperature, seed 0)")
+
+
 BUNDLED = (
     Bundled("pycode", "pycode.py:spec", "pycode/model.safetensors", _run_pycode),
     Bundled("charlstm", "charlstm_bundled.py:spec", "charlstm/model.safetensors", _run_charlstm),
+    Bundled("digits_ddpm", "digits_ddpm.py:spec", "digits_ddpm/model.safetensors", _run_digits_ddpm),
+    Bundled("digits_gan", "digits_gan.py:spec", "digits_gan/model.safetensors", _run_digits_gan),
+    Bundled("digits_vae", "digits_vae.py:spec", "digits_vae/model.safetensors", _run_digits_vae),
+    Bundled("digits_flow", "digits_flow.py:spec", "digits_flow/model.safetensors", _run_digits_flow),
 )
 
 

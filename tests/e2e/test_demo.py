@@ -28,6 +28,13 @@ def test_demo_converts_generates_and_reuses(tmp_path: Path) -> None:
     assert code.startswith("# greedy, repetition penalty 1.3\ndef fibonacci(n):\n") and len(code) > 200
     assert report["models"]["pycode"]["decode_tokens_per_s"] > 0
     assert (tmp_path / "charlstm.txt").read_text(encoding="utf-8").count("# temperature 0.8") == 3
+    from PIL import Image
+
+    grids = [entry["output"] for entry in report["models"].values() if entry["output"].endswith(".png")]
+    assert len(grids) >= 1
+    for grid in grids:                  # ten rows of ten 8x8 digits, 2 px padding, upscaled 4x
+        with Image.open(grid) as img:
+            assert img.size == (4 * (10 * 8 + 11 * 2),) * 2, grid
     second = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--provider", "cpu", "--json"])
     assert second.exit_code == 0, second.output
     assert all(entry["reused"] for entry in json.loads(second.stdout)["models"].values())
