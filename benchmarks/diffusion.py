@@ -163,7 +163,7 @@ def ddpm_overhead(root: Path, steps: int, repeats: int) -> dict:
                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
     params = sum(p.numel() for p in unet.parameters())
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(root / "ddpm")
-    artifact = edgegen.convert(root / "ddpm", root / "ddpm-artifact", overwrite=True)
+    artifact = edgegen.convert(root / "ddpm", root / "ddpm-artifact", overwrite=True, quantize="none")
     model = edgegen.load(artifact, provider="cpu")
     session = model.sessions["denoiser"]
     x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -214,7 +214,7 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         pipe = write_tiny_sd_pipeline(root / "sd", size="bench")
         t0 = time.perf_counter()
-        artifact = edgegen.convert(pipe, root / "sd-artifact", overwrite=True)
+        artifact = edgegen.convert(pipe, root / "sd-artifact", overwrite=True, quantize="none")
         print(f"edgegen convert: {time.perf_counter() - t0:.1f} s")
         from optimum.exporters.onnx import main_export
 

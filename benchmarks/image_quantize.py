@@ -172,7 +172,7 @@ def main() -> None:
         root = Path(tmp)
         if not args.skip_ddpm:
             started = time.perf_counter()
-            fp32 = edgegen.convert(ddpm_pipeline(root, args.quick), root / "ddpm-fp32", report=print)
+            fp32 = edgegen.convert(ddpm_pipeline(root, args.quick), root / "ddpm-fp32", quantize="none", report=print)
             print(f"converted in {time.perf_counter() - started:.0f} s")
             variants = quantized_variants(fp32, root, args.all_ops)
             feed = {"sample": rng.standard_normal((1, 3, 32, 32)).astype(np.float32),
@@ -180,7 +180,7 @@ def main() -> None:
             table("DDPM-cifar10 UNet, 32x32, batch 1 (PSNR: 4 samples, 10 DDPM steps, vs fp32)", "ms/step",
                   variants, per_call_ms(variants, feed, repeats))
         if not args.skip_dcgan:
-            fp32 = edgegen.convert(dcgan_spec(args.quick), root / "dcgan-fp32", report=print)
+            fp32 = edgegen.convert(dcgan_spec(args.quick), root / "dcgan-fp32", quantize="none", report=print)
             variants = quantized_variants(fp32, root, args.all_ops)
             feed = {"z": rng.standard_normal((1, 100)).astype(np.float32)}
             table("DCGAN generator, 64x64, batch 1 (PSNR: 16 samples vs fp32)", "ms/sample", variants,

@@ -167,7 +167,7 @@ def main() -> None:
     artifact = root / "artifact"
     if not (artifact / "edgegen.json").exists():
         t = time.perf_counter()
-        edgegen.convert(hf, artifact, report=lambda line: print("  convert:", line))
+        edgegen.convert(hf, artifact, quantize="none", report=lambda line: print("  convert:", line))
         print(f"converted in {time.perf_counter() - t:.1f} s")
     if not (root / "optimum" / "model.onnx").exists():
         from optimum.exporters.onnx import main_export

@@ -23,6 +23,7 @@ from edgegen.converters.diffusion_spec import DiffusionSpec
 from edgegen.converters.flow_spec import FlowSpec
 from edgegen.converters.image_spec import GANSpec, VAESpec, VQVAESpec
 from edgegen.converters.lm_spec import CausalLMSpec
+from edgegen.converters.quant_defaults import check_target
 from edgegen.converters.rnn_spec import RNNLMSpec
 from edgegen.errors import InvalidArgumentError, UnsupportedModelError
 
@@ -33,6 +34,14 @@ def _no_gate(options: dict[str, Any], family: str) -> dict[str, Any]:
         raise InvalidArgumentError(f"min_psnr (the quality gate of image-model quantization) does not apply to "
                                    f"{family} models; drop it")
     return options
+
+
+def _fp32_only(options: dict[str, Any], family: str, why: str) -> None:
+    """Families without quantization: ``auto`` means fp32, an explicit scheme is refused."""
+    quantize = options.pop("quantize", "none")
+    options.pop("target", None)
+    if quantize not in ("none", "auto"):
+        raise InvalidArgumentError(f"{family} artifacts are fp32: {why}; use --quantize none (or auto)")
 
 
 def _lm_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -58,12 +67,10 @@ def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> P
     return convert_lm(HFLMSource(model_dir), output, **options)
 
 
-def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
+def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
     from edgegen.converters.rnn_convert import convert_rnn_lm
 
-    if quantize != "none":
-        raise InvalidArgumentError(f"rnn-lm artifacts are fp32 for now; --quantize {quantize} applies to causal-lm "
-                                   "artifacts (use --quantize none)")
+    _fp32_only(options, "rnn-lm", "recurrent step graphs are not quantized yet")
     options.pop("optimize", None)  # no transformer-optimizer fusions apply to a recurrent step graph
     return convert_rnn_lm(spec, output, **_no_gate(options, "rnn-lm"))
 
@@ -71,9 +78,8 @@ def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, *, quantize: str = "none
 def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
     from edgegen.converters.image_quantize import check_scheme
 
-    if options.get("quantize", "none") != "none":
+    if options.get("quantize", "none") not in ("none", "auto"):
         check_scheme(options["quantize"], "diffusion")   # before any export
-    options.pop("optimize", None)
     return options
 
 
@@ -102,19 +108,26 @@ def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", 
     from edgegen.converters.flow_convert import convert_flow
     from edgegen.converters.image_quantize import check_scheme
 
-    if quantize != "none":
+    if quantize not in ("none", "auto"):
         check_scheme(quantize, "flow")   # refuses, with the reason
     options.pop("optimize", None)
+    options.pop("target", None)
     return convert_flow(spec, output, **_no_gate(options, "flow"))
 
 
 def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, quantize: str = "none",
-                        **options: Any) -> Path:
+                        target: str = "cpu", **options: Any) -> Path:
     from edgegen.converters.image_convert import convert_image
     from edgegen.converters.image_quantize import check_scheme
+    from edgegen.converters.quant_defaults import resolve
 
+    family = {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)]
+    if quantize == "auto":   # these rules do not depend on the model's size
+        quantize, why = resolve(family, target, params=0)
+        if "report" in options:
+            options["report"](f"quantize auto: {quantize} ({why})")
     if quantize != "none":
-        check_scheme(quantize, {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)])  # before export
+        check_scheme(quantize, family)  # before export
     options.pop("optimize", None)
     return convert_image(spec, output, quantize=quantize, **options)
 
@@ -131,17 +144,18 @@ DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"model_index.json": _con
                                                         "config.json": _convert_config_dir}
 
 
-QUANTIZE = ("none", "fp16", "int8", "int4", "int8-static")
+QUANTIZE = ("auto", "none", "fp16", "int8", "int4", "int8-static")
 
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
-            quantize: str = "none", min_psnr: float | None = None,
+            quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
             report: Callable[[str], None] | None = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
     Runtime's transformer optimizer (kept only when validated and not slower);
-    ``quantize`` is ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights), ``int4``
+    ``quantize`` is ``auto`` (the family's measured default for ``target``: ``cpu``, ``cuda`` or
+    ``dml``; see :mod:`edgegen.converters.quant_defaults`), ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights), ``int4``
     (weight-only MatMulNBits, LMs) or ``int8-static`` (QDQ calibrated on the model's own
     sampling loop, image models); the quantized graph's cost against fp32 is measured and
     recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
@@ -150,7 +164,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
-    options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize,
+    check_target(target)
+    options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize, "target": target,
                "report": report or (lambda _line: None)}
     if min_psnr is not None:
         options["min_psnr"] = min_psnr

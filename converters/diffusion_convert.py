@@ -311,9 +311,14 @@ def psnr(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> floa
 
 
 def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: bool = False, report: Any = print,
-                      quantize: str = "none", min_psnr: float | None = None, **_ignored: Any) -> Path:
+                      quantize: str = "none", min_psnr: float | None = None, optimize: bool = True,
+                      target: str = "cpu", **_ignored: Any) -> Path:
     """Export, validate and write ``model`` as a diffusion artifact at ``output``; returns its path.
-    ``quantize`` (not ``none``): :func:`edgegen.converters.image_quantize.quantize_graphs` after validation."""
+    ``optimize``: ONNX Runtime's unet fusions on the denoiser, kept when exact and no slower
+    (:mod:`edgegen.converters.unet_optimize`).  ``quantize`` (not ``none``):
+    :func:`edgegen.converters.image_quantize.quantize_graphs` after validation; ``auto``: the
+    family default for ``target`` (:mod:`edgegen.converters.quant_defaults`), kept in fp32 when the
+    quality gate is not met instead of failing."""
     from edgegen.converters.lm_convert import _quiet_libraries, library_versions
 
     _quiet_libraries()
@@ -339,9 +344,11 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
                                       "the sampling loop adds the noise")
             error = max(exported.errors.values())
             figures["graphs"][graph.role] = {"max_abs_error": error, "batches": sorted(exported.errors)}
-            writer.add_graph_file(graph.role, file, precision="fp32")
             report(f"export: {graph.role} ({type(graph.module).__name__}) max |error| vs PyTorch {error:.1e} "
                    f"(relative) at batch 1 and 3 ({time.perf_counter() - started:.1f} s)")
+            if graph.role == "denoiser" and optimize:
+                figures["optimizer"] = _optimize(graph, writer.path(file), report)
+            writer.add_graph_file(graph.role, file, precision="fp32")
         writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults))
 
         started = time.perf_counter()
@@ -352,13 +359,38 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
         if not s["psnr_db"] >= MIN_PSNR:
             raise ConversionError(f"the artifact's sample differs from PyTorch's (PSNR {s['psnr_db']:.1f} dB < "
                                   f"{MIN_PSNR} dB); this is a bug in edgegen's scheduler or export")
+        required = True
+        if quantize == "auto":
+            from edgegen.converters.quant_defaults import graph_params, resolve
+
+            quantize, why = resolve(FAMILY, target, graph_params(writer.path("denoiser.onnx")))
+            figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
+            report(f"quantize auto: {quantize} ({why})")
+            required = False
         if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
             from edgegen.converters.image_quantize import quantize_graphs
 
-            figures["quantization"] = quantize_graphs(writer, quantize, min_psnr=min_psnr, report=report)
+            figures["quantization"] = quantize_graphs(writer, quantize, min_psnr=min_psnr, required=required,
+                                                      report=report)
         writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults,
                                      validation=figures))
         return writer.commit()
+
+
+def _optimize(graph: GraphExport, path: Path, report: Any) -> dict[str, Any]:
+    """The unet fusions on the exported denoiser, timed at the sampling loop's batch (2: CFG)."""
+    from edgegen.converters.unet_optimize import optimize_denoiser
+
+    started = time.perf_counter()
+    example = graph.example(2, torch.Generator().manual_seed(2))
+    result = optimize_denoiser(path, {name: t.numpy() for name, t in zip(graph.inputs, example)})
+    if result["used"]:
+        ms = result["ms_per_run"]
+        report(f"optimize: denoiser fused {result['fusions']}, {ms['exported']:.1f} -> {ms['optimized']:.1f} "
+               f"ms per run, max |error| {result['max_abs_error']:.1e} ({time.perf_counter() - started:.1f} s)")
+    else:
+        report(f"optimize: denoiser kept as exported ({result.get('reason') or 'fused graph not faster'})")
+    return result
 
 
 def _diffusers_version() -> dict[str, str]:

@@ -40,8 +40,9 @@ class Candidate:
 
 
 def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False, optimize: bool = True,
-               quantize: str = "none", report: Any = print) -> Path:
-    """Convert ``source`` into a causal-lm artifact at ``output``; returns its path."""
+               quantize: str = "none", target: str = "cpu", report: Any = print) -> Path:
+    """Convert ``source`` into a causal-lm artifact at ``output``; returns its path.
+    ``quantize="auto"``: the family default for ``target`` (:mod:`edgegen.converters.quant_defaults`)."""
     import tokenizers
 
     tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
@@ -89,6 +90,12 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
         figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
         precision = "fp32"
+        if quantize == "auto":
+            from edgegen.converters.quant_defaults import graph_params, resolve
+
+            quantize, why = resolve("causal-lm", target, graph_params(writer.path(final)))
+            figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
+            report(f"quantize auto: {quantize} ({why})")
         if quantize != "none":
             final, precision, figures["quantization"] = _quantize(writer, final, quantize, sampler, reference)
             q = figures["quantization"]

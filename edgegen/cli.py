@@ -128,13 +128,16 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               "vq-vae), export nothing.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at OUTPUT.")
 @click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer optimizer.")
-@click.option("-q", "--quantize", type=click.Choice(["none", "fp16", "int8", "int4", "int8-static"]),
-              default="none", show_default=True, help="Quantize the graph; its cost against fp32 is measured and recorded.")
+@click.option("-q", "--quantize", type=click.Choice(["auto", "none", "fp16", "int8", "int4", "int8-static"]),
+              default="auto", show_default=True, help="Quantize the graph (auto: the family's measured default for "
+              "--target, see the README); its cost against fp32 is measured and recorded.")
+@click.option("--target", type=click.Choice(["cpu", "cuda", "dml"]), default="cpu", show_default=True,
+              help="Where the artifact will run: picks --quantize auto's scheme (fp16 on GPUs).")
 @click.option("--min-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Image models: quality gate of --quantize, dB of samples vs fp32 [default: 30].")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
-            min_psnr: float | None, as_json: bool) -> None:
+            target: str, min_psnr: float | None, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -158,7 +161,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
-                           min_psnr=min_psnr, report=report)
+                           target=target, min_psnr=min_psnr, report=report)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})

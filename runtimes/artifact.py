@@ -84,8 +84,8 @@ def verify_checksums(artifact: Artifact) -> None:
                              "sha256 in edgegen.json (truncated, corrupted or swapped); re-convert or re-copy the artifact")
 
 
-def open_sessions(artifact: Artifact, config: SessionConfig,
-                  roles: tuple[str, ...] | None = None) -> tuple[ProviderName, dict[str, ort.InferenceSession]]:
+def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, ...] | None = None, *,
+                  memory_pattern: bool = True) -> tuple[ProviderName, dict[str, ort.InferenceSession]]:
     """Verify checksums, open the graphs (all, or ``roles``) and cross-check their I/O with the manifest."""
     provider = resolve_provider(config.provider)
     verify_checksums(artifact)
@@ -95,6 +95,7 @@ def open_sessions(artifact: Artifact, config: SessionConfig,
     for role in wanted:
         spec = graphs[role]
         sessions[role] = create_session(artifact.path(spec.file), config, provider,
-                                        label=f"graph {role!r} ({spec.file})", opset=artifact.manifest.source.opset)
+                                        label=f"graph {role!r} ({spec.file})", opset=artifact.manifest.source.opset,
+                                        memory_pattern=memory_pattern)
     check_io([(f"graph {role!r}", graphs[role], sessions[role]) for role in wanted])
     return provider, sessions

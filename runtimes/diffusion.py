@@ -23,8 +23,9 @@ The schedulers are :mod:`edgegen.runtimes.schedulers` (numpy; tested against dif
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -96,8 +97,11 @@ class Diffusion:
 
     family = "diffusion"
 
-    def __init__(self, artifact: Artifact, sessions: dict[str, ort.InferenceSession], provider: str) -> None:
+    def __init__(self, artifact: Artifact, sessions: dict[str, ort.InferenceSession], provider: str,
+                 config: SessionConfig | None = None) -> None:
         self.artifact, self.sessions, self.provider = artifact, sessions, provider
+        self._config = replace(config or SessionConfig(), provider=provider)
+        self._open_lock = threading.Lock()
         self.sampler = DiffusionSampler.from_manifest(artifact.manifest.sampler)
         from edgegen.strict import from_json
 
@@ -125,8 +129,18 @@ class Diffusion:
         if missing:
             raise ManifestError(f"{artifact.root}: this diffusion artifact lacks {', '.join(missing)} (it has graphs "
                                 f"{sorted(m.graphs)}); re-convert the model")
-        provider, sessions = open_sessions(artifact, config)
-        return cls(artifact, sessions, provider)
+        # the vae_encoder (img2img only) opens on first use; memory patterns off: see session_options
+        provider, sessions = open_sessions(artifact, config, tuple(r for r in m.graphs if r != "vae_encoder"),
+                                           memory_pattern=False)
+        return cls(artifact, sessions, provider, config)
+
+    def _session(self, role: str) -> ort.InferenceSession:
+        """The session of ``role``, opened now if it was left for later (the vae_encoder)."""
+        with self._open_lock:
+            if role not in self.sessions:
+                _, opened = open_sessions(self.artifact, self._config, (role,), memory_pattern=False)
+                self.sessions.update(opened)
+            return self.sessions[role]
 
     # -- the public API ----------------------------------------------------------------------
     def sample(self, n: int = 1, *, seed: int | None = None, steps: int | None = None, scheduler: str | None = None,
@@ -290,11 +304,11 @@ class Diffusion:
         x = np.broadcast_to(from_uint8(pixels, s.value_range), (n, c, h, w))              # [n, C, H, W]
         if s.vae is None:
             return np.ascontiguousarray(x)
-        if "vae_encoder" not in self.sessions:
+        if "vae_encoder" not in self.artifact.manifest.graphs:
             raise InvalidArgumentError("this artifact has no vae_encoder graph, so it cannot do img2img; re-convert "
                                        "it from a pipeline directory that has a VAE encoder")
         lo, hi = s.value_range
-        moments = self.sessions["vae_encoder"].run(None, {"sample": np.ascontiguousarray(
+        moments = self._session("vae_encoder").run(None, {"sample": np.ascontiguousarray(
             (x - lo) / (hi - lo) * 2 - 1, dtype=np.float32)})[0]                        # [n, 2C, h, w]
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))

@@ -164,5 +164,5 @@ def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path:
 def test_unknown_quantization_scheme_is_refused_before_any_work(tmp_path: Path) -> None:
     from edgegen.errors import InvalidArgumentError
 
-    with pytest.raises(InvalidArgumentError, match="quantize must be one of none, fp16, int8, int4"):
+    with pytest.raises(InvalidArgumentError, match="quantize must be one of auto, none, fp16, int8, int4"):
         edgegen.convert(tmp_path / "whatever", tmp_path / "out", quantize="int3")
