@@ -25,6 +25,7 @@ import torch
 
 from edgegen.converters.image_export import (ATOL, CHECK_BATCHES, OPSET, GraphExport, Lifted, check, export_graph,
                                              record)
+from edgegen.converters.image_rewrites import Fallbacks
 from edgegen.converters.image_spec import GANSpec, VAESpec, VQVAESpec
 from edgegen.converters.writer import ArtifactWriter
 from edgegen.errors import ConversionError, InvalidArgumentError
@@ -280,11 +281,12 @@ def check_source(source: Any) -> list[str]:
 
 def check_spec(spec: Any) -> list[str]:
     """Dry run (``edgegen convert --check``): what would block converting ``spec``, without exporting."""
-    try:
-        plan = _plan(spec)
-    except ConversionError as exc:
-        return [str(exc)]
-    return check(plan.graphs)
+    with Fallbacks(getattr(spec, "fallbacks", None)):
+        try:
+            plan = _plan(spec)
+        except ConversionError as exc:
+            return [str(exc)]
+        return check(plan.graphs)
 
 
 def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, overwrite: bool = False,
@@ -294,7 +296,14 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
 
     Options of other converters (``optimize``) are accepted and ignored: graphs are exported as is, in fp32;
     ``quantize`` (not ``none``): :func:`edgegen.converters.image_quantize.quantize_graphs` after validation.
+    The spec's ``fallbacks`` stand in for its custom ops wherever the converter runs its modules.
     """
+    with Fallbacks(getattr(spec, "fallbacks", None)):
+        return _convert_image(spec, output, overwrite=overwrite, report=report, quantize=quantize, min_psnr=min_psnr)
+
+
+def _convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, overwrite: bool, report: Any,
+                   quantize: str, min_psnr: float | None) -> Path:
     from edgegen.converters.lm_convert import library_versions
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.registry import runtime_class
@@ -311,6 +320,7 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
     with ArtifactWriter(output, overwrite=overwrite) as writer:
         graphs: dict[str, dict[str, float]] = {f"graphs_batch_{b}": {} for b in CHECK_BATCHES}   # -> role -> error
         noise: dict[str, list] = {}
+        rewritten: dict[str, int] = {}                                                     # role -> grouped convs
         for graph in plan.graphs:
             started = time.perf_counter()
             done = export_graph(graph, writer.path(f"{graph.role}.onnx"))
@@ -320,6 +330,9 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
             if done.noise:
                 noise[graph.role] = [to_json(n) for n in done.noise]
             lifted = f", {len(done.noise)} noise input{_s(done.noise)} lifted" if done.noise else ""
+            if done.grouped_convs:
+                rewritten[graph.role] = done.grouped_convs
+                lifted += f", {done.grouped_convs} batch-grouped conv(s) made batch-dynamic"
             report(f"export: graph {graph.role} ({', '.join(graph.inputs)} -> {', '.join(graph.outputs)}{lifted}), "
                    "max abs error vs PyTorch " + ", ".join(f"{done.errors[b]:.1e} at batch {b}" for b in CHECK_BATCHES)
                    + f" ({time.perf_counter() - started:.1f} s)")
@@ -332,6 +345,8 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
         figures: dict[str, Any] = {"tolerance": ATOL, **graphs}
         if noise:
             figures["noise_inputs"] = {role: len(n) for role, n in noise.items()}
+        if rewritten:
+            figures["grouped_convs_rewritten"] = rewritten
         figures |= _figures(ours, ref, model.sampler.value_range) | extra
         figures["max_abs_error"] = max([figures["samples_max_abs_error"],
                                         *(e for g in graphs.values() for e in g.values())])

@@ -6,15 +6,21 @@
    the batch (:class:`~edgegen.runtimes.image_graph.NoiseInput`).  Other random ops
    (``multinomial``, ``normal_``, dropout in training mode, ...) are a ConversionError
    naming the op, the module path and the rewrite that lifts.
+   Custom ops are swapped for plain-PyTorch fallbacks where the conversion has some
+   (:class:`~edgegen.converters.image_rewrites.Fallbacks`); one left over (a ``torch.ops``
+   op outside aten with no ONNX symbolic) is a ConversionError naming it and the module path.
+   Conv calls whose ``groups`` follow the batch (StyleGAN2's modulated conv) are noted.
 2. ``torch.onnx.export`` (TorchScript exporter, ``dynamo=False``, opset 17) of a wrapper that
-   takes the noise as inputs and hands it back, in order, where the module draws.
+   takes the noise as inputs and hands it back, in order, where the module draws, and runs the
+   batch-grouped convs in a form whose batch stays dynamic (``image_rewrites.ANY_GROUPS``).
 3. The exporter's dynamic axes are not trusted: the written graph's inputs must have a
    symbolic batch, and ONNX Runtime runs it at batch 1 and 3 against PyTorch fed the same
    inputs and noise (fp32 max abs <= 1e-4).  A batch baked into the graph, or any
    mismatch, is a ConversionError naming the graph, the batch size and the fix.
 
 :func:`check` is the dry run: it lists what would block conversion (forward errors,
-random ops that cannot be lifted, ops with no ONNX symbolic at opset 17) without exporting.
+random ops that cannot be lifted, custom ops without fallback, ops with no ONNX symbolic at opset
+17) without exporting.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
+from edgegen.converters.image_rewrites import ANY_GROUPS, Fallbacks, blocker, conv_groups, custom_op, describe
 from edgegen.errors import ConversionError
 from edgegen.runtimes.image_graph import BATCH, NoiseInput
 
@@ -84,6 +91,15 @@ class ExportedGraph:
     role: str
     noise: tuple[NoiseInput, ...]
     errors: dict[int, float]                    # batch size -> error figure vs PyTorch
+    grouped_convs: int = 0                      # convs whose groups followed the batch, rewritten
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What recording PyTorch at two batch sizes found: the lifted noise, the batch-grouped conv calls."""
+
+    noise: tuple[NoiseInput, ...]
+    grouped: frozenset[int] = frozenset()       # indices among the forward's conv2d / conv_transpose2d calls
 
 
 class _Record(TorchFunctionMode):
@@ -92,6 +108,8 @@ class _Record(TorchFunctionMode):
     def __init__(self, root: torch.nn.Module) -> None:
         super().__init__()
         self.draws: list[Draw] = []
+        self.convs: list[tuple[str, int]] = []      # (op, groups) of every conv call, in order
+        self.blockers: dict[str, str] = {}         # custom op -> finding (its first module path)
         self._names = {id(m): name for name, m in root.named_modules()}
         self._root = type(root).__name__
         self._stack: list[str] = []
@@ -114,6 +132,10 @@ class _Record(TorchFunctionMode):
             hook.remove()
         super().__exit__(*exc)
 
+    def where(self) -> str:
+        """The module running now (after an exception: the one it came from)."""
+        return self._stack[-1] if self._stack else self._root
+
     def _path(self, module: torch.nn.Module) -> str:
         name = self._names.get(id(module))
         if name is None:   # a module called but not registered under the root
@@ -123,7 +145,12 @@ class _Record(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        where = self._stack[-1] if self._stack else self._root
+        where = self.where()
+        op = custom_op(func, OPSET)
+        if op is not None and not ((fallbacks := Fallbacks.current()) and fallbacks.lookup(func)):
+            self.blockers.setdefault(op, blocker(op, func, where))
+        if name in ANY_GROUPS and func is getattr(torch, name):
+            self.convs.append((name, conv_groups(name, args, kwargs)))
         if name in REFUSED or (name in DROPOUTS and (args[2] if len(args) > 2 else kwargs.get("training", True))):
             fix = REFUSED.get(name, "call the module in eval mode, or pass training=False")
             raise ConversionError(f"{where} calls torch {name}, a random op edgegen cannot lift into a graph input; "
@@ -141,13 +168,17 @@ class _Record(TorchFunctionMode):
 class _Replay(TorchFunctionMode):
     """Hand the given noise tensors back, in order, where the module draws."""
 
-    def __init__(self, noise: tuple[torch.Tensor, ...]) -> None:
+    def __init__(self, noise: tuple[torch.Tensor, ...], grouped: frozenset[int] = frozenset()) -> None:
         super().__init__()
         self.noise, self.used = noise, 0
+        self.grouped, self.convs = grouped, 0
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
+        if name in ANY_GROUPS and func is getattr(torch, name):
+            self.convs += 1
+            return (ANY_GROUPS[name] if self.convs - 1 in self.grouped else func)(*args, **kwargs)
         if name not in LIFTED:
             return func(*args, **kwargs)
         if self.used >= len(self.noise):
@@ -177,15 +208,16 @@ def _bernoulli_prob(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 class Lifted(torch.nn.Module):
-    """The module with its random draws as trailing inputs: forward(*inputs, *noise)."""
+    """The module with its random draws as trailing inputs: forward(*inputs, *noise); the conv calls
+    numbered in ``grouped`` run in their batch-dynamic form (for export)."""
 
-    def __init__(self, module: torch.nn.Module, n_inputs: int) -> None:
+    def __init__(self, module: torch.nn.Module, n_inputs: int, grouped: frozenset[int] = frozenset()) -> None:
         super().__init__()
-        self.module, self.n_inputs = module, n_inputs
+        self.module, self.n_inputs, self.grouped = module, n_inputs, grouped
         self.training = module.training   # the exporter restores this mode, recursively, when it is done
 
     def forward(self, *args: torch.Tensor) -> Any:
-        replay = _Replay(args[self.n_inputs:])
+        replay = _Replay(args[self.n_inputs:], self.grouped)
         with replay:
             out = self.module(*args[:self.n_inputs])
         if replay.used != len(replay.noise):
@@ -204,25 +236,40 @@ def _as_tuple(out: Any, graph: GraphExport) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def record(graph: GraphExport, batch: int) -> tuple[list[Draw], tuple[torch.Tensor, ...]]:
-    """Run PyTorch at ``batch`` on the example inputs, noting every random draw."""
+def record(graph: GraphExport, batch: int) -> tuple[_Record, tuple[torch.Tensor, ...]]:
+    """Run PyTorch at ``batch`` on the example inputs, noting every random draw and conv call."""
     inputs = graph.example(batch, torch.Generator().manual_seed(batch))
-    mode = _Record(graph.module)
+    mode, fallbacks = _Record(graph.module), Fallbacks.current()
+    if fallbacks:
+        fallbacks.failed = None
     try:
         with mode:
             out = graph.module(*inputs)
     except ConversionError:
         raise
     except Exception as exc:
+        if mode.blockers:
+            raise ConversionError(f"graph {graph.role!r}: " + "; ".join(mode.blockers.values())) from exc
+        failed = f"{type(exc).__name__}: {_first_line(exc)}"
+        if fallbacks and fallbacks.failed:   # most likely a compiled extension that cannot run here
+            fn = fallbacks.failed
+            raise ConversionError(f"graph {graph.role!r}: {mode.where()} calls {describe(fn)}, a custom "
+                                  f"autograd.Function that failed in PyTorch at batch {batch} ({failed}); if it calls "
+                                  f"a compiled extension, give the spec fallbacks={{{fn.__name__}: <its plain-PyTorch "
+                                  "version>}}") from exc
         raise ConversionError(f"graph {graph.role!r}: {type(graph.module).__name__} failed in PyTorch at batch "
-                              f"{batch}: {type(exc).__name__}: {_first_line(exc)} (check the spec's shapes; the "
-                              "forward must work for any batch size, see edgegen.converters.image_spec)") from exc
-    return mode.draws, _as_tuple(out, graph)
+                              f"{batch}: {failed} (check the spec's shapes; the forward must work for any batch size, "
+                              "see edgegen.converters.image_spec)") from exc
+    if mode.blockers:
+        raise ConversionError(f"graph {graph.role!r}: " + "; ".join(mode.blockers.values()))
+    return mode, _as_tuple(out, graph)
 
 
-def lifted_noise(graph: GraphExport) -> tuple[NoiseInput, ...]:
-    """The noise inputs replacing the module's draws; their shapes follow the batch or are fixed."""
-    (d2, _), (d3, _) = record(graph, 2), record(graph, 3)
+def recording(graph: GraphExport) -> Recording:
+    """PyTorch at batch 2 and 3: the noise inputs replacing the module's draws (their shapes follow the
+    batch or are fixed) and the conv calls whose groups follow the batch."""
+    (r2, _), (r3, _) = record(graph, 2), record(graph, 3)
+    d2, d3 = r2.draws, r3.draws
     if [d.op for d in d2] != [d.op for d in d3]:
         raise ConversionError(f"graph {graph.role!r}: the module draws {[d.op for d in d2]} at batch 2 but "
                               f"{[d.op for d in d3]} at batch 3; edgegen lifts only draws that do not depend on the "
@@ -234,7 +281,11 @@ def lifted_noise(graph: GraphExport) -> tuple[NoiseInput, ...]:
                                   f"and {list(b.shape)} at batch 3; only fixed sizes and the batch axis can be lifted")
         shape = tuple(BATCH if (x, y) == (2, 3) else x for x, y in zip(a.shape, b.shape))
         noise.append(NoiseInput(name=f"noise.{i}", shape=shape, distribution=LIFTED[a.op]))   # type: ignore[arg-type]
-    return tuple(noise)
+    if [op for op, _ in r2.convs] != [op for op, _ in r3.convs]:
+        raise ConversionError(f"graph {graph.role!r}: the module's conv calls differ between batch 2 and 3; edgegen "
+                              "exports only a forward whose ops do not depend on the batch")
+    grouped = frozenset(i for i, ((_, g2), (_, g3)) in enumerate(zip(r2.convs, r3.convs)) if g2 != g3)
+    return Recording(tuple(noise), grouped)
 
 
 def draw(noise: tuple[NoiseInput, ...], batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -251,7 +302,8 @@ def export_graph(graph: GraphExport, path: Path) -> ExportedGraph:
     import onnx
 
     graph.module.eval()
-    noise = lifted_noise(graph)
+    rec = recording(graph)
+    noise = rec.noise
     names = [*graph.inputs, *(n.name for n in noise)]
     axes: dict[str, dict[int, str]] = {name: {0: BATCH} for name in (*graph.inputs, *graph.outputs)}
     axes.update({n.name: {i: BATCH for i, d in enumerate(n.shape) if d == BATCH} for n in noise})
@@ -260,18 +312,18 @@ def export_graph(graph: GraphExport, path: Path) -> ExportedGraph:
     try:
         with warnings.catch_warnings():   # tracer chatter about code we do not own
             warnings.simplefilter("ignore")
-            torch.onnx.export(Lifted(graph.module, len(graph.inputs)), args, str(path), dynamo=False,
+            torch.onnx.export(Lifted(graph.module, len(graph.inputs), rec.grouped), args, str(path), dynamo=False,
                               opset_version=OPSET, input_names=names, output_names=list(graph.outputs),
                               dynamic_axes=axes)
     except ConversionError:
         raise
     except Exception as exc:
         try:
-            blockers = [p.split(": ", 1)[1] for p in unsupported_ops(graph, _trace(graph, args))]
+            blockers = [p.split(": ", 1)[1] for p in unsupported_ops(graph, _trace(graph, args, rec.grouped))]
         except Exception:   # the trace fails too: the exporter's message is all there is
             blockers = []
         raise ConversionError(f"graph {graph.role!r}: torch.onnx.export failed: {_first_line(exc)}"
-                              + (f" ({'; '.join(blockers)})" if blockers else "")) from exc
+                              + (f" ({'; '.join(blockers)})" if blockers else "") + _hint()) from exc
     model = onnx.load_model(str(path), load_external_data=False)
     for value in model.graph.input:
         fixed = [(i, d.dim_value) for i, d in enumerate(value.type.tensor_type.shape.dim)
@@ -282,7 +334,7 @@ def export_graph(graph: GraphExport, path: Path) -> ExportedGraph:
                                   "work for any batch size (no batch-dependent Python branches)")
     checked = {b: verify(graph, path, noise, b) for b in CHECK_BATCHES}
     _fix_output_shapes(model, path, [shapes for _, shapes in checked.values()])
-    return ExportedGraph(graph.role, noise, {b: error for b, (error, _) in checked.items()})
+    return ExportedGraph(graph.role, noise, {b: error for b, (error, _) in checked.items()}, len(rec.grouped))
 
 
 def _fix_output_shapes(model: Any, path: Path, runs: list[list[tuple[int, ...]]]) -> None:
@@ -328,14 +380,24 @@ def verify(graph: GraphExport, path: Path, noise: tuple[NoiseInput, ...],
     if not error <= ATOL:
         raise ConversionError(f"graph {graph.role!r} at batch {batch}: max abs error {error:.3g} against PyTorch "
                               f"exceeds {ATOL:g}; the exported graph computes something else (an op exported "
-                              "differently, or state that changes between calls)")
+                              "differently, or state that changes between calls)" + _hint())
     return error, [o.shape for o in outs]
 
 
-def _trace(graph: GraphExport, args: tuple[torch.Tensor, ...]) -> Any:
+def _trace(graph: GraphExport, args: tuple[torch.Tensor, ...], grouped: frozenset[int]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.jit.trace(Lifted(graph.module, len(graph.inputs)), args, check_trace=False)
+        return torch.jit.trace(Lifted(graph.module, len(graph.inputs), grouped), args, check_trace=False)
+
+
+def _hint() -> str:
+    fallbacks = Fallbacks.current()
+    return fallbacks.hint() if fallbacks else ""
+
+
+#: scalar conversions the exporter's erase-number-types pass removes before it looks for symbolics
+#: (e.g. aten::Int from x.view(batch * channels, ...) with a traced batch)
+_ERASED = {"aten::Int", "aten::Float", "aten::Bool", "aten::IntImplicit", "aten::FloatImplicit", "aten::ScalarImplicit"}
 
 
 def unsupported_ops(graph: GraphExport, traced: Any) -> list[str]:
@@ -348,7 +410,7 @@ def unsupported_ops(graph: GraphExport, traced: Any) -> list[str]:
     for node in traced.inlined_graph.nodes():
         kind = node.kind()
         namespace = kind.partition("::")[0]
-        if namespace in ("prim", "onnx") or (namespace == "aten" and (
+        if namespace in ("prim", "onnx") or kind in _ERASED or (namespace == "aten" and (
                 registry.is_registered_op(kind, OPSET) or registry.is_registered_op(kind.rstrip("_"), OPSET))):
             continue
         found.setdefault(kind, _module_path(node.scopeName(), graph.module))
@@ -386,14 +448,15 @@ def _module_path(scope: str, root: torch.nn.Module) -> str:
 
 def check(graphs: list[GraphExport]) -> list[str]:
     """Dry run: every problem that would block exporting ``graphs``, without exporting: forward
-    errors, random ops that cannot be lifted, ops with no ONNX symbolic, a batch baked into the trace."""
+    errors, random ops that cannot be lifted, custom ops without a fallback, ops with no ONNX symbolic, a batch
+    baked into the trace."""
     problems = []
     for graph in graphs:
         graph.module.eval()
         try:
-            noise = lifted_noise(graph)
-            gen = torch.Generator().manual_seed(0)
-            traced = _trace(graph, (*graph.example(EXPORT_BATCH, gen), *draw(noise, EXPORT_BATCH, gen)))
+            rec = recording(graph)
+            noise, gen = rec.noise, torch.Generator().manual_seed(0)
+            traced = _trace(graph, (*graph.example(EXPORT_BATCH, gen), *draw(noise, EXPORT_BATCH, gen)), rec.grouped)
         except ConversionError as exc:
             problems.append(str(exc))
             continue

@@ -24,6 +24,14 @@ return float32, and be traceable by ``torch.onnx.export`` (no Python branches on
 values).  Random draws inside a forward (``torch.randn_like``, ``randn``, ``rand``,
 ``rand_like``, ``bernoulli``) are fine: the converter lifts them into graph inputs that
 the runtime fills from its seeded generator.
+
+Custom fused ops (a ``torch.autograd.Function`` calling a compiled extension, a custom op under
+``torch.ops.<namespace>``) do not export: ``fallbacks`` maps each to a plain-PyTorch function
+called with the same arguments (``{FusedLeakyReLUFunction: fused_leaky_relu_native}``; a
+Function is called as ``.apply`` is), used while the converter runs the module and exports it.
+rosinality's stylegan2-pytorch ``FusedLeakyReLUFunction`` and ``UpFirDn2d`` need none (built in,
+:data:`edgegen.converters.image_rewrites.KNOWN`).  Convolutions whose ``groups`` follow the batch
+(StyleGAN2's modulated conv) are rewritten by the converter; nothing to do.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ class GANSpec:
     defaults: dict[str, Any] = field(default_factory=dict)   # GANDefaults fields, e.g. {"truncation": 0.7}
     name: str | None = None
     checkpoint_sha256: str | None = None
+    fallbacks: dict[Any, Any] = field(default_factory=dict)  # custom Function class / torch.ops op -> plain PyTorch
 
     def __post_init__(self) -> None:
         from edgegen.runtimes.gan import GANDefaults
@@ -58,7 +67,7 @@ class GANSpec:
             problems.append(f"latent_dim must be a positive integer, got {self.latent_dim!r}")
         if self.num_classes is not None and not _positive_int(self.num_classes):
             problems.append(f"num_classes must be a positive integer or None, got {self.num_classes!r}")
-        problems += _value_range(self) + _defaults(self.defaults, GANDefaults)
+        problems += _value_range(self) + _defaults(self.defaults, GANDefaults) + _fallbacks(self.fallbacks)
         psi = self.defaults.get("truncation") if isinstance(self.defaults, dict) else None
         if isinstance(psi, (int, float)) and not 0 <= psi <= 1:
             problems.append(f"defaults truncation must be in [0, 1] (1 = none), got {psi!r}")
@@ -82,6 +91,7 @@ class VAESpec:
     defaults: dict[str, Any] = field(default_factory=dict)   # VAEDefaults fields, e.g. {"temperature": 0.8}
     name: str | None = None
     checkpoint_sha256: str | None = None
+    fallbacks: dict[Any, Any] = field(default_factory=dict)  # as GANSpec.fallbacks
 
     def __post_init__(self) -> None:
         from edgegen.runtimes.vae import VAEDefaults
@@ -93,7 +103,7 @@ class VAESpec:
         elif self.decoder_output == "logits" and tuple(self.value_range) != (0, 1):
             problems.append(f"decoder_output='logits' decodes to sigmoid(logits) in [0, 1]: value_range must be "
                             f"(0, 1), got {self.value_range!r}")
-        _raise("VAESpec", problems + _defaults(self.defaults, VAEDefaults))
+        _raise("VAESpec", problems + _defaults(self.defaults, VAEDefaults) + _fallbacks(self.fallbacks))
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,7 @@ class VQVAESpec:
     defaults: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     checkpoint_sha256: str | None = None
+    fallbacks: dict[Any, Any] = field(default_factory=dict)  # as GANSpec.fallbacks
 
     def __post_init__(self) -> None:
         from edgegen.runtimes.vae import VQVAEDefaults
@@ -120,7 +131,7 @@ class VQVAESpec:
                 self.codebook_tensor()
             except InvalidArgumentError as exc:
                 problems.append(str(exc))
-        _raise("VQVAESpec", problems + _defaults(self.defaults, VQVAEDefaults))
+        _raise("VQVAESpec", problems + _defaults(self.defaults, VQVAEDefaults) + _fallbacks(self.fallbacks))
 
     def codebook_tensor(self) -> Any:
         """The codebook as a float32 tensor [K, D] (a copy, detached)."""
@@ -194,3 +205,16 @@ def _defaults(defaults: Any, defaults_type: type) -> list[str]:
     except InvalidArgumentError as exc:
         return [str(exc)]
     return []
+
+
+def _fallbacks(fallbacks: Any) -> list[str]:
+    from torch.autograd import Function
+
+    from edgegen.converters.image_rewrites import is_op
+
+    if not isinstance(fallbacks, dict):
+        return [f"fallbacks must be a dict {{custom Function class or torch.ops op: function}}, got "
+                f"{type(fallbacks).__name__}"]
+    return [f"fallbacks key {key!r} must be a torch.autograd.Function subclass or a torch.ops op, and its value "
+            f"a plain-PyTorch function (got {type(fn).__name__})" for key, fn in fallbacks.items()
+            if not ((isinstance(key, type) and issubclass(key, Function) or is_op(key)) and callable(fn))]
