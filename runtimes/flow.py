@@ -21,6 +21,7 @@ No torch here.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,24 +129,51 @@ def pixels_to_data(s: FlowSampler, images: np.ndarray) -> tuple[np.ndarray, np.n
     """uint8 images [N, H, W, C] -> x [N, *data_shape] float32 and log|dx/dk| [N] float64 (the map above)."""
     images = check_images(images, s.image_shape)
     lo, hi = s.data_range
-    levels = np.floor(images.astype(np.float64) * s.num_bins / 256.0).transpose(0, 3, 1, 2)      # [N, C, H, W]
-    v = lo + (hi - lo) * (levels + s.dequantization_offset) / s.num_bins                       # [N, C, H, W]
-    log_jac = np.full(len(images), v[0].size * math.log((hi - lo) / s.num_bins))               # [N]
-    if s.logit:   # x = log v - log(1 - v);  dx/dv = 1 / (v (1 - v))
-        log_jac -= np.sum(np.log(v) + np.log1p(-v), axis=(1, 2, 3))
-        v = np.log(v) - np.log1p(-v)
-    return v.reshape(len(images), *s.data_shape).astype(np.float32), log_jac
+    x_of, jac_of = _pixel_tables(s.num_bins, lo, hi, s.dequantization_offset, s.logit)     # [256] each
+    log_jac = np.full(len(images), images[0].size * math.log((hi - lo) / s.num_bins))          # [N]
+    if s.logit:
+        log_jac -= np.sum(jac_of[images].transpose(0, 3, 1, 2), axis=(1, 2, 3))
+    return x_of[images].transpose(0, 3, 1, 2).reshape(len(images), *s.data_shape), log_jac
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_tables(num_bins: int, lo: float, hi: float, offset: float, logit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel value 0..255: x float32 and, with logit, log v + log(1 - v) float64 (log|dx/dk| = the
+    affine map's log-scale minus it), so a batch is two table lookups."""
+    levels = np.floor(np.arange(256, dtype=np.float64) * num_bins / 256.0)                       # [256]
+    v = lo + (hi - lo) * (levels + offset) / num_bins
+    if logit:
+        log_v, log_1mv = np.log(v), np.log1p(-v)   # x = log v - log(1 - v);  dx/dv = 1 / (v (1 - v))
+        x, jac = (log_v - log_1mv).astype(np.float32), log_v + log_1mv
+    else:
+        x, jac = v.astype(np.float32), np.zeros(256)
+    x.flags.writeable = jac.flags.writeable = False                     # shared by every call (cached)
+    return x, jac
 
 
 def data_to_pixels(s: FlowSampler, x: np.ndarray) -> np.ndarray:
     """x [N, *data_shape] -> uint8 [N, H, W, C]: each value becomes the pixel level whose bin holds it."""
     lo, hi = s.data_range
-    v = x.astype(np.float64).reshape(len(x), *s.image_shape)                                    # [N, C, H, W]
-    if s.logit:
-        v = 0.5 * (1.0 + np.tanh(0.5 * v))   # sigmoid, without overflow
-    levels = np.clip(np.nan_to_num(np.floor((v - lo) / (hi - lo) * s.num_bins)), 0, s.num_bins - 1)
-    # the bin's lowest pixel, ceil(k * 256 / num_bins): reads back as level k even when num_bins does not divide 256
-    return (-(-levels * 256 // s.num_bins)).astype(np.uint8).transpose(0, 2, 3, 1)
+    v = x.astype(np.float64).reshape(len(x), *s.image_shape)                   # [N, C, H, W], a new buffer
+    if s.logit:   # sigmoid without overflow, 0.5 (1 + tanh(v / 2)), in place
+        v *= 0.5
+        np.tanh(v, out=v)
+        v += 1.0
+        v *= 0.5
+    v -= lo
+    v /= hi - lo
+    v *= s.num_bins
+    levels = np.clip(np.nan_to_num(np.floor(v, out=v), copy=False), 0, s.num_bins - 1, out=v).astype(np.intp)
+    return _level_pixels(s.num_bins)[levels].transpose(0, 2, 3, 1)
+
+
+@functools.lru_cache(maxsize=16)
+def _level_pixels(num_bins: int) -> np.ndarray:
+    """uint8 [num_bins]: level k's lowest pixel, ceil(k * 256 / num_bins), which reads back as level k even
+    when num_bins does not divide 256."""
+    table = (-(-np.arange(num_bins, dtype=np.float64) * 256 // num_bins)).astype(np.uint8)
+    table.flags.writeable = False                                       # shared by every call (cached)
+    return table
 
 
 class Flow:

@@ -21,8 +21,11 @@ def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0))
     if images.ndim != 4:
         raise ValueError(f"expected images [N, C, H, W], got shape {images.shape}")
     lo, hi = value_range
-    scaled = (images.astype(np.float32) - lo) / (hi - lo)                       # [N, C, H, W] in [0, 1]
-    return np.clip(np.round(scaled * 255.0), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+    scaled = np.subtract(images, lo, dtype=np.float32)                          # [N, C, H, W], one new buffer
+    scaled /= hi - lo                                                           # in [0, 1]; in place from here
+    scaled *= 255.0
+    np.clip(np.rint(scaled, out=scaled), 0, 255, out=scaled)
+    return scaled.astype(np.uint8).transpose(0, 2, 3, 1)
 
 
 def from_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
