@@ -50,6 +50,7 @@ def providers(as_json: bool) -> None:
     """Show the execution providers this onnxruntime build offers, and what 'auto' picks."""
     import onnxruntime as ort
 
+    from edgegen.runtimes.devices import devices
     from edgegen.runtimes.session import (AUTO_ORDER, PROVIDERS, available_providers,
                                           installed_ort_distributions, resolve_provider)
 
@@ -62,6 +63,7 @@ def providers(as_json: bool) -> None:
         "providers": [{"name": name, "onnxruntime_name": PROVIDERS[name].ort_name, "available": name in offered,
                        "package": PROVIDERS[name].package, "needs": PROVIDERS[name].requirement}
                       for name in AUTO_ORDER],
+        "devices": [d.to_json() for d in devices([PROVIDERS[n].ort_name for n in offered])],
     }
     if as_json:
         _echo_json(report)
@@ -71,6 +73,11 @@ def providers(as_json: bool) -> None:
             mark = "yes" if row["available"] else f"no  (install {row['package']}; needs {row['needs']})"
             click.echo(f"  {row['name']:<5} {row['onnxruntime_name']:<24} {mark}")
         click.echo(f"auto -> {report['auto']}")
+        for d in report["devices"]:
+            memory = "" if d["memory_total"] is None else f", {d['memory_total'] / 2**30:.1f} GiB total"
+            memory += "" if d["memory_free"] is None else f", {d['memory_free'] / 2**30:.1f} GiB free"
+            used = ", ".join(d["providers"]) or "no installed provider"
+            click.echo(f"  device {d['kind']:<4} {d['name']}{memory} ({used})")
     if len(dists) > 1:
         click.echo(f"warning: {', '.join(dists)} are all installed and overwrite each other's files; "
                    f"uninstall all of them and install exactly one", err=True)
