@@ -3,9 +3,14 @@
 1. Random draws inside the forward (``torch.randn_like``, ``randn``, ``rand``, ``rand_like``,
    ``bernoulli``) are recorded by running PyTorch at batch 2 and 3 under a
    ``TorchFunctionMode``; each becomes a graph input ``noise.{i}`` whose shape follows
-   the batch (:class:`~edgegen.runtimes.image_graph.NoiseInput`).  Other random ops
-   (``multinomial``, ``normal_``, dropout in training mode, ...) are a ConversionError
-   naming the op, the module path and the rewrite that lifts.
+   the batch (:class:`~edgegen.runtimes.image_graph.NoiseInput`).  So do the in-place fills
+   ``Tensor.normal_(mean, std)``, ``uniform_(from, to)`` and ``bernoulli_(p)`` (float p) of a
+   fresh tensor (``x.new_empty(...)``, ``torch.empty``, ``zeros_like`` ...: only its shape
+   matters; rosinality's StyleGAN2 noise): the noise input is N(0, 1) or U[0, 1) and the graph
+   scales it (mean + std * n, from + (to - from) * u, u < p) and writes it into the tensor.
+   Other random ops (``multinomial``, ``exponential_``, a fill of a tensor computed from the
+   inputs, dropout in training mode, ...) are a ConversionError naming the op, the module path
+   and the rewrite that lifts.
    Custom ops are swapped for plain-PyTorch fallbacks where the conversion has some
    (:class:`~edgegen.converters.image_rewrites.Fallbacks`); one left over (a ``torch.ops``
    op outside aten with no ONNX symbolic) is a ConversionError naming it and the module path.
@@ -35,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
 
 from edgegen.converters.image_rewrites import ANY_GROUPS, Fallbacks, blocker, conv_groups, custom_op, describe
 from edgegen.errors import ConversionError
@@ -48,7 +54,15 @@ CHECK_BATCHES = (1, 3)   # neither is the export batch, so a batch baked in at 2
 
 #: random op -> the distribution of the noise input that replaces it
 LIFTED = {"randn": "normal", "randn_like": "normal", "rand": "uniform", "rand_like": "uniform",
-          "bernoulli": "uniform"}
+          "bernoulli": "uniform", "normal_": "normal", "uniform_": "uniform", "bernoulli_": "uniform"}
+#: in-place fill lifted when it fills a fresh tensor -> its parameters with their defaults
+INPLACE = {torch.Tensor.normal_: (("mean", 0.0), ("std", 1.0)), torch.Tensor.uniform_: (("from", 0.0), ("to", 1.0)),
+           torch.Tensor.bernoulli_: (("p", 0.5),)}
+#: constructors whose result depends only on its shape: a fill of one of these lifts
+FRESH = {"empty", "zeros", "ones", "full", "empty_like", "zeros_like", "ones_like", "full_like", "empty_strided",
+         "new_empty", "new_zeros", "new_ones", "new_full", "new_empty_strided"}
+_FILL_FIX = ("fill a fresh tensor, x.new_empty(shape).normal_(mean, std) (or uniform_(from, to), bernoulli_(p) with a "
+             "float p), or write torch.randn_like(x) * std + mean, which edgegen lifts")
 _INPLACE_FIX = "write torch.randn_like(x) * std + mean (or torch.rand_like) instead, which edgegen lifts"
 #: random op that cannot be lifted -> how to rewrite it
 REFUSED = {
@@ -56,7 +70,7 @@ REFUSED = {
     "normal": "write mean + std * torch.randn_like(mean) instead, which edgegen lifts",
     "randint": "draw torch.rand and scale it: (torch.rand(shape) * high).long(), which lifts",
     "randint_like": "draw torch.rand_like and scale it, which lifts", "randperm": "precompute the permutation",
-    "poisson": "sample outside the model", "normal_": _INPLACE_FIX, "uniform_": _INPLACE_FIX,
+    "poisson": "sample outside the model", "normal_": _FILL_FIX, "uniform_": _FILL_FIX,   # not Tensor's (nn.init's)
     "bernoulli_": "write torch.bernoulli(p) instead, which edgegen lifts", "exponential_": _INPLACE_FIX,
     "geometric_": _INPLACE_FIX, "cauchy_": _INPLACE_FIX, "log_normal_": _INPLACE_FIX, "random_": _INPLACE_FIX,
 }
@@ -110,6 +124,7 @@ class _Record(TorchFunctionMode):
         self.draws: list[Draw] = []
         self.convs: list[tuple[str, int]] = []      # (op, groups) of every conv call, in order
         self.blockers: dict[str, str] = {}         # custom op -> finding (its first module path)
+        self.fresh: WeakIdKeyDictionary = WeakIdKeyDictionary()   # tensors from FRESH constructors
         self._names = {id(m): name for name, m in root.named_modules()}
         self._root = type(root).__name__
         self._stack: list[str] = []
@@ -151,6 +166,13 @@ class _Record(TorchFunctionMode):
             self.blockers.setdefault(op, blocker(op, func, where))
         if name in ANY_GROUPS and func is getattr(torch, name):
             self.convs.append((name, conv_groups(name, args, kwargs)))
+        if func in INPLACE:
+            problem = _fill_problem(func, args, kwargs, self.fresh)
+            if problem:
+                raise ConversionError(f"{where} calls torch {name} {problem}, a random op edgegen cannot lift into a "
+                                      f"graph input; {_FILL_FIX}")
+            self.draws.append(Draw(name, tuple(args[0].shape), where))
+            return func(*args, **kwargs)
         if name in REFUSED or (name in DROPOUTS and (args[2] if len(args) > 2 else kwargs.get("training", True))):
             fix = REFUSED.get(name, "call the module in eval mode, or pass training=False")
             raise ConversionError(f"{where} calls torch {name}, a random op edgegen cannot lift into a graph input; "
@@ -162,7 +184,41 @@ class _Record(TorchFunctionMode):
         out = func(*args, **kwargs)
         if name in LIFTED:
             self.draws.append(Draw(name, tuple(out.shape), where))
+        elif name in FRESH and func in (getattr(torch, name, None), getattr(torch.Tensor, name, None)):
+            self.fresh[out] = True
         return out
+
+
+def _fill_params(func: Any, args: tuple, kwargs: dict) -> list[Any]:
+    """An in-place fill's parameters (mean, std / from, to / p), given or default."""
+    return [args[i] if len(args) > i else kwargs.get(key, default) for i, (key, default) in enumerate(INPLACE[func], 1)]
+
+
+def _fill_problem(func: Any, args: tuple, kwargs: dict, fresh: WeakIdKeyDictionary) -> str | None:
+    """Why an in-place fill ``args[0].normal_(...)`` cannot be lifted, or None."""
+    if args[0] not in fresh:
+        return ("on a tensor not freshly made by x.new_empty, torch.empty, zeros, ... (it would overwrite values "
+                "computed from the inputs)")
+    if any(isinstance(p, torch.Tensor) for p in _fill_params(func, args, kwargs)):
+        return "with a tensor argument"
+    return None
+
+
+def _fill(func: Any, noise: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Replay an in-place fill: the N(0, 1) / U[0, 1) noise (shaped like the tensor) mapped to the fill's
+    distribution, written into the tensor (zero_ + add_: a copy_ does not export) and returned."""
+    tensor, params = args[0], [float(p) for p in _fill_params(func, args, kwargs)]
+    if func is torch.Tensor.bernoulli_:
+        value = noise < params[0]                                                      # Bernoulli(p)
+    elif func is torch.Tensor.normal_:
+        mean, std = params
+        value = noise.to(tensor.dtype)
+        value = value if (mean, std) == (0.0, 1.0) else value * std + mean             # N(mean, std^2)
+    else:
+        low, high = params
+        value = noise.to(tensor.dtype)
+        value = value if (low, high) == (0.0, 1.0) else value * (high - low) + low     # U[low, high)
+    return tensor.zero_().add_(value.to(tensor.dtype))
 
 
 class _Replay(TorchFunctionMode):
@@ -179,7 +235,7 @@ class _Replay(TorchFunctionMode):
         if name in ANY_GROUPS and func is getattr(torch, name):
             self.convs += 1
             return (ANY_GROUPS[name] if self.convs - 1 in self.grouped else func)(*args, **kwargs)
-        if name not in LIFTED:
+        if name not in LIFTED or (name.endswith("_") and func not in INPLACE):   # (the recorder refused others)
             return func(*args, **kwargs)
         if self.used >= len(self.noise):
             raise ConversionError(f"the module drew more random tensors ({name}) than the {len(self.noise)} recorded: "
@@ -188,6 +244,8 @@ class _Replay(TorchFunctionMode):
         if name == "bernoulli":
             prob = _bernoulli_prob(args, kwargs)
             wanted, dtype = tuple(prob.shape), prob.dtype
+        elif func in INPLACE:
+            wanted, dtype = tuple(args[0].shape), args[0].dtype
         elif name.endswith("_like"):
             wanted, dtype = tuple(args[0].shape), kwargs.get("dtype") or args[0].dtype
         else:
@@ -198,6 +256,8 @@ class _Replay(TorchFunctionMode):
                                   f"recorded as {list(noise.shape)}: the module's draws change with its inputs")
         if name == "bernoulli":
             return (noise < prob).to(dtype)
+        if func in INPLACE:
+            return _fill(func, noise, args, kwargs)
         return noise.to(dtype)
 
 

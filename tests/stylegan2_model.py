@@ -16,10 +16,9 @@ implementation.  As rosinality's ``op/`` does, the module gives ``fused_leaky_re
 ``upfirdn2d_native``; unlike it (whose wrappers take the native path on CPU) the wrappers always call
 the Function, as rosinality's code does on a GPU.
 
-Differences, all for the tests: tiny sizes; NoiseInjection draws with ``torch.randn`` (rosinality:
-``new_empty(...).normal_()``, which edgegen refuses with the rewrite to use); ``conv2d_gradfix`` is
-plain ``F.conv2d`` (what it calls outside training); no backward passes, no discriminator; the
-zero-initialised biases and noise strengths get random values so that they matter.
+Differences, all for the tests: tiny sizes; ``conv2d_gradfix`` is plain ``F.conv2d`` (what it calls
+outside training); no backward passes, no discriminator; the zero-initialised biases and noise
+strengths get random values so that they matter.
 """
 
 from __future__ import annotations
@@ -224,7 +223,7 @@ class NoiseInjection(nn.Module):
     def forward(self, image, noise=None):
         if noise is None:
             batch, _, height, width = image.shape
-            noise = torch.randn(batch, 1, height, width)
+            noise = image.new_empty(batch, 1, height, width).normal_()
         return image + self.weight * noise
 
 

@@ -218,8 +218,12 @@ class Drawer(nn.Module):
         h = torch.tanh(self.fc(z)).view(-1, 3, 4, 4)
         if self.op == "multinomial":
             h = h + torch.multinomial(torch.softmax(h.flatten(1), -1), 1).view(-1, 1, 1, 1)
-        elif self.op == "normal_":
-            h = h + torch.empty_like(h).normal_()
+        elif self.op == "normal_":                      # overwrites part of h (a fill of a fresh tensor lifts)
+            h[:, :1].normal_()
+        elif self.op == "exponential_":
+            h = h + torch.empty_like(h).exponential_()
+        elif self.op == "bernoulli_":
+            h = h * torch.empty_like(h).bernoulli_(torch.sigmoid(h))
         elif self.op == "inv":
             h = self.block(h)
         return h
@@ -227,13 +231,16 @@ class Drawer(nn.Module):
 
 @pytest.mark.parametrize("op, message", [
     ("multinomial", r"Drawer calls torch multinomial, a random op edgegen cannot lift.*Gumbel-max"),
-    ("normal_", r"Drawer calls torch normal_, .*torch.randn_like\(x\) \* std \+ mean"),
+    ("normal_", r"^Drawer calls torch normal_ on a tensor not freshly made by x.new_empty, torch.empty, zeros, .*; "
+                r"fill a fresh tensor, x.new_empty\(shape\).normal_\(mean, std\) .*torch.randn_like\(x\) \* std"),
+    ("exponential_", r"^Drawer calls torch exponential_, a random op edgegen cannot lift.*torch.randn_like\(x\)"),
+    ("bernoulli_", r"^Drawer calls torch bernoulli_ with a tensor argument, a random op edgegen cannot lift.*float p"),
 ])
 def test_random_ops_that_cannot_be_lifted_are_named(tmp_path, op, message) -> None:
     spec = GANSpec(generator=Drawer(op), latent_dim=LATENT)
-    with pytest.raises(ConversionError, match=message):
+    with pytest.raises(ConversionError, match=message) as info:
         edgegen.convert(spec, tmp_path / "a")
-    assert len(check_spec(spec)) == 1
+    assert "\n" not in str(info.value) and check_spec(spec) == [str(info.value)]
 
 
 def test_an_op_without_onnx_export_is_named_with_its_module_path(tmp_path) -> None:
