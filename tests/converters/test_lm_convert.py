@@ -151,6 +151,13 @@ def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path:
     assert m.validation["greedy_identical"]
     assert 0.0 <= q["greedy_agreement"] <= 1.0 and q["top1_agreement"] >= 0.5
     assert q["size_ratio"] < 1.01 and q["size_bytes"] > 0  # tiny: embeddings dominate, little to shrink
+    if scheme == "int4":   # the head goes to 8 bits, the body to 4
+        import onnx
+
+        graph = onnx.load_model(str(lm.artifact.path(m.graphs["decoder"].file)), load_external_data=False).graph
+        head = next(n for n in graph.node if "logits" in n.output)
+        bits = {a.name: a.i for a in head.attribute}.get("bits")
+        assert head.op_type == "MatMulNBits" and bits == 8 and q["options"]["lm_head"] == "int8", q
     assert len(lm.complete(["def f"], GenerationSettings(temperature=0, max_new_tokens=4, ignore_eos=True))[0]
                .token_ids) == 4
     from click.testing import CliRunner
