@@ -85,7 +85,8 @@ def verify_checksums(artifact: Artifact) -> None:
 
 
 def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, ...] | None = None, *,
-                  memory_pattern: bool = True) -> tuple[ProviderName, dict[str, ort.InferenceSession]]:
+                  memory_pattern: bool = True,
+                  shared_cpu_arena: bool = False) -> tuple[ProviderName, dict[str, ort.InferenceSession]]:
     """Verify checksums, open the graphs (all, or ``roles``) and cross-check their I/O with the manifest."""
     provider = resolve_provider(config.provider)
     verify_checksums(artifact)
@@ -96,6 +97,6 @@ def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, .
         spec = graphs[role]
         sessions[role] = create_session(artifact.path(spec.file), config, provider,
                                         label=f"graph {role!r} ({spec.file})", opset=artifact.manifest.source.opset,
-                                        memory_pattern=memory_pattern)
+                                        memory_pattern=memory_pattern, shared_cpu_arena=shared_cpu_arena)
     check_io([(f"graph {role!r}", graphs[role], sessions[role]) for role in wanted])
     return provider, sessions

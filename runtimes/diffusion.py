@@ -54,6 +54,10 @@ class VAESettings:
     shift_factor: float = 0.0
 
 
+#: graphs run one after another, activations large next to weights (see session_options)
+LEAN = {"memory_pattern": False, "shared_cpu_arena": True}
+
+
 @dataclass(frozen=True)
 class DiffusionSampler:
     """The ``sampler`` section of a diffusion manifest."""
@@ -129,16 +133,16 @@ class Diffusion:
         if missing:
             raise ManifestError(f"{artifact.root}: this diffusion artifact lacks {', '.join(missing)} (it has graphs "
                                 f"{sorted(m.graphs)}); re-convert the model")
-        # the vae_encoder (img2img only) opens on first use; memory patterns off: see session_options
+        # the vae_encoder (img2img only) opens on first use; memory settings: see session_options
         provider, sessions = open_sessions(artifact, config, tuple(r for r in m.graphs if r != "vae_encoder"),
-                                           memory_pattern=False)
+                                           **LEAN)
         return cls(artifact, sessions, provider, config)
 
     def _session(self, role: str) -> ort.InferenceSession:
         """The session of ``role``, opened now if it was left for later (the vae_encoder)."""
         with self._open_lock:
             if role not in self.sessions:
-                _, opened = open_sessions(self.artifact, self._config, (role,), memory_pattern=False)
+                _, opened = open_sessions(self.artifact, self._config, (role,), **LEAN)
                 self.sessions.update(opened)
             return self.sessions[role]
 

@@ -73,6 +73,14 @@ def test_cpu_settings():
     assert providers == ["CPUExecutionProvider"]
     assert opts.intra_op_num_threads == 3
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert opts.enable_mem_pattern is True
+
+
+def test_lean_settings_for_pipelines_of_activation_heavy_graphs():
+    opts, _ = session_options(SessionConfig(), "cpu", memory_pattern=False, shared_cpu_arena=True)
+    assert opts.enable_mem_pattern is False and opts.get_session_config_entry("session.use_env_allocators") == "1"
+    again, _ = session_options(SessionConfig(), "cpu", shared_cpu_arena=True)   # the arena is registered once
+    assert again.get_session_config_entry("session.use_env_allocators") == "1"
 
 
 @pytest.mark.parametrize("kwargs, message", [
