@@ -130,6 +130,11 @@ def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str,
     return file, PRECISION[scheme], {**details, **fidelity}
 
 
+#: the optimized graph is kept unless clearly slower: at 1.05 the choice flipped with machine load
+#: (a 100M Llama's int4 artifact kept the unfused graph under load, the fused one when quiet)
+KEEP_OPTIMIZED_IF_WITHIN = 1.10
+
+
 def choose(results: list[tuple[Candidate, dict[str, Any]]]) -> tuple[Candidate, dict[str, Any]]:
     """The exported graph, or the optimized one if it passed validation and is not slower."""
     plain, plain_figures = results[0]
@@ -137,7 +142,8 @@ def choose(results: list[tuple[Candidate, dict[str, Any]]]) -> tuple[Candidate, 
         raise ConversionError(f"the converted model does not match PyTorch: {plain_figures['failure']} "
                               f"(figures: {_brief(plain_figures)}); please report this model's config")
     for cand, figures in results[1:]:
-        if figures["passed"] and figures["decode_ms_per_token"] <= 1.05 * plain_figures["decode_ms_per_token"]:
+        if figures["passed"] and figures["decode_ms_per_token"] <= KEEP_OPTIMIZED_IF_WITHIN * plain_figures[
+                "decode_ms_per_token"]:
             return cand, figures
     return plain, plain_figures
 
@@ -151,7 +157,7 @@ def _optimizer_summary(results: list[tuple[Candidate, dict[str, Any]]], source: 
     if len(results) < 2:
         return {"used": False, "reason": "not applicable" if not source.optimizer_model_type else "no fusion found"}
     (_, pf), (opt, of) = results[0], results[1]
-    return {"used": of["passed"] and of["decode_ms_per_token"] <= 1.05 * pf["decode_ms_per_token"],  # as choose()
+    return {"used": of["passed"] and of["decode_ms_per_token"] <= KEEP_OPTIMIZED_IF_WITHIN * pf["decode_ms_per_token"],
             "model_type": source.optimizer_model_type, "fusions": opt.fusions, "passed": of["passed"],
             "decode_ms_per_token": {"exported": pf["decode_ms_per_token"], "optimized": of["decode_ms_per_token"]}}
 
