@@ -59,12 +59,21 @@ def _convert_causal_lm_spec(spec: CausalLMSpec, output: Path, **options: Any) ->
     return convert_lm(CustomLMSource(spec), output, **options)
 
 
+def _no_attention(options: dict[str, Any], what: str) -> dict[str, Any]:
+    """``attention`` picks the decoder graph of Hugging Face LMs; other sources refuse a non-default one."""
+    if options.pop("attention", "standard") != "standard":
+        raise InvalidArgumentError(f"attention='gqa' applies to Hugging Face llama, mistral and qwen2 models, not "
+                                   f"{what}; drop --attention")
+    return options
+
+
 def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> Path:
     from edgegen.converters.hf_lm import HFLMSource
     from edgegen.converters.lm_convert import convert_lm
 
+    attention = options.pop("attention", "standard")
     options = _lm_options(options)   # before the model loads
-    return convert_lm(HFLMSource(model_dir), output, **options)
+    return convert_lm(HFLMSource(model_dir, attention=attention), output, **options)
 
 
 def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
@@ -100,7 +109,7 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
     from edgegen.converters.diffusion_convert import is_diffusers_unet_dir
 
     if is_diffusers_unet_dir(model_dir):
-        return _convert_diffusers(model_dir, output, **options)
+        return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
     return _convert_hf_transformers(model_dir, output, **options)
 
 
@@ -149,7 +158,7 @@ QUANTIZE = ("auto", "none", "fp16", "int8", "int4", "int8-static")
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
-            report: Callable[[str], None] | None = None) -> Path:
+            report: Callable[[str], None] | None = None, attention: str = "standard") -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
@@ -160,20 +169,23 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     sampling loop, image models); the quantized graph's cost against fp32 is measured and
     recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
     against fp32 (default 30), met by keeping sensitive nodes in float, else an error.
-    ``report`` receives progress lines (default: silent).
+    ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
+    mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`).
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     check_target(target)
+    if attention not in ("standard", "gqa"):
+        raise InvalidArgumentError(f"attention must be standard or gqa, got {attention!r}")
     options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize, "target": target,
-               "report": report or (lambda _line: None)}
+               "report": report or (lambda _line: None), "attention": attention}
     if min_psnr is not None:
         options["min_psnr"] = min_psnr
     if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():
         if isinstance(source, spec_type):
-            return converter(source, Path(output), **options)
+            return converter(source, Path(output), **_no_attention(options, f"a {spec_type.__name__}"))
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
@@ -181,6 +193,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         if path.is_dir():
             for marker, converter in DIRECTORY_CONVERTERS.items():
                 if (path / marker).is_file():
+                    if marker != "config.json":
+                        _no_attention(options, "a diffusers pipeline")
                     return converter(path, Path(output), **options)
         raise UnsupportedModelError(
             f"{path} is not a model edgegen knows: expected a Hugging Face directory with config.json or a "

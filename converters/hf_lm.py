@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from edgegen.converters.lm_source import LMSource
-from edgegen.errors import ConversionError, UnsupportedModelError
+from edgegen.errors import ConversionError, InvalidArgumentError, UnsupportedModelError
 
 #: HF model_type -> ONNX Runtime transformer-optimizer model type (fusions it knows for that graph).
 OPTIMIZER_MODEL_TYPES = {
@@ -131,12 +131,22 @@ def defaults_section(generation: Any) -> dict[str, Any]:
     return out
 
 
+#: ``attention=``: "standard" (Optimum's export, or our fallback) or "gqa" (:mod:`gqa_decoder`, Llama family).
+ATTENTION = ("standard", "gqa")
+
+
 class HFLMSource(LMSource):
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, attention: str = "standard") -> None:
         from transformers import AutoModelForCausalLM, GenerationConfig
 
+        if attention not in ATTENTION:
+            raise InvalidArgumentError(f"attention must be one of {', '.join(ATTENTION)}, got {attention!r}")
         config = read_config(model_dir)
-        self.model_dir, self.model_type = model_dir, config.model_type
+        if attention == "gqa":
+            from edgegen.converters.gqa_decoder import check_gqa_config
+
+            check_gqa_config(config)   # before the model loads
+        self.model_dir, self.model_type, self.attention = model_dir, config.model_type, attention
         tokenizer = tokenizer_json(model_dir)
         try:
             generation = GenerationConfig.from_pretrained(model_dir)
@@ -148,16 +158,21 @@ class HFLMSource(LMSource):
             raise ConversionError(f"transformers cannot load the model in {model_dir}: {exc}") from exc
         model.eval()
         self._model: Any = model
-        self.use_optimum = config.model_type in optimum_model_types()
-        opt_type = OPTIMIZER_MODEL_TYPES.get(config.model_type)
+        self.use_optimum = attention == "standard" and config.model_type in optimum_model_types()
+        # a gqa graph has nothing left for the transformer optimizer to fuse
+        opt_type = OPTIMIZER_MODEL_TYPES.get(config.model_type) if attention == "standard" else None
+        sampler = sampler_section(config, generation)
+        if attention == "gqa":  # GroupQueryAttention reads row lengths from the mask: no left padding
+            sampler["padding"], sampler["kv_buffer"] = "none", "shared"   # and it writes its present in place
         heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
         hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
         super().__init__(
-            tokenizer_json=tokenizer, sampler=sampler_section(config, generation),
+            tokenizer_json=tokenizer, sampler=sampler,
             defaults=defaults_section(generation), model_class=f"transformers.{type(model).__name__}",
             checkpoint_sha256=weights_sha256(model_dir), optimizer_model_type=opt_type,
             num_heads=int(heads), hidden_size=int(hidden),
-            converter="optimum.exporters.onnx (text-generation-with-past)" if self.use_optimum
+            converter="edgegen gqa_decoder (GroupQueryAttention)" if attention == "gqa"
+            else "optimum.exporters.onnx (text-generation-with-past)" if self.use_optimum
             else "edgegen hf_fallback (torch.onnx.export)", opset=None)
 
     @torch.no_grad()
@@ -180,7 +195,11 @@ class HFLMSource(LMSource):
         return tokens, margins
 
     def export(self, directory: Path) -> Path:
-        if self.use_optimum:
+        if self.attention == "gqa":
+            from edgegen.converters.gqa_decoder import export_gqa_decoder
+
+            path = export_gqa_decoder(self._model, directory)
+        elif self.use_optimum:
             from optimum.exporters.onnx import onnx_export_from_model
 
             try:

@@ -142,9 +142,11 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               help="Where the artifact will run: picks --quantize auto's scheme (fp16 on GPUs).")
 @click.option("--min-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Image models: quality gate of --quantize, dB of samples vs fp32 [default: 30].")
+@click.option("--attention", type=click.Choice(["standard", "gqa"]), default="standard", show_default=True,
+              help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster).")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
-            target: str, min_psnr: float | None, as_json: bool) -> None:
+            target: str, min_psnr: float | None, attention: str, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -168,7 +170,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
-                           target=target, min_psnr=min_psnr, report=report)
+                           target=target, min_psnr=min_psnr, report=report, attention=attention)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})

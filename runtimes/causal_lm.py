@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tokenizers
@@ -43,6 +44,8 @@ class Generator(StepGenerator):
         self.graph, self.sampler = graph, sampler
         self._mask = np.zeros((batch, 0), dtype=np.int64)     # [B, L] 1 = real token
         self._past = graph.start_cache(batch) if graph.layout else []
+        self._row_past: list[list[Any]] | None = None          # per-row caches once rows run one at a time
+        self._share = sampler.kv_buffer == "shared" and graph.layout is not None
         self._pending: np.ndarray | None = None               # [B, T] tokens not yet run
         self._logits: np.ndarray | None = None                # [B, V] next-token logits
 
@@ -98,10 +101,47 @@ class Generator(StepGenerator):
         t = self._pending.shape[1]
         if self.graph.layout is None:  # no cache: recompute the whole (windowed) sequence
             self._logits = self._recompute()
+        elif self._rows_alone(t):
+            self._logits = self._forward_rows(t)
         else:
             positions = positions_from_mask(self._mask)[:, -t:]          # [B, T]
-            self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past)
+            if self._share:
+                self._past = self.graph.reserve(self._past, self._ids.shape[1], self._capacity(self._ids.shape[1]))
+            self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past, self._share)
         self._pending = None
+
+    def _capacity(self, length: int) -> int:
+        """Positions to preallocate for a shared cache buffer holding ``length``: the whole run, up to the context."""
+        want = length + self.settings.max_new_tokens
+        limit = self.sampler.context_length
+        return max(length, min(want, limit) if limit is not None else want)
+
+    def _rows_alone(self, t: int) -> bool:
+        """Whether a graph that needs unpadded rows (GroupQueryAttention) must run each row alone: rows of
+        different lengths, or several tokens per row after a cache (a batch of 1 only, in ONNX Runtime)."""
+        if self.sampler.padding != "none" or self.batch == 1:
+            return False
+        return self._row_past is not None or not self._mask.all() or (t > 1 and self._ids.shape[1] > t)
+
+    def _forward_rows(self, t: int) -> np.ndarray:
+        """Each row alone, unpadded, with its own cache (a graph that cannot skip left padding)."""
+        assert self._pending is not None
+        if self._row_past is None:
+            self._row_past = self.graph.split_cache(self._past, self.batch)
+            self._past = []
+        logits = np.zeros((self.batch, self.graph.vocab_size or 0), np.float32)         # [B, V]
+        for b in np.flatnonzero(~self.finished):  # a finished row's logits are never used again
+            ids = self._pending[b:b + 1, self._mask[b, -t:] == 1]                         # [1, T_b]
+            length = int(self._mask[b].sum())
+            positions = np.arange(length - ids.shape[1], length, dtype=np.int64)[None]    # [1, T_b]
+            if self._share:
+                self._row_past[b] = self.graph.reserve(self._row_past[b], length, self._capacity(length))
+            row, self._row_past[b] = self.graph.step(ids, np.ones((1, length), np.int64), positions,
+                                                     self._row_past[b], self._share)
+            if logits.shape[1] == 0:
+                logits = np.zeros((self.batch, row.shape[1]), np.float32)
+            logits[b] = row[0]
+        return logits
 
     def _recompute(self) -> np.ndarray:
         rows = []

@@ -9,7 +9,9 @@ the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none.
 The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
 bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
 or from numpy per token.  On CUDA the cache tensors live on the device and only the
-last position's logits come back to the host.
+last position's logits come back to the host.  A graph that writes its new positions into the
+past in place (GroupQueryAttention; the manifest's ``"kv_buffer": "shared"``) gets one
+preallocated buffer per cache tensor (:meth:`DecoderGraph.reserve`), bound as past and present.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ class CacheLayout:
     head_dim: int
     dtype: type
 
-    def empty(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.num_kv_heads, 0, self.head_dim)  # [B, H_kv, P=0, D]
+    def empty(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
+        shape = (batch, self.num_kv_heads, capacity, self.head_dim)  # [B, H_kv, P=capacity (0: empty), D]
         return [np.zeros(shape, dtype=self.dtype) for _ in range(2 * self.num_layers)]
 
     def bytes_per_token(self) -> int:
@@ -91,9 +93,34 @@ class DecoderGraph:
         assert self.layout is not None
         return [ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for a in self.layout.empty(batch)]
 
+    def reserve(self, past: list[ort.OrtValue], length: int, capacity: int) -> list[ort.OrtValue]:
+        """A shared past/present buffer that holds ``length`` positions: ``past`` if it does, else a new
+        one of ``capacity`` positions with ``past``'s contents at the start."""
+        assert self.layout is not None
+        held = past[0].shape()[2] if past else 0
+        if held >= length:
+            return past
+        batch = past[0].shape()[0] if past else 1
+        grown = self.layout.empty(batch, max(capacity, length))                         # [B, H_kv, C, D] each
+        for new, old in zip(grown, past):
+            new[:, :, :held] = old.numpy()
+        return [ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for a in grown]
+
+    def split_cache(self, past: list[ort.OrtValue], batch: int) -> list[list[ort.OrtValue]]:
+        """One batch-1 cache per row of a batched cache (whose rows are unpadded)."""
+        if not past or past[0].shape()[2] == 0:
+            return [self.start_cache(1) for _ in range(batch)]
+        arrays = [value.numpy() for value in past]                                     # each [B, H_kv, P, D]
+        # copies: numpy() may view memory that the batched OrtValue frees when it goes
+        return [[ort.OrtValue.ortvalue_from_numpy(a[b:b + 1].copy(), self.device, self.device_id)
+                 for a in arrays] for b in range(batch)]
+
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
-             past: list[ort.OrtValue]) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        """Run one forward: input_ids [B, T] -> (logits of the last position [B, V] float32, present)."""
+             past: list[ort.OrtValue], share: bool = False) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """Run one forward: input_ids [B, T] -> (logits of the last position [B, V] float32, present).
+
+        ``share``: the graph writes the new positions into ``past`` in place (see :meth:`reserve`), which is
+        bound as the present too and returned."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
         if self.has_mask:
@@ -105,13 +132,16 @@ class DecoderGraph:
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.device, self.device_id)
+        for name, value in zip(self.present_names, past, strict=True):
+            if share:
+                binding.bind_ortvalue_output(name, value)
+            else:
+                binding.bind_output(name, self.device, self.device_id)
         with self._lock:
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()  # [B, T, V]
-        return np.asarray(logits[:, -1, :], dtype=np.float32), list(outputs[1:])
+        return np.asarray(logits[:, -1, :], dtype=np.float32), list(past if share else outputs[1:])
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""

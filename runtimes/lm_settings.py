@@ -26,6 +26,13 @@ class CausalLMSampler:
     pad_token_id: int | None = None
     #: "kv": the decoder takes and returns a KV cache; "none": every step recomputes the window.
     cache: Literal["kv", "none"] = "kv"
+    #: "left": rows of different lengths run batched, left-padded; "none": the decoder reads each row's
+    #: length from its mask and needs unpadded rows (GroupQueryAttention), so such rows run one at a time.
+    padding: Literal["left", "none"] = "left"
+    #: "grow": each step returns a new present (past + new positions); "shared": the decoder writes the new
+    #: positions into its past in place (GroupQueryAttention), so one preallocated buffer
+    #: [B, H_kv, capacity, D] is bound as both past and present and the mask says how much of it is used.
+    kv_buffer: Literal["grow", "shared"] = "grow"
     #: The special tokens as the tokenizer spells them, e.g. {"eos": "<|endoftext|>"}.
     special_tokens: dict[str, str] = field(default_factory=dict)
 
