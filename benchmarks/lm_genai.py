@@ -270,7 +270,8 @@ def main() -> None:
         artifact = root / f"edgegen-{scheme}"
         if not (artifact / "edgegen.json").exists():
             t = time.perf_counter()
-            edgegen.convert(hf, artifact, quantize=scheme, report=lambda line: print("  convert:", line))
+            edgegen.convert(hf, artifact, quantize=scheme, attention="standard",
+                            report=lambda line: print("  convert:", line))
             print(f"edgegen {scheme}: converted in {time.perf_counter() - t:.1f} s")
         artifacts["fp32" if scheme == "none" else scheme] = artifact
     for scheme in args.gqa_schemes:

@@ -61,7 +61,7 @@ def _convert_causal_lm_spec(spec: CausalLMSpec, output: Path, **options: Any) ->
 
 def _no_attention(options: dict[str, Any], what: str) -> dict[str, Any]:
     """``attention`` picks the decoder graph of Hugging Face LMs; other sources refuse a non-default one."""
-    if options.pop("attention", "standard") != "standard":
+    if options.pop("attention", "auto") == "gqa":
         raise InvalidArgumentError(f"attention='gqa' applies to Hugging Face llama, mistral and qwen2 models, not "
                                    f"{what}; drop --attention")
     return options
@@ -71,9 +71,28 @@ def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> P
     from edgegen.converters.hf_lm import HFLMSource
     from edgegen.converters.lm_convert import convert_lm
 
-    attention = options.pop("attention", "standard")
+    attention = options.pop("attention", "auto")
     options = _lm_options(options)   # before the model loads
+    if attention == "auto":
+        attention = _auto_attention(model_dir, options.get("target", "cpu"), options["report"])
     return convert_lm(HFLMSource(model_dir, attention=attention), output, **options)
+
+
+def _auto_attention(model_dir: Path, target: str, report: Callable[[str], None]) -> str:
+    """gqa where its graph reproduces the model and runs on the target (CPU: measured 1.5x int4 decode on a
+    100M Llama, benchmarks/lm_genai.py), else standard."""
+    from edgegen.converters.gqa_decoder import check_gqa_config
+    from edgegen.converters.hf_lm import read_config
+
+    config = read_config(model_dir)
+    if target != "cpu":   # ORT's CUDA GroupQueryAttention is fp16/bf16 only; DirectML's is unmeasured
+        return "standard"
+    try:
+        check_gqa_config(config)
+    except UnsupportedModelError:
+        return "standard"
+    report(f"attention auto: gqa ({config.model_type}: GroupQueryAttention layers)")
+    return "gqa"
 
 
 def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
@@ -158,7 +177,7 @@ QUANTIZE = ("auto", "none", "fp16", "int8", "int4", "int8-static")
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
-            report: Callable[[str], None] | None = None, attention: str = "standard") -> Path:
+            report: Callable[[str], None] | None = None, attention: str = "auto") -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
@@ -170,13 +189,14 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
     against fp32 (default 30), met by keeping sensitive nodes in float, else an error.
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
-    mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`).
+    mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`);
+    ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
     check_target(target)
-    if attention not in ("standard", "gqa"):
-        raise InvalidArgumentError(f"attention must be standard or gqa, got {attention!r}")
+    if attention not in ("auto", "standard", "gqa"):
+        raise InvalidArgumentError(f"attention must be auto, standard or gqa, got {attention!r}")
     options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize, "target": target,
                "report": report or (lambda _line: None), "attention": attention}
     if min_psnr is not None:

@@ -35,13 +35,14 @@ def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int |
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
-            report: Callable[[str], None] | None = None, attention: str = "standard") -> Path:
+            report: Callable[[str], None] | None = None, attention: str = "auto") -> Path:
     """Convert a model (a Hugging Face directory, a spec such as ``CausalLMSpec``, or
     ``"file.py:function"``) into a validated artifact at ``output``; ``quantize``: auto (the
     family's measured default for ``target`` cpu, cuda or dml), none, fp16, int8, int4 (LMs)
     or int8-static (image models); ``min_psnr``: the image models' quality gate (dB of
-    quantized samples vs fp32, default 30); ``attention``: standard, or gqa (Hugging Face llama, mistral,
-    qwen2: ONNX Runtime GroupQueryAttention layers).  Needs the ``[convert]`` extra."""
+    quantized samples vs fp32, default 30); ``attention``: auto (gqa where it applies and the
+    target is cpu), standard, or gqa (Hugging Face llama, mistral, qwen2 with a head size that is a
+    multiple of 16: ONNX Runtime GroupQueryAttention layers).  Needs the ``[convert]`` extra."""
     try:
         from edgegen.converters.api import convert as _convert
     except ImportError as exc:

@@ -142,8 +142,9 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               help="Where the artifact will run: picks --quantize auto's scheme (fp16 on GPUs).")
 @click.option("--min-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Image models: quality gate of --quantize, dB of samples vs fp32 [default: 30].")
-@click.option("--attention", type=click.Choice(["standard", "gqa"]), default="standard", show_default=True,
-              help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster).")
+@click.option("--attention", type=click.Choice(["auto", "standard", "gqa"]), default="auto", show_default=True,
+              help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster; "
+              "auto picks it where it applies and --target is cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
             target: str, min_psnr: float | None, attention: str, as_json: bool) -> None:

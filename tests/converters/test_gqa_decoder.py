@@ -15,6 +15,7 @@ import pytest
 
 import edgegen
 from edgegen.errors import InvalidArgumentError, ManifestError, UnsupportedModelError
+from edgegen.runtimes.artifact import open_artifact
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings
 from tests_support import TINY_LM_CONFIGS, train_tiny_tokenizer, write_tiny_hf_lm
 
@@ -164,9 +165,21 @@ def test_unsupported_models_are_refused_with_one_line(tmp_path: Path) -> None:
     small_heads = write_tiny_hf_lm(tmp_path / "llama8", "llama")                # head size 8
     with pytest.raises(UnsupportedModelError, match=r"multiple of 16 .*, this model's is 8"):
         edgegen.convert(small_heads, tmp_path / "out", attention="gqa")
-    with pytest.raises(InvalidArgumentError, match="attention must be standard or gqa"):
+    with pytest.raises(InvalidArgumentError, match="attention must be auto, standard or gqa"):
         edgegen.convert(gpt2, tmp_path / "out", attention="flash")
     assert not (tmp_path / "out").exists()
+
+
+def test_auto_attention_picks_gqa_where_it_applies_on_cpu(converted, tmp_path: Path) -> None:
+    hf, _ = converted("llama")                                                     # head size 16
+    lines: list[str] = []
+    auto = open_artifact(edgegen.convert(hf, tmp_path / "auto", quantize="none", report=lines.append)).manifest
+    assert auto.sampler["kv_buffer"] == "shared" and "GroupQueryAttention" in auto.source.converter
+    assert any(line.startswith("attention auto: gqa") for line in lines)
+    cuda = open_artifact(edgegen.convert(hf, tmp_path / "cuda", quantize="none", target="cuda")).manifest
+    assert "kv_buffer" not in cuda.sampler and "GroupQueryAttention" not in cuda.source.converter   # fp32 GQA: no CUDA
+    small_heads = write_tiny_hf_lm(tmp_path / "llama8", "llama")                   # head size 8: standard
+    assert "padding" not in open_artifact(edgegen.convert(small_heads, tmp_path / "small")).manifest.sampler
 
 
 def test_cli_attention_option(converted, tmp_path: Path) -> None:
