@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +52,12 @@ def remove_graph(path: Path) -> None:
         p.unlink()
 
 
-@contextmanager
-def quiet_ort() -> Iterator[None]:
+def quiet_ort() -> AbstractContextManager[None]:
     """ORT's quantization tools log notes on the root logger ("Axis 1 is out-of-range for weight ...",
     advice to pre-process): keep them out of the caller's output, errors excepted."""
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+    from edgegen.converters.lm_quantize import dropping_root_logs
 
-    root, drop = logging.getLogger(), _Drop()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
+    return dropping_root_logs(lambda record: record.levelno < logging.ERROR and "onnxruntime" in record.pathname)
 
 
 def prepare(src: Path, dst: Path) -> Path:

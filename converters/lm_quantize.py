@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import ConversionError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     import onnx
 
@@ -181,19 +181,25 @@ def _import_nbits_quantizer() -> Any:
 
 
 @contextmanager
-def _without_preprocess_advice() -> Iterator[None]:
-    """quantize_dynamic logs (on the root logger) advice to run its pre-processing, which would
-    fuse and reshape the graph we just validated; we do not want it, so we do not print it."""
+def dropping_root_logs(drop: Callable[[logging.LogRecord], bool]) -> Iterator[None]:
+    """Keep the records ``drop`` picks off the root logger while active (ONNX Runtime's quantization
+    tools log their notes there)."""
     class _Drop(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
-            return "pre-processing before quantization" not in record.getMessage()
+            return not drop(record)
 
-    root, drop = logging.getLogger(), _Drop()
-    root.addFilter(drop)
+    root, dropper = logging.getLogger(), _Drop()
+    root.addFilter(dropper)
     try:
         yield
     finally:
-        root.removeFilter(drop)
+        root.removeFilter(dropper)
+
+
+def _without_preprocess_advice() -> AbstractContextManager[None]:
+    """quantize_dynamic logs advice to run its pre-processing, which would fuse and reshape the
+    graph we just validated; we do not want it, so we do not print it."""
+    return dropping_root_logs(lambda record: "pre-processing before quantization" in record.getMessage())
 
 
 # -- graph preparation and census -----------------------------------------------------------

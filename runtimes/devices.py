@@ -14,7 +14,6 @@ Sources, each optional (a missing one is skipped, never an error):
 from __future__ import annotations
 
 import ctypes
-import os
 import platform
 import sys
 from dataclasses import dataclass, field
@@ -104,21 +103,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "CPU"
 
 
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):   # not on POSIX
-        return None
-
-
 def devices(available: list[str] | None = None, ort: Any = None) -> list[Device]:
     """The CPU, then each GPU/NPU that ONNX Runtime or NVML reports, with the providers that use it.
     ``available``: the onnxruntime provider names this build offers (for the CUDA mapping)."""
-    from edgegen.runtimes.memory import available_bytes
+    from edgegen.runtimes.memory import available_bytes, total_bytes
 
     found = ep_devices(ort)
     cpu_providers = tuple(r["provider"] for r in found if r["type"] == "cpu") or ("CPUExecutionProvider",)
-    out = [Device("cpu", cpu_name(), cpu_providers, memory_total=_physical_memory(), memory_free=available_bytes())]
+    out = [Device("cpu", cpu_name(), cpu_providers, memory_total=total_bytes(), memory_free=available_bytes())]
     nvidia = nvidia_gpus()
     cuda = ("CUDAExecutionProvider",) if available and "CUDAExecutionProvider" in available else ()
     # ORT lists a device once per provider: merge by hardware; NVIDIA GPUs take their names from NVML

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 from edgegen.errors import InvalidArgumentError
 
@@ -27,24 +28,40 @@ def available_bytes() -> int | None:
     except OSError:
         pass
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import ctypes
+        status = _windows_memory()
+        return None if status is None else int(status.ullAvailPhys)
+    return _sysconf_bytes("SC_AVPHYS_PAGES")
 
-        class _Status(ctypes.Structure):
-            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
-                        ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
-                        ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
-                        ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
 
-        status = _Status()
-        status.dwLength = ctypes.sizeof(_Status)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)):
-            return int(status.ullAvailPhys)
-        return None
+def total_bytes() -> int | None:
+    """Physical memory of this machine, or None if this platform does not say."""
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        status = _windows_memory()
+        return None if status is None else int(status.ullTotalPhys)
+    return _sysconf_bytes("SC_PHYS_PAGES")
+
+
+def _sysconf_bytes(pages: str) -> int | None:
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _windows_memory() -> Any:  # pragma: no cover - exercised on Windows only
+    """GlobalMemoryStatusEx's MEMORYSTATUSEX, or None."""
+    import ctypes
+
+    class _Status(ctypes.Structure):
+        _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
+                    ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
+                    ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
+                    ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
+                    ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
+
+    status = _Status()
+    status.dwLength = ctypes.sizeof(_Status)
+    return status if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status)) else None
 
 
 def check_fits(need: int, what: str, fix: str, available: int | None = None) -> None:
