@@ -84,13 +84,14 @@ def train_tiny_tokenizer(vocab_size: int = 300):
     return tok
 
 
-def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0) -> Path:
-    """Save a random-weight ``arch`` causal LM with a trained tokenizer as a Hugging Face directory."""
+def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0, **overrides: object) -> Path:
+    """Save a random-weight ``arch`` causal LM with a trained tokenizer as a Hugging Face directory
+    (``overrides``: config fields over TINY_LM_CONFIGS[arch])."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
     tok = train_tiny_tokenizer()
-    config = AutoConfig.for_model(arch, vocab_size=320, bos_token_id=0, eos_token_id=0, **TINY_LM_CONFIGS[arch])
+    config = AutoConfig.for_model(arch, vocab_size=320, bos_token_id=0, eos_token_id=0, **{**TINY_LM_CONFIGS[arch], **overrides})
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():  # larger logits than init's near-uniform ones, so greedy has clear winners
@@ -101,6 +102,19 @@ def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0) -> Path:
 
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
+
+
+def torch_greedy(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
+    """Greedy tokens by full recompute with the transformers model (no cache, no edgegen code)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
+    ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids[0, len(prompt_ids):].tolist()
 
 
 def load_models_file(name: str):

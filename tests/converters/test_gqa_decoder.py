@@ -17,7 +17,7 @@ import edgegen
 from edgegen.errors import InvalidArgumentError, ManifestError, UnsupportedModelError
 from edgegen.runtimes.artifact import open_artifact
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings
-from tests_support import TINY_LM_CONFIGS, train_tiny_tokenizer, write_tiny_hf_lm
+from tests_support import TINY_LM_CONFIGS, torch_greedy, write_tiny_hf_lm
 
 torch = pytest.importorskip("torch")
 
@@ -30,18 +30,7 @@ PROMPTS = ["def fibonacci(n):", "The quick brown fox jumps", "x"]
 
 def write_hf(dest: Path, arch: str) -> Path:
     """write_tiny_hf_lm's model with a head size of 16."""
-    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
-    config = AutoConfig.for_model(arch, vocab_size=320, bos_token_id=0, eos_token_id=0,
-                                  **{**TINY_LM_CONFIGS[arch], "hidden_size": 64, **OVERRIDES[arch]})
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    with torch.no_grad():  # clear greedy winners, as in write_tiny_hf_lm
-        model.get_output_embeddings().weight.mul_(8.0)
-    model.save_pretrained(dest)
-    PreTrainedTokenizerFast(tokenizer_object=train_tiny_tokenizer(), eos_token="<|endoftext|>",
-                            bos_token="<|endoftext|>").save_pretrained(dest)
-    return dest
+    return write_tiny_hf_lm(dest, arch, hidden_size=64, **OVERRIDES[arch])
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +46,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory):
         return cache[arch, quantize]
 
     return get
-
-
-def torch_greedy(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
-    """Greedy tokens by full recompute with the transformers model (no cache, no edgegen code)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt_ids):].tolist()
 
 
 @pytest.mark.parametrize("arch", sorted(OVERRIDES))

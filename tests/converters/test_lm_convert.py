@@ -12,7 +12,7 @@ import pytest
 import edgegen
 from edgegen.errors import ArtifactError, ConversionError, UnsupportedModelError
 from edgegen.runtimes.lm_settings import GenerationSettings
-from tests_support import TINY_LM_CONFIGS, write_tiny_hf_lm
+from tests_support import TINY_LM_CONFIGS, torch_greedy, write_tiny_hf_lm
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("optimum")
@@ -33,18 +33,6 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path,
         return cache[arch]
 
     return get  # type: ignore[return-value]
-
-
-def torch_greedy(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
-    """Greedy tokens by full recompute with the transformers model (no cache, no edgegen code)."""
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(hf_dir).eval()
-    ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        for _ in range(n):
-            ids = torch.cat([ids, model(ids).logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-    return ids[0, len(prompt_ids):].tolist()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
