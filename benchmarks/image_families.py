@@ -121,9 +121,10 @@ def gan_rows(generator, mapping=None, classes: int | None = None) -> dict[str, M
     return {"sample": make}
 
 
-def dcgan(quick: bool, classes: int | None = None):
+def dcgan(quick: bool, classes: int | None = None, passes: int = 4, batch: int = 32):
     """DCGAN generator 64x64 (nz 100, ngf 64; 16 when quick), optionally conditioned on a class
-    (embedding [classes, nz] concatenated to z), DCGAN init, BatchNorm statistics from training passes."""
+    (embedding [classes, nz] concatenated to z), DCGAN init, BatchNorm statistics from ``passes``
+    training-mode passes of ``batch`` random z."""
     import torch
     from torch import nn
 
@@ -156,8 +157,8 @@ def dcgan(quick: bool, classes: int | None = None):
             nn.init.zeros_(mod.bias)
             mod.momentum = None
     with torch.no_grad():
-        for _ in range(4):
-            g(torch.randn(32, nz), torch.randint(0, classes, (32,)) if classes else None)
+        for _ in range(passes):
+            g(torch.randn(batch, nz), torch.randint(0, classes, (batch,)) if classes else None)
     return g.eval()
 
 

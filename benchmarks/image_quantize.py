@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,40 +46,15 @@ def ddpm_pipeline(root: Path, quick: bool) -> Path:
 
 
 def dcgan_spec(quick: bool):
-    import torch
-    from torch import nn
-
+    """The DCGAN 64x64 generator of benchmarks/image_families.py, BatchNorm statistics over 8 batches of 64."""
     from edgegen.converters.image_spec import GANSpec
 
-    nz, ngf = 100, (16 if quick else 64)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from image_families import dcgan  # benchmarks/ is not a package
 
-    def up(cin: int, cout: int, stride: int, pad: int) -> list[nn.Module]:
-        return [nn.ConvTranspose2d(cin, cout, 4, stride, pad, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
-
-    class Generator(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(*up(nz, ngf * 8, 1, 0), *up(ngf * 8, ngf * 4, 2, 1),      # [B, 8g, 4, 4] ...
-                                     *up(ngf * 4, ngf * 2, 2, 1), *up(ngf * 2, ngf, 2, 1),    # ... [B, g, 32, 32]
-                                     nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False), nn.Tanh())   # [B, 3, 64, 64]
-
-        def forward(self, z: torch.Tensor) -> torch.Tensor:                                   # z [B, nz]
-            return self.net(z[:, :, None, None])
-
-    torch.manual_seed(0)
-    g = Generator()
-    for m in g.modules():                              # the DCGAN paper's initialisation
-        if isinstance(m, nn.ConvTranspose2d):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-            m.momentum = None                          # cumulative average over the batches below
-    with torch.no_grad():
-        for _ in range(8):
-            g(torch.randn(64, nz))
+    g = dcgan(quick, passes=8, batch=64)
     print(f"DCGAN 64x64 generator: {sum(p.numel() for p in g.parameters()) / 1e6:.1f}M parameters")
-    return GANSpec(generator=g.eval(), latent_dim=nz, name="dcgan-64")
+    return GANSpec(generator=g, latent_dim=100, name="dcgan-64")
 
 
 def quantized_variants(fp32: Path, root: Path, all_ops: bool) -> dict[str, tuple[Path | None, dict]]:

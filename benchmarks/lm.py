@@ -149,6 +149,24 @@ print(json.dumps({"peak_rss_mb": int(hwm.split()[1]) / 1024,
 """
 
 
+def time_contenders(contenders: dict, repeats: int, prompt_tokens: int) -> tuple[dict, dict, dict]:
+    """Warm each contender up, then run them interleaved ``repeats`` times: (decode tok/s runs,
+    prefill tok/s runs, last tokens), each by contender name.  A contender returns (tokens,
+    prefill seconds, decode seconds); decode tok/s counts the tokens after the first."""
+    decode: dict[str, list[float]] = {name: [] for name in contenders}
+    prefill: dict[str, list[float]] = {name: [] for name in contenders}
+    tokens: dict[str, list[int]] = {}
+    for run in contenders.values():
+        run()  # warm-up
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            toks, t_prefill, t_decode = run()
+            tokens[name] = toks
+            decode[name].append((len(toks) - 1) / t_decode)
+            prefill[name].append(prompt_tokens / t_prefill)
+    return decode, prefill, tokens
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -190,17 +208,7 @@ def main() -> None:
         "edgegen": edgegen_runtime(artifact, prompt, args.new_tokens),
         **{name: edgegen_runtime(path, prompt, args.new_tokens) for name, path in quantized.items()},
     }
-    decode: dict[str, list[float]] = {name: [] for name in contenders}
-    prefill: dict[str, list[float]] = {name: [] for name in contenders}
-    tokens: dict[str, list[int]] = {}
-    for name, run in contenders.items():
-        run()  # warm-up
-    for _ in range(args.repeats):
-        for name, run in contenders.items():
-            toks, t_prefill, t_decode = run()
-            tokens[name] = toks
-            decode[name].append((len(toks) - 1) / t_decode)
-            prefill[name].append(args.prompt_tokens / t_prefill)
+    decode, prefill, tokens = time_contenders(contenders, args.repeats, args.prompt_tokens)
     size_mb = sum(p.stat().st_size for p in artifact.iterdir()) / 2**20
     probe = json.loads(subprocess.run([sys.executable, "-c", _RSS_PROBE, str(artifact), json.dumps(prompt[0].tolist()),
                                        str(args.new_tokens)], capture_output=True, text=True, check=True).stdout)

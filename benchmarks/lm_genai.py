@@ -85,7 +85,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm import edgegen_runtime  # noqa: E402  (benchmarks/ is not a package)
+from lm import edgegen_runtime, time_contenders  # noqa: E402  (benchmarks/ is not a package)
 
 SIZES = {  # ~100M parameters: 8 x 6.3M decoder layers + 2 x 24.6M embedding / LM head (untied)
     "full": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
@@ -295,17 +295,7 @@ def main() -> None:
         **{f"bare loop, edgegen {s} graph": bare_loop(graph_of(a), prompt, args.new_tokens, n, head_dim)
            for s, a in artifacts.items() if s.startswith("int4")},
     }
-    decode: dict[str, list[float]] = {name: [] for name in contenders}
-    prefill: dict[str, list[float]] = {name: [] for name in contenders}
-    tokens: dict[str, list[int]] = {}
-    for run in contenders.values():
-        run()  # warm-up
-    for _ in range(args.repeats):
-        for name, run in contenders.items():
-            toks, t_prefill, t_decode = run()
-            tokens[name] = toks
-            decode[name].append((len(toks) - 1) / t_decode)
-            prefill[name].append(args.prompt_tokens / t_prefill)
+    decode, prefill, tokens = time_contenders(contenders, args.repeats, args.prompt_tokens)
 
     med = {name: statistics.median(v) for name, v in decode.items()}
     best = {name: max(v) for name, v in decode.items()}
