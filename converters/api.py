@@ -147,17 +147,22 @@ def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, qu
                         target: str = "cpu", **options: Any) -> Path:
     from edgegen.converters.image_convert import convert_image
     from edgegen.converters.image_quantize import check_scheme
+    import torch
+
     from edgegen.converters.quant_defaults import resolve
 
     family = {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)]
-    if quantize == "auto":   # these rules do not depend on the model's size
-        quantize, why = resolve(family, target, params=0)
-        if "report" in options:
-            options["report"](f"quantize auto: {quantize} ({why})")
+    default = None
+    if quantize == "auto":   # resolved before export, so a refusal costs nothing
+        weights = {id(p): p.numel() for m in vars(spec).values() if isinstance(m, torch.nn.Module)
+                   for p in m.parameters()}
+        quantize, why = resolve(family, target, sum(weights.values()))
+        default = {"target": target, "scheme": quantize, "reason": why}
+        options["report"](f"quantize auto: {quantize} ({why})")
     if quantize != "none":
         check_scheme(quantize, family)  # before export
     options.pop("optimize", None)
-    return convert_image(spec, output, quantize=quantize, **options)
+    return convert_image(spec, output, quantize=quantize, quantization_default=default, **options)
 
 
 #: spec type -> converter

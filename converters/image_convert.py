@@ -291,7 +291,7 @@ def check_spec(spec: Any) -> list[str]:
 
 def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, overwrite: bool = False,
                   report: Any = print, quantize: str = "none", min_psnr: float | None = None,
-                  **_ignored: Any) -> Path:
+                  quantization_default: dict[str, Any] | None = None, **_ignored: Any) -> Path:
     """Convert an image spec into a gan, vae or vq-vae artifact at ``output``; returns its path.
 
     Options of other converters (``optimize``) are accepted and ignored: graphs are exported as is, in fp32;
@@ -299,11 +299,12 @@ def convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, ov
     The spec's ``fallbacks`` stand in for its custom ops wherever the converter runs its modules.
     """
     with Fallbacks(getattr(spec, "fallbacks", None)):
-        return _convert_image(spec, output, overwrite=overwrite, report=report, quantize=quantize, min_psnr=min_psnr)
+        return _convert_image(spec, output, overwrite=overwrite, report=report, quantize=quantize, min_psnr=min_psnr,
+                              quantization_default=quantization_default)
 
 
 def _convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, overwrite: bool, report: Any,
-                   quantize: str, min_psnr: float | None) -> Path:
+                   quantize: str, min_psnr: float | None, quantization_default: dict[str, Any] | None) -> Path:
     from edgegen.converters.lm_convert import library_versions
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.registry import runtime_class
@@ -357,6 +358,8 @@ def _convert_image(spec: GANSpec | VAESpec | VQVAESpec, output: str | Path, *, o
             raise ConversionError(f"the converted {plan.family} does not match PyTorch end to end (max abs error "
                                   f"{figures['samples_max_abs_error']:.3g} > {ATOL:g}); check that the modules follow "
                                   "the contract in edgegen.converters.image_spec")
+        if quantization_default is not None:   # what --quantize auto chose, and why
+            figures["quantization_default"] = quantization_default
         if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
             from edgegen.converters.image_quantize import quantize_graphs
 

@@ -71,3 +71,15 @@ def test_bad_target_is_refused_before_any_work(tmp_path):
     result = CliRunner().invoke(edgegen.cli.cli, ["convert", str(tmp_path), "-o", str(tmp_path / "o"),
                                                   "--target", "gpu"])
     assert result.exit_code == 2 and "'gpu' is not one of 'cpu', 'cuda', 'dml'" in result.output
+
+
+def test_auto_is_recorded_for_image_models_too(tmp_path):
+    from image_support import dcgan_spec
+
+    lines: list[str] = []
+    cpu = open_artifact(edgegen.convert(dcgan_spec(), tmp_path / "cpu", report=lines.append)).manifest
+    assert cpu.validation["quantization_default"]["scheme"] == "none" and "quantization" not in cpu.validation
+    assert "ConvTranspose" in cpu.validation["quantization_default"]["reason"]
+    assert any(line.startswith("quantize auto: none") for line in lines)
+    cuda = open_artifact(edgegen.convert(dcgan_spec(), tmp_path / "cuda", target="cuda")).manifest
+    assert cuda.validation["quantization_default"]["scheme"] == "fp16" and cuda.graphs["generator"].precision == "fp16"
