@@ -41,9 +41,9 @@ The graph work (ORT's tools, its known traps, node sensitivity): :mod:`edgegen.c
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +56,7 @@ import numpy as np
 
 from edgegen.converters.image_quant_graphs import (HANDLES, census, exclusions, graph_bytes, prepare, quantize_graph,
                                                    quiet_ort, ranked, remove_graph, tool)
+from edgegen.converters.timing import interleaved_ms
 from edgegen.converters.writer import ArtifactWriter
 from edgegen.errors import ConversionError, InvalidArgumentError
 
@@ -332,13 +333,4 @@ def _timed(runtimes: list[Any], family: Family, role: str, feeds: list[dict[str,
     """Median ms of one call of ``role`` in each runtime at batch 1, interleaved so load drift hits all alike."""
     feed = {k: v[:1] for k, v in feeds[len(feeds) // 2].items()}        # mid-sampling inputs, batch 1
     sessions = [holder[key] for holder, key in (family.session_slot(rt, role) for rt in runtimes)]
-    times: list[list[float]] = [[] for _ in sessions]
-    for session in sessions:
-        session.run(None, feed)                                          # warm-up
-    started = time.perf_counter()
-    while len(times[0]) < 3 or (len(times[0]) < 30 and time.perf_counter() - started < budget_s):
-        for session, acc in zip(sessions, times):
-            t0 = time.perf_counter()
-            session.run(None, feed)
-            acc.append(1000 * (time.perf_counter() - t0))
-    return [statistics.median(t) for t in times]
+    return interleaved_ms([functools.partial(session.run, None, feed) for session in sessions], budget_s=budget_s)

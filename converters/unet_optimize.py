@@ -20,16 +20,17 @@ sampling loop's batch); the figures go into the manifest either way.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
-import statistics
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from edgegen.converters.timing import interleaved_ms
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +114,8 @@ def optimize_denoiser(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, Any
         sessions = [ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for p in (path, out)]
         ref, got = (s.run(None, feeds)[0] for s in sessions)
         error = float(np.abs(ref - got).max()) / max(1.0, float(np.abs(ref).max()))
-        times: list[list[float]] = [[], []]
-        for _ in range(ROUNDS):
-            for i, s in enumerate(sessions):
-                started = time.perf_counter()
-                s.run(None, feeds)
-                times[i].append(time.perf_counter() - started)
-        ms = [statistics.median(t) * 1e3 for t in times]
+        ms = interleaved_ms([functools.partial(s.run, None, feeds) for s in sessions], min_runs=ROUNDS,
+                            max_runs=ROUNDS)
         used = error <= MAX_ERROR and ms[1] <= KEEP_IF_WITHIN * ms[0]
         del sessions
         if used:
