@@ -26,7 +26,7 @@ import tokenizers
 
 from edgegen.errors import ContextOverflowError, InvalidArgumentError
 from edgegen.runtimes.artifact import Artifact, open_sessions
-from edgegen.runtimes.decoder import DecoderGraph, positions_from_mask
+from edgegen.runtimes.decoder import DecoderGraph, StepBinding, positions_from_mask
 from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved
 from edgegen.runtimes.session import SessionConfig
@@ -45,6 +45,8 @@ class Generator(StepGenerator):
         self._mask = np.zeros((batch, 0), dtype=np.int64)     # [B, L] 1 = real token
         self._past = graph.start_cache(batch) if graph.layout else []
         self._row_past: list[list[Any]] | None = None          # per-row caches once rows run one at a time
+        self._binding = graph.new_binding()                   # reused across this run's steps
+        self._row_bindings: dict[int, StepBinding] = {}
         self._share = sampler.kv_buffer == "shared" and graph.layout is not None
         self._pending: np.ndarray | None = None               # [B, T] tokens not yet run
         self._logits: np.ndarray | None = None                # [B, V] next-token logits
@@ -107,7 +109,8 @@ class Generator(StepGenerator):
             positions = positions_from_mask(self._mask)[:, -t:]          # [B, T]
             if self._share:
                 self._past = self.graph.reserve(self._past, self._ids.shape[1], self._capacity(self._ids.shape[1]))
-            self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past, self._share)
+            self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past, self._share,
+                                                       self._binding)
         self._pending = None
 
     def _capacity(self, length: int) -> int:
@@ -136,8 +139,11 @@ class Generator(StepGenerator):
             positions = np.arange(length - ids.shape[1], length, dtype=np.int64)[None]    # [1, T_b]
             if self._share:
                 self._row_past[b] = self.graph.reserve(self._row_past[b], length, self._capacity(length))
+            if b not in self._row_bindings:
+                self._row_bindings[b] = self.graph.new_binding()
             row, self._row_past[b] = self.graph.step(ids, np.ones((1, length), np.int64), positions,
-                                                     self._row_past[b], self._share)
+                                                     self._row_past[b], self._share,
+                                                     self._row_bindings[b])
             if logits.shape[1] == 0:
                 logits = np.zeros((self.batch, row.shape[1]), np.float32)
             logits[b] = row[0]

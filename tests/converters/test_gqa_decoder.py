@@ -79,14 +79,17 @@ def test_gqa_cache_path_equals_full_recompute(converted, arch: str) -> None:
     full = lm.graph.full_logits(ids, mask)                                    # [B, L, V]
     # ONNX Runtime's GroupQueryAttention takes several new tokens after a cache only for a batch of 1
     chunks = {1: ((0, 9), (9, 10), (10, 13), (13, 24)), 2: ((0, 9), *((i, i + 1) for i in range(9, 24)))}
-    # share: one [B, H_kv, capacity, D] buffer is past and present (capacity 0: grown at every step, contents kept)
+    # share: one [B, H_kv, capacity, D] buffer is past and present (capacity 0: grown at every step, contents kept);
+    # a run's steps reuse one binding (as the generator does) or each makes its own
     for batch, spans in chunks.items():
-        for share, capacity in ((False, 0), (True, 24), (True, 0)):
-            past = lm.graph.start_cache(batch)
+        for share, capacity, reuse in ((False, 0, True), (True, 24, True), (True, 0, True), (True, 24, False)):
+            past, state, kept = lm.graph.start_cache(batch), lm.graph.new_binding() if reuse else None, []
             for start, end in spans:                                          # prefill, then 1 or more tokens
                 if share:
                     past = lm.graph.reserve(past, end, capacity)
-                logits, past = lm.graph.step(ids[:batch, start:end], mask[:batch, :end], None, past, share)
+                logits, past = lm.graph.step(ids[:batch, start:end], mask[:batch, :end], None, past, share, state)
+                kept.append((logits, end))
+            for logits, end in kept:  # still right after later steps wrote the preallocated logits buffer
                 np.testing.assert_allclose(logits, full[:batch, end - 1], atol=1e-4 * max(1.0, np.abs(full).max()))
             assert past[0].shape()[2] == 24                                    # every position, no more
 
