@@ -36,6 +36,16 @@ def _no_gate(options: dict[str, Any], family: str) -> dict[str, Any]:
     return options
 
 
+def _no_lm_gate(options: dict[str, Any], family: str) -> dict[str, Any]:
+    """``max_ppl_increase`` and ``lm_head`` shape causal-LM quantization; other families refuse them."""
+    for name, default in (("max_ppl_increase", None), ("lm_head", "auto")):
+        if options.pop(name, default) != default:
+            raise InvalidArgumentError(f"{name} (of causal-LM quantization) does not apply to {family} models; "
+                                       "drop it" + (" (image models take min_psnr)" if family not in
+                                                    ("rnn-lm", "flow") else ""))
+    return options
+
+
 def _fp32_only(options: dict[str, Any], family: str, why: str) -> None:
     """Families without quantization: ``auto`` means fp32, an explicit scheme is refused."""
     quantize = options.pop("quantize", "none")
@@ -45,9 +55,12 @@ def _fp32_only(options: dict[str, Any], family: str, why: str) -> None:
 
 
 def _lm_options(options: dict[str, Any]) -> dict[str, Any]:
+    from edgegen.converters.lm_quant_gate import check_options
+
     if options.get("quantize") == "int8-static":
         raise InvalidArgumentError("int8-static (QDQ with calibration) is for conv nets (diffusion, gan, vae, "
                                    "vq-vae); causal-lm artifacts take --quantize fp16, int8 or int4")
+    check_options(options.get("quantize", "none"), options.get("lm_head", "auto"), options.get("max_ppl_increase"))
     return _no_gate(options, "causal-lm")
 
 
@@ -100,7 +113,7 @@ def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
 
     _fp32_only(options, "rnn-lm", "recurrent step graphs are not quantized yet")
     options.pop("optimize", None)  # no transformer-optimizer fusions apply to a recurrent step graph
-    return convert_rnn_lm(spec, output, **_no_gate(options, "rnn-lm"))
+    return convert_rnn_lm(spec, output, **_no_gate(_no_lm_gate(options, "rnn-lm"), "rnn-lm"))
 
 
 def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +121,7 @@ def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
 
     if options.get("quantize", "none") not in ("none", "auto"):
         check_scheme(options["quantize"], "diffusion")   # before any export
-    return options
+    return _no_lm_gate(options, "diffusion")
 
 
 def _convert_diffusion_spec(spec: DiffusionSpec, output: Path, **options: Any) -> Path:
@@ -140,7 +153,7 @@ def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", 
         check_scheme(quantize, "flow")   # refuses, with the reason
     options.pop("optimize", None)
     options.pop("target", None)
-    return convert_flow(spec, output, **_no_gate(options, "flow"))
+    return convert_flow(spec, output, **_no_gate(_no_lm_gate(options, "flow"), "flow"))
 
 
 def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, quantize: str = "none",
@@ -152,6 +165,7 @@ def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, qu
     from edgegen.converters.quant_defaults import resolve
 
     family = {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)]
+    _no_lm_gate(options, family)
     default = None
     if quantize == "auto":   # resolved before export, so a refusal costs nothing
         weights = {id(p): p.numel() for m in vars(spec).values() if isinstance(m, torch.nn.Module)
@@ -182,6 +196,7 @@ QUANTIZE = ("auto", "none", "fp16", "int8", "int4", "int8-static")
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
+            max_ppl_increase: float | None = None, lm_head: str = "auto",
             report: Callable[[str], None] | None = None, attention: str = "auto") -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
@@ -193,6 +208,9 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     sampling loop, image models); the quantized graph's cost against fp32 is measured and
     recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
     against fp32 (default 30), met by keeping sensitive nodes in float, else an error.
+    ``max_ppl_increase`` (causal LMs) is theirs: the largest perplexity increase over fp32 allowed, in
+    percent (defaults: int8 2, int4 5, fp16 1), met the same way; under ``quantize="auto"`` a missed gate
+    keeps fp32.  ``lm_head`` (int4: ``float``, ``int8`` or ``int4``; ``auto``: int8) stores the LM head.
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
     mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`);
     ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.
@@ -206,6 +224,10 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
                "report": report or (lambda _line: None), "attention": attention}
     if min_psnr is not None:
         options["min_psnr"] = min_psnr
+    if max_ppl_increase is not None:
+        options["max_ppl_increase"] = max_ppl_increase
+    if lm_head != "auto":
+        options["lm_head"] = lm_head
     if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():

@@ -10,7 +10,8 @@ sensitivity and census.  :mod:`edgegen.converters.image_quantize` runs the famil
 - :func:`quantize_graph`: ``convert_float_to_float16`` (keep_io_types), ``quantize_dynamic`` or
   ``quantize_static`` (QDQ, per-channel int8 weights, uint8 activations, MinMax calibration on the
   feeds given), with the nodes named in ``exclude`` left in float.
-- :func:`ranked`: compute nodes, most int8-sensitive first, measured; :func:`exclusions`: the gate's ladder.
+- :func:`ranked`: compute nodes, most int8-sensitive first, measured (:func:`sqnr_loss`, which the causal-LM
+  gate shares); :func:`exclusions`: the gate's ladder.
 - :func:`census`: which weight-bearing nodes a graph file holds quantized and which in float32.
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 from edgegen.errors import ConversionError, EdgegenError
 
 __all__ = ["COMPUTE_OPS", "HANDLES", "STATIC_OP_TYPES", "census", "exclusions", "graph_bytes", "prepare",
-           "quantize_graph", "quiet_ort", "ranked", "remove_graph", "tool"]
+           "quantize_graph", "quiet_ort", "ranked", "remove_graph", "sqnr_loss", "tool"]
 
 #: The ops whose weights and inputs int8 quantizes (and the gate ranks and excludes).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -183,21 +184,41 @@ def ranked(prepared: Path, feeds: list[dict[str, np.ndarray]], tmp: Path) -> lis
 
     qdq = tmp / f"rank_{prepared.name}"
     quantize_graph(prepared, qdq, "int8-static", feeds, [])
-    model = onnx.load_model(str(prepared), load_external_data=False)
+    nodes = _compute_nodes(onnx.load_model(str(prepared), load_external_data=False))
+    loss = sqnr_loss(prepared, qdq, [(n.name, list(n.input), n.output[0]) for n in nodes],
+                     feeds[:SENSITIVITY_FEEDS], tmp)
+    return sorted(loss, key=lambda name: -loss[name])
+
+
+def sqnr_loss(ref: Path, quantized: Path, nodes: list[tuple[str, list[str], str]],
+              feeds: list[dict[str, np.ndarray]], tmp: Path) -> dict[str, float]:
+    """node name -> dB of signal the node loses in ``quantized`` against ``ref`` on the same ``feeds``:
+    the SQNR of its inputs (the lowest) minus that of its output.  ``nodes``: (name, input names, output
+    name) as in ``ref``.  Only tensors present in both graphs are compared (a quantizer may rename the
+    values it rewrites): a node whose output or activation inputs are missing from either is left out."""
+    import onnx
+
+    model = onnx.load_model(str(ref), load_external_data=False)
     inits, inputs = {t.name for t in model.graph.initializer}, {v.name for v in model.graph.input}
-    nodes = _compute_nodes(model)
-    wanted = sorted({x for n in nodes for x in [*n.input, n.output[0]] if x and x not in inits | inputs})
-    ref, got = _reader(prepared, wanted, tmp), _reader(qdq, wanted, tmp)
+    present = _values(model) & _values(onnx.load_model(str(quantized), load_external_data=False))
+    nodes = [(name, ins, out) for name, ins, out in nodes if out in present
+             and any(x in present or x in inputs for x in ins if x and x not in inits)]
+    wanted = sorted({x for _, ins, out in nodes for x in [*ins, out] if x in present and x not in inits | inputs})
+    read_ref, read_quantized = _reader(ref, wanted, tmp), _reader(quantized, wanted, tmp)
     signal, noise = dict.fromkeys(wanted, 0.0), dict.fromkeys(wanted, 0.0)
-    for feed in feeds[:SENSITIVITY_FEEDS]:                   # one feed's activations in memory at a time
-        for x, r, q in zip(wanted, ref(feed), got(feed)):
+    for feed in feeds:                                       # one feed's activations in memory at a time
+        for x, r, q in zip(wanted, read_ref(feed), read_quantized(feed)):
             r = r.astype(np.float64)
             signal[x] += float(np.sum(r * r))
-            noise[x] += float(np.sum((r - q) ** 2))
+            noise[x] += float(np.sum((r - q.astype(np.float64)) ** 2))
     sqnr = {x: 100.0 if noise[x] <= 1e-10 * signal[x] else min(100.0, 10 * math.log10(signal[x] / noise[x]))
             for x in wanted} | dict.fromkeys(inputs, 100.0)   # dB, at most 100; graph inputs are exact
-    loss = {n.name: min((sqnr[x] for x in n.input if x in sqnr), default=100.0) - sqnr[n.output[0]] for n in nodes}
-    return sorted(loss, key=lambda name: -loss[name])
+    return {name: min((sqnr[x] for x in ins if x in sqnr), default=100.0) - sqnr[out] for name, ins, out in nodes}
+
+
+def _values(model: Any) -> set[str]:
+    """Names of the values a graph computes or takes (what a reader can ask for)."""
+    return {x for n in model.graph.node for x in n.output} | {v.name for v in model.graph.input}
 
 
 def _reader(path: Path, names: list[str], tmp: Path) -> Any:
@@ -207,8 +228,8 @@ def _reader(path: Path, names: list[str], tmp: Path) -> Any:
 
     model = onnx.load_model(str(path))
     outputs = {v.name for v in model.graph.output}
-    model.graph.output.extend(onnx.helper.make_tensor_value_info(x, onnx.TensorProto.FLOAT, None)
-                              for x in names if x not in outputs)
+    # no declared type: ONNX Runtime infers it (float16 in an fp16 graph)
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in names if x not in outputs)
     augmented = tmp / f"outputs_{path.name}"
     onnx.save_model(model, str(augmented), save_as_external_data=graph_bytes(path) > EXTERNAL_DATA_BYTES,
                     all_tensors_to_one_file=True, location=f"{augmented.name}.data")

@@ -17,13 +17,17 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edgegen.converters.lm_quantize import PRECISION
 from edgegen.converters.lm_source import LMSource
 from edgegen.converters.lm_validate import compare, reference_figures
 from edgegen.converters.writer import ArtifactWriter
 from edgegen.errors import ConversionError, EdgegenError
 from edgegen.manifest import Source
+
+if TYPE_CHECKING:
+    from edgegen.converters.lm_quant_gate import GateResult
 
 log = logging.getLogger("edgegen.convert")
 #: ONNX files over this size are saved with external data (protobuf's limit is 2 GB).
@@ -40,11 +44,18 @@ class Candidate:
 
 
 def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False, optimize: bool = True,
-               quantize: str = "none", target: str = "cpu", report: Any = print) -> Path:
+               quantize: str = "none", target: str = "cpu", max_ppl_increase: float | None = None,
+               lm_head: str = "auto", report: Any = print) -> Path:
     """Convert ``source`` into a causal-lm artifact at ``output``; returns its path.
-    ``quantize="auto"``: the family default for ``target`` (:mod:`edgegen.converters.quant_defaults`)."""
+    ``quantize="auto"``: the family default for ``target`` (:mod:`edgegen.converters.quant_defaults`), kept
+    in fp32 when it misses the quality gate; an explicit scheme that misses it is an error.  The gate
+    (``max_ppl_increase``, % perplexity over fp32; default per scheme) and ``lm_head`` ("auto": int8 for
+    int4, float for int8): :mod:`edgegen.converters.lm_quant_gate`."""
     import tokenizers
 
+    from edgegen.converters.lm_quant_gate import check_options
+
+    check_options(quantize, lm_head, max_ppl_increase)
     tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
     with ArtifactWriter(output, overwrite=overwrite) as writer:
         writer.add_asset("tokenizer", "tokenizer.json", source.tokenizer_json)
@@ -90,44 +101,65 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
         figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
         precision = "fp32"
+        required = True
         if quantize == "auto":
             from edgegen.converters.quant_defaults import graph_params, resolve
 
             quantize, why = resolve("causal-lm", target, graph_params(writer.path(final)))
             figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
             report(f"quantize auto: {quantize} ({why})")
+            required = False
         if quantize != "none":
-            final, precision, figures["quantization"] = _quantize(writer, final, quantize, sampler, reference)
-            q = figures["quantization"]
-            report(f"quantize {quantize}: greedy agreement with fp32 {q['greedy_agreement']:.0%}, top-1 "
-                   f"{q['top1_agreement']:.0%}, perplexity {q['perplexity_delta_pct']:+.2f}%, size "
-                   f"{q['size_ratio']:.2f}x, decode {q['decode_speedup']:.2f}x fp32")
+            gated = _quantize(writer, final, quantize, sampler, reference, lm_head=lm_head,
+                              max_ppl_increase=max_ppl_increase, report=report)
+            if gated.failure is None:
+                final, precision, figures["quantization"] = gated.files[0], PRECISION[quantize], gated.figures
+                q = figures["quantization"]
+                report(f"quantize {quantize}: greedy agreement with fp32 {q['greedy_agreement']:.0%}, top-1 "
+                       f"{q['top1_agreement']:.0%}, perplexity {q['perplexity_delta_pct']:+.2f}%, size "
+                       f"{q['size_ratio']:.2f}x, decode {q['decode_speedup']:.2f}x fp32")
+            elif required:
+                raise ConversionError(f"{gated.failure}; raise --max-ppl-increase (max_ppl_increase) or choose "
+                                      "another --quantize scheme")
+            else:   # auto: the default scheme did not pay here; fp32 stays, and the manifest says why
+                figures["quantization_default"] |= {"used": False, "kept_fp32": gated.failure,
+                                                    "attempts": gated.figures["attempts"]}
+                report(f"quantize {quantize}: {gated.failure}; the decoder stays fp32")
         writer.add_graph_file("decoder", final, precision=precision)
         writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
                                      defaults=source.defaults, validation=figures))
         return writer.commit()
 
 
-def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str, Any],
-              reference: Any) -> tuple[str, str, dict[str, Any]]:
-    """Quantize the validated fp32 graph, measure what it costs against fp32, keep the quantized one."""
+def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str, Any], reference: Any, *,
+              lm_head: str, max_ppl_increase: float | None, report: Any) -> GateResult:
+    """Quantize the validated fp32 graph under the quality gate, measuring each attempt against fp32;
+    when it is met the chosen graph replaces fp32 in the stage (a ``GateResult``)."""
     from edgegen.converters.lm_quant_fidelity import quantization_fidelity
-    from edgegen.converters.lm_quantize import PRECISION, quantize_decoder
+    from edgegen.converters.lm_quant_gate import DEFAULT_MAX_PPL_INCREASE, run_gate
+    from edgegen.converters.lm_quantize import quantize_decoder
 
-    file = f"decoder_{scheme}.onnx"
-    try:
-        # int4: the LM head in 8 bits (float: 0.32x -> int8: 0.52x ORT GenAI's tok/s on a 100M Llama,
-        # where the 32k-vocabulary head is a quarter of the weights; benchmarks/lm_genai.py)
-        details = quantize_decoder(writer.path(fp32), writer.path(file), scheme,
-                                   **({"lm_head": "int8"} if scheme == "int4" else {}))
-    except EdgegenError:
-        raise
-    except Exception as exc:  # noqa: BLE001  (ONNX Runtime's quantizers raise bare RuntimeErrors)
-        raise ConversionError(f"{scheme} quantization failed: {str(exc).splitlines()[0][:300]}; try "
-                              "--no-optimize (quantize the exported graph) or another --quantize scheme") from exc
-    fidelity = quantization_fidelity(writer.path(fp32), writer.path(file), sampler, reference)
-    _remove_graph(writer, fp32)
-    return file, PRECISION[scheme], {**details, **fidelity}
+    # int4: the LM head in 8 bits (float: 0.32x -> int8: 0.52x ORT GenAI's tok/s on a 100M Llama,
+    # where the 32k-vocabulary head is a quarter of the weights; benchmarks/lm_genai.py)
+    head = {"int4": "int8"}.get(scheme, "float") if lm_head == "auto" else lm_head
+
+    def quantize(src: Path, dst: Path, scheme: str, **options: Any) -> dict[str, Any]:
+        try:
+            return quantize_decoder(src, dst, scheme, **options)
+        except EdgegenError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime's quantizers raise bare RuntimeErrors)
+            raise ConversionError(f"{scheme} quantization failed: {str(exc).splitlines()[0][:300]}; try "
+                                  "--no-optimize (quantize the exported graph) or another --quantize scheme") from exc
+
+    gated = run_gate(writer.path(fp32), writer.stage, scheme, lm_head=head,
+                     gate=DEFAULT_MAX_PPL_INCREASE[scheme] if max_ppl_increase is None else max_ppl_increase,
+                     nll_ids=reference.nll_ids, quantize=quantize,
+                     measure=lambda graph: quantization_fidelity(writer.path(fp32), graph, sampler, reference),
+                     report=report)
+    if gated.failure is None:
+        _remove_graph(writer, fp32)
+    return gated
 
 
 #: the optimized graph is kept unless clearly slower: at 1.05 the choice flipped with machine load

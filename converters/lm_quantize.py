@@ -17,7 +17,9 @@ its errors go straight into the token choice.  With a large vocabulary it is no 
 matrix among many (Llama 32k x 768: a quarter of a 100M model, 98 MB of fp32 read per token,
 over twice the int4 body), so int4 takes ``lm_head="int8"``: the head in 8-bit block-wise
 ``MatMulNBits`` (same block size and accuracy level), +40% decode tok/s on that model
-(benchmarks/lm_genai.py).
+(benchmarks/lm_genai.py); ``lm_head="int4"`` quantizes it like the body, in one pass (what
+ONNX Runtime GenAI's model builder does).  ``exclude`` names more weight MatMuls to keep in
+float (the quality gate's escalation, :mod:`edgegen.converters.lm_quant_gate`).
 
 Before int8/int4 the graph is put in the form the quantizers read: a ``Gemm`` with a
 constant weight (torch exports GPT-2's Conv1D layers so) becomes ``MatMul`` + ``Add``,
@@ -37,46 +39,60 @@ from typing import TYPE_CHECKING, Any
 from edgegen.errors import ConversionError, InvalidArgumentError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     import onnx
 
-__all__ = ["PRECISION", "SCHEMES", "quantize_decoder"]
+__all__ = ["LM_HEADS", "PRECISION", "SCHEMES", "quantize_decoder", "weight_matmuls"]
 
 SCHEMES = ("fp16", "int8", "int4")
 PRECISION = {"fp16": "fp16", "int8": "int8-dynamic", "int4": "int4-weight"}   # manifest precision names
+#: How the LM head may be stored: float (fp16: with the body), or block-wise int8/int4 (the int4 scheme only).
+LM_HEADS = ("float", "int8", "int4")
 #: Graphs with more initializer bytes than this keep them in ``<name>.data`` (memory-mapped by ORT).
 EXTERNAL_WEIGHTS_BYTES = 16 << 20
 #: Ops between the LM head's MatMul/Gemm and ``logits`` that do not change which op made them.
 _PASS_THROUGH = {"Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Add"}
 
 
-def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int = 32,
-                     accuracy_level: int = 4, lm_head: str = "float") -> dict[str, Any]:
-    """Write a quantized copy of the decoder graph at dst (weights over 16 MB go to f"{dst.name}.data" external data, all tensors in one file, so ORT memory-maps them); returns a JSON-able report: scheme, what tool/options, which MatMul nodes were quantized (count) and which were kept in float by name (the LM head — the MatMul/Gemm producing `logits` — stays float for int4 and int8 unless int4 gets lm_head="int8"; embeddings Gather stay float), and size of dst (+ data) in bytes."""  # noqa: E501
+def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int = 32, accuracy_level: int = 4,
+                     lm_head: str = "float", exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """Write a quantized copy of the decoder graph at dst (weights over 16 MB go to f"{dst.name}.data" external data, all tensors in one file, so ORT memory-maps them); returns a JSON-able report: scheme, what tool/options, which MatMul nodes were quantized (count) and which were kept in float by name (the LM head — the MatMul/Gemm producing `logits` — stays float for int4 and int8 unless int4 gets lm_head="int8" or "int4"; the weight MatMuls named in ``exclude`` stay float too; embeddings Gather stay float), and size of dst (+ data) in bytes."""  # noqa: E501
     if scheme not in SCHEMES:
         raise InvalidArgumentError(f"unknown quantization scheme {scheme!r}; valid schemes: {', '.join(SCHEMES)}")
-    if lm_head not in ("float", "int8") or (lm_head != "float" and scheme != "int4"):
+    if lm_head not in LM_HEADS or (lm_head != "float" and scheme != "int4"):
         raise InvalidArgumentError(f"lm_head={lm_head!r} is not available with {scheme}: use lm_head='float', "
-                                   "or lm_head='int8' with the int4 scheme")
+                                   "or lm_head='int8' or 'int4' with the int4 scheme")
+    if isinstance(exclude, str):
+        raise InvalidArgumentError(f"exclude must be a list of node names, got the string {exclude!r}")
+    exclude = list(dict.fromkeys(exclude))
     src, dst = Path(src), Path(dst)
     if src.resolve() == dst.resolve():
         raise InvalidArgumentError(f"quantize_decoder: the output {dst} must differ from the input graph")
+    import onnx
     import onnxruntime
 
-    lm_head_int8 = lm_head == "int8"  # from here on, lm_head names the head's nodes
+    head_option, head_bits = lm_head, {"int8": 8, "int4": 4}.get(lm_head)  # bits None: float
+    # from here on, lm_head names the head's nodes
     if scheme == "fp16":  # everything in float16, the LM head included (keep_io_types: logits float32)
-        model, tool, rewritten = _fp16(src), _FP16_TOOL, {}
+        _check_exclude(onnx.load_model(str(src), load_external_data=False), exclude, src)
+        model, tool, rewritten = _fp16(src, exclude), _fp16_tool(exclude), {}
         lm_head = _lm_head(model)
     else:
         model, lm_head, rewritten = _prepared(src)
-        if not _weight_matmuls(model) - set(lm_head):
+        _check_exclude(model, exclude, src)
+        if head_bits and set(lm_head) & set(exclude):
+            raise InvalidArgumentError(f"exclude keeps the LM head {', '.join(sorted(set(lm_head) & set(exclude)))} "
+                                       f"in float while lm_head={head_option!r} asks to "
+                                       "quantize it: use lm_head='float' or drop it from exclude")
+        if not _weight_matmuls(model) - set(lm_head) - set(exclude):   # the body is what pays
             raise ConversionError(f"{src.name}: nothing to quantize for {scheme}: the graph has no MatMul with a "
-                                  f"float weight{' besides the LM head' if lm_head else ''}")
+                                  f"float weight{' besides the LM head' if lm_head else ''}"
+                                  + (" and the excluded nodes" if exclude else ""))
         if scheme == "int8":
-            model, tool = _int8(model, dst.parent, lm_head)
+            model, tool = _int8(model, dst.parent, sorted(set(lm_head) | set(exclude)))
         else:
-            model, tool = _int4(model, lm_head, block_size, accuracy_level, head_int8=lm_head_int8)
+            model, tool = _int4(model, lm_head, block_size, accuracy_level, head_bits=head_bits, exclude=exclude)
     quantized, kept = _census(model, scheme)
     files = _save(model, dst)
     return {
@@ -89,24 +105,39 @@ def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int = 32,
 
 # -- the three tools ------------------------------------------------------------------------
 
-_FP16_TOOL = {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
-              "options": {"keep_io_types": True, "op_block_list": "float16.DEFAULT_OP_BLOCK_LIST"}}
+def _fp16_tool(exclude: list[str]) -> dict[str, Any]:
+    options = {"keep_io_types": True, "op_block_list": "float16.DEFAULT_OP_BLOCK_LIST"}
+    if not exclude:
+        return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16", "options": options}
+    return {"tool": "onnxruntime.transformers.onnx_model.OnnxModel.convert_float_to_float16",
+            "options": {**options, "use_symbolic_shape_infer": True, "node_block_list": exclude}}
 
 
-def _fp16(src: Path) -> onnx.ModelProto:
+def _fp16(src: Path, exclude: list[str]) -> onnx.ModelProto:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    # A path (not a proto): ORT runs shape inference file to file (works past 2 GB) and loads
-    # the model once.  Values outside float16's range are clamped to +-65504 by the converter.
-    return convert_float_to_float16(str(src), keep_io_types=True)
+    if not exclude:
+        # A path (not a proto): ORT runs shape inference file to file (works past 2 GB) and loads
+        # the model once.  Values outside float16's range are clamped to +-65504 by the converter.
+        return convert_float_to_float16(str(src), keep_io_types=True)
+    # Nodes kept in float32 need every value's type, to place Casts around them: onnx's shape inference
+    # cannot type the transformer optimizer's fused com.microsoft ops (an untyped FastGelu output left
+    # a float16 x float32 MatMul that failed to load), ORT's symbolic shape inference can, and
+    # OnnxModel.convert_float_to_float16 runs it first (in memory: a model past 2 GB is not served here).
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load_model(str(src)))
+    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, node_block_list=exclude)
+    return model.model
 
 
-def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+def _int8(model: onnx.ModelProto, workdir: Path, exclude: list[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     options = {"weight_type": "QInt8", "op_types_to_quantize": ["MatMul"], "per_channel": False,
-               "reduce_range": False, "nodes_to_exclude": lm_head,
+               "reduce_range": False, "nodes_to_exclude": exclude,
                "extra_options": {"MatMulConstBOnly": True, "DefaultTensorType": "FLOAT"}}
     with tempfile.TemporaryDirectory(prefix=".quantize-", dir=workdir) as tmp:
         # quantize_dynamic deep-copies a ModelProto it is given; from a file it loads it once.
@@ -116,7 +147,7 @@ def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[on
         del model
         with _without_preprocess_advice():
             quantize_dynamic(src, out, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-                             per_channel=False, reduce_range=False, nodes_to_exclude=lm_head,
+                             per_channel=False, reduce_range=False, nodes_to_exclude=exclude,
                              use_external_data_format=True,
                              # fused com.microsoft ops (transformer optimizer) defeat its type inference
                              extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT})
@@ -125,7 +156,9 @@ def _int8(model: onnx.ModelProto, workdir: Path, lm_head: list[str]) -> tuple[on
 
 
 def _int4(model: onnx.ModelProto, lm_head: list[str], block_size: int, accuracy_level: int,
-          head_int8: bool = False) -> tuple[onnx.ModelProto, dict[str, Any]]:
+          head_bits: int | None, exclude: list[str]) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """The body in 4 bits; the head (``head_bits``) in float (None), 8 bits (a second pass) or 4 bits (the same
+    pass); the nodes in ``exclude`` in float through both passes."""
     if block_size < 16 or block_size & (block_size - 1):
         raise InvalidArgumentError(f"int4 block_size must be a power of two >= 16, got {block_size}")
     if accuracy_level not in (0, 1, 2, 3, 4):
@@ -150,13 +183,15 @@ def _int4(model: onnx.ModelProto, lm_head: list[str], block_size: int, accuracy_
             log.setLevel(level)
         return quantizer.model.model
 
-    model = quantize(model, lm_head, 4)
-    if head_int8:  # second pass: the head alone, in 8 bits (every other MatMul excluded)
+    first = [*exclude, *(lm_head if head_bits != 4 else [])]
+    model = quantize(model, first, 4)
+    if head_bits == 8:  # second pass: the head alone, in 8 bits (every other MatMul excluded)
         body = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in lm_head]
         model = quantize(model, body, 8)
     options = {"algorithm": "DEFAULT (round to nearest)", "bits": 4, "block_size": block_size, "is_symmetric": True,
                "accuracy_level": accuracy_level, "op_types_to_quantize": ["MatMul"],
-               "nodes_to_exclude": [] if head_int8 else lm_head, "lm_head": "int8" if head_int8 else "float"}
+               "nodes_to_exclude": list(exclude) if head_bits == 8 else first,
+               "lm_head": {8: "int8", 4: "int4"}.get(head_bits, "float")}
     return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
                    "options": options}
 
@@ -307,6 +342,26 @@ def _lm_head(model: onnx.ModelProto) -> list[str]:
             if node.op_type != "Add" or len(data) == 1:  # an Add only as a constant bias
                 todo.append(data[0] if node.op_type == "Add" else node.input[0])
     return heads
+
+
+def weight_matmuls(src: Path, scheme: str) -> tuple[list[str], list[str]]:
+    """(the LM head's nodes, the other weight MatMul/Gemm nodes in graph order) of a decoder graph, named as
+    ``quantize_decoder(..., scheme, exclude=...)`` takes them (int8/int4 read the graph in the quantizers' form)."""
+    import onnx
+
+    model = onnx.load_model(str(src), load_external_data=False) if scheme == "fp16" else _prepared(Path(src))[0]
+    head, weights = _lm_head(model), _weight_matmuls(model)
+    return head, [n.name for n in model.graph.node if n.name in weights and n.name not in head]
+
+
+def _check_exclude(model: onnx.ModelProto, exclude: list[str], src: Path) -> None:
+    unknown = [name for name in exclude if name not in _weight_matmuls(model)]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
+        raise InvalidArgumentError(f"exclude names {len(unknown)} node(s) that are not weight MatMuls of "
+                                   f"{src.name}: {shown}"
+                                   "; name MatMul/Gemm nodes with a constant weight (lm_quantize.weight_matmuls lists "
+                                   "them)")
 
 
 def _weight_matmuls(model: onnx.ModelProto) -> set[str]:

@@ -35,12 +35,15 @@ def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int |
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
+            max_ppl_increase: float | None = None, lm_head: str = "auto",
             report: Callable[[str], None] | None = None, attention: str = "auto") -> Path:
     """Convert a model (a Hugging Face directory, a spec such as ``CausalLMSpec``, or
     ``"file.py:function"``) into a validated artifact at ``output``; ``quantize``: auto (the
     family's measured default for ``target`` cpu, cuda or dml), none, fp16, int8, int4 (LMs)
     or int8-static (image models); ``min_psnr``: the image models' quality gate (dB of
-    quantized samples vs fp32, default 30); ``attention``: auto (gqa where it applies and the
+    quantized samples vs fp32, default 30); ``max_ppl_increase``: the causal LMs' (% perplexity over
+    fp32; default int8 2, int4 5, fp16 1); ``lm_head``: int4's LM head, float, int8 or int4 (auto: int8);
+    ``attention``: auto (gqa where it applies and the
     target is cpu), standard, or gqa (Hugging Face llama, mistral, qwen2 with a head size that is a
     multiple of 16: ONNX Runtime GroupQueryAttention layers).  Needs the ``[convert]`` extra."""
     try:
@@ -49,4 +52,5 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         raise EdgegenError(f"converting needs the [convert] extra ({exc.name} is missing): "
                            "pip install -c constraints.txt 'edgegen[convert]'") from exc
     return _convert(source, output, overwrite=overwrite, optimize=optimize, quantize=quantize, target=target,
-                    min_psnr=min_psnr, report=report, attention=attention)
+                    min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head, report=report,
+                    attention=attention)

@@ -142,12 +142,17 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
               help="Where the artifact will run: picks --quantize auto's scheme (fp16 on GPUs).")
 @click.option("--min-psnr", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Image models: quality gate of --quantize, dB of samples vs fp32 [default: 30].")
+@click.option("--max-ppl-increase", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PCT",
+              help="Causal LMs: quality gate of --quantize, % perplexity over fp32 [default: int8 2, int4 5, fp16 1].")
+@click.option("--lm-head", type=click.Choice(["auto", "float", "int8", "int4"]), default="auto", show_default=True,
+              help="Causal LMs, --quantize int4: how the LM head is stored (auto: int8).")
 @click.option("--attention", type=click.Choice(["auto", "standard", "gqa"]), default="auto", show_default=True,
               help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster; "
               "auto picks it where it applies and --target is cpu).")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
-            target: str, min_psnr: float | None, attention: str, as_json: bool) -> None:
+            target: str, min_psnr: float | None, max_ppl_increase: float | None, lm_head: str, attention: str,
+            as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -171,7 +176,8 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
 
     report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
     path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
-                           target=target, min_psnr=min_psnr, report=report, attention=attention)
+                           target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head,
+                           report=report, attention=attention)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -449,8 +455,9 @@ def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
 
 
 _QUANT_FIGURES = ("scheme", "used", "reason", "greedy_agreement", "top1_agreement", "perplexity_delta_pct",
-                  "psnr_db", "min_psnr_db", "size_ratio", "decode_speedup", "speedup", "speed_unit",
-                  "quantized_matmuls", "float_matmuls", "quantized_nodes", "float_nodes", "warning")
+                  "max_ppl_increase_pct", "psnr_db", "min_psnr_db", "size_ratio", "decode_speedup", "speedup",
+                  "speed_unit", "quantized_matmuls", "float_matmuls", "quantized_nodes", "float_nodes",
+                  "excluded_nodes", "attempts", "warning")
 
 
 def _mib(size: int) -> str:
