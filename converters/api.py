@@ -210,7 +210,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     against fp32 (default 30), met by keeping sensitive nodes in float, else an error.
     ``max_ppl_increase`` (causal LMs) is theirs: the largest perplexity increase over fp32 allowed, in
     percent (defaults: int8 2, int4 5, fp16 1), met the same way; under ``quantize="auto"`` a missed gate
-    keeps fp32.  ``lm_head`` (int4: ``float``, ``int8`` or ``int4``; ``auto``: int8) stores the LM head.
+    keeps fp32.  ``lm_head`` (int8: ``float`` or ``int8``; int4: also ``int4``; ``auto``: int8) stores the LM head.
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
     mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`);
     ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.

@@ -139,9 +139,9 @@ def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str,
     from edgegen.converters.lm_quant_gate import DEFAULT_MAX_PPL_INCREASE, run_gate
     from edgegen.converters.lm_quantize import quantize_decoder
 
-    # int4: the LM head in 8 bits (float: 0.32x -> int8: 0.52x ORT GenAI's tok/s on a 100M Llama,
-    # where the 32k-vocabulary head is a quarter of the weights; benchmarks/lm_genai.py)
-    head = {"int4": "int8"}.get(scheme, "float") if lm_head == "auto" else lm_head
+    # int8/int4: the LM head in 8 bits (float: 0.32x -> int8: 0.52x ORT GenAI's tok/s on a 100M Llama,
+    # where the 32k-vocabulary head is a quarter of the weights; benchmarks/lm_genai.py), embeddings too
+    head = ("float" if scheme == "fp16" else "int8") if lm_head == "auto" else lm_head
 
     def quantize(src: Path, dst: Path, scheme: str, **options: Any) -> dict[str, Any]:
         try:
@@ -153,6 +153,7 @@ def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str,
                                   "--no-optimize (quantize the exported graph) or another --quantize scheme") from exc
 
     gated = run_gate(writer.path(fp32), writer.stage, scheme, lm_head=head,
+                     embeddings="float" if scheme == "fp16" else "int8",
                      gate=DEFAULT_MAX_PPL_INCREASE[scheme] if max_ppl_increase is None else max_ppl_increase,
                      nll_ids=reference.nll_ids, quantize=quantize,
                      measure=lambda graph: quantization_fidelity(writer.path(fp32), graph, sampler, reference),

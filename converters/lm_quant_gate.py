@@ -6,8 +6,8 @@ percent, on the fixed validation text (``perplexity_delta_pct`` of
 :mod:`edgegen.converters.lm_quant_fidelity`; a decrease always passes).  Attempts, as the image gate's
 (:func:`edgegen.converters.image_quant_graphs.exclusions`):
 
-0. the scheme's defaults (int8: the LM head in float; int4: the head in 8 bits, or the user's ``lm_head``);
-1. + the LM head in float + the first and last body MatMuls;
+0. the scheme's defaults (int8, int4: the LM head and the embeddings in 8 bits, or the user's ``lm_head``);
+1. + the LM head and the embeddings in float + the first and last body MatMuls;
 2. + the 1/8 most sensitive body MatMuls;
 3. + the 1/4 most sensitive.
 
@@ -118,10 +118,10 @@ def check_options(quantize: str, lm_head: str, max_ppl_increase: float | None) -
 
     if lm_head not in ("auto", *LM_HEADS):
         raise InvalidArgumentError(f"lm_head must be auto, {', '.join(LM_HEADS)}, got {lm_head!r}")
-    if lm_head != "auto" and not (quantize == "int4" or (quantize == "int8" and lm_head == "float")):
+    if lm_head != "auto" and not (quantize == "int4" or (quantize == "int8" and lm_head != "int4")):
         raise InvalidArgumentError(f"--lm-head {lm_head} does not apply to --quantize {quantize}: the head is "
-                                   "chosen for int4 (float, int8 or int4; int8 keeps it in float, fp16 converts it "
-                                   "with the body); drop --lm-head or use --quantize int4")
+                                   "chosen for int8 (float or int8) and int4 (float, int8 or int4); fp16 converts it "
+                                   "with the body; drop --lm-head or use --quantize int8/int4")
     if max_ppl_increase is None:
         return
     if isinstance(max_ppl_increase, bool) or not isinstance(max_ppl_increase, (int, float)) \
@@ -141,10 +141,10 @@ class GateResult:
     failure: str | None
 
 
-def run_gate(fp32: Path, dest: Path, scheme: str, *, lm_head: str, gate: float, nll_ids: list[int],
+def run_gate(fp32: Path, dest: Path, scheme: str, *, lm_head: str, embeddings: str, gate: float, nll_ids: list[int],
              quantize: Callable[..., dict[str, Any]], measure: Callable[[Path], dict[str, Any]],
              report: Callable[[str], Any]) -> GateResult:
-    """Quantize ``fp32`` (``quantize(src, dst, scheme, lm_head=, exclude=)``) under the gate, measuring each
+    """Quantize ``fp32`` (``quantize(src, dst, scheme, lm_head=, embeddings=, exclude=)``) under the gate, measuring each
     attempt with ``measure(graph)``; the chosen attempt's files are moved into ``dest`` (if the gate is met),
     the others deleted."""
     from edgegen.converters.lm_quantize import weight_matmuls
@@ -156,8 +156,9 @@ def run_gate(fp32: Path, dest: Path, scheme: str, *, lm_head: str, gate: float, 
         def attempt(exclude: list[str]) -> dict[str, Any]:
             out = Path(tmp, f"attempt{len(graphs)}", file)
             out.parent.mkdir()
-            # attempt 0 excludes nothing: the scheme's defaults; later ones keep the head in float
-            details = quantize(fp32, out, scheme, lm_head=lm_head if not exclude else "float", exclude=exclude)
+            # attempt 0 excludes nothing: the scheme's defaults; later ones keep the head and embeddings in float
+            details = quantize(fp32, out, scheme, lm_head=lm_head if not exclude else "float",
+                               embeddings=embeddings if not exclude else "float", exclude=exclude)
             if len(graphs) > 1:                        # attempt 0 stays for the ranking; the others go
                 shutil.rmtree(graphs[-1].parent)
             graphs.append(out)

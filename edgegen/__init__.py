@@ -42,7 +42,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     family's measured default for ``target`` cpu, cuda or dml), none, fp16, int8, int4 (LMs)
     or int8-static (image models); ``min_psnr``: the image models' quality gate (dB of
     quantized samples vs fp32, default 30); ``max_ppl_increase``: the causal LMs' (% perplexity over
-    fp32; default int8 2, int4 5, fp16 1); ``lm_head``: int4's LM head, float, int8 or int4 (auto: int8);
+    fp32; default int8 2, int4 5, fp16 1); ``lm_head``: int8/int4's LM head, float, int8 or int4 (auto: int8);
     ``attention``: auto (gqa where it applies and the
     target is cpu), standard, or gqa (Hugging Face llama, mistral, qwen2 with a head size that is a
     multiple of 16: ONNX Runtime GroupQueryAttention layers).  Needs the ``[convert]`` extra."""

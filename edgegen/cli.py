@@ -145,7 +145,7 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
 @click.option("--max-ppl-increase", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PCT",
               help="Causal LMs: quality gate of --quantize, % perplexity over fp32 [default: int8 2, int4 5, fp16 1].")
 @click.option("--lm-head", type=click.Choice(["auto", "float", "int8", "int4"]), default="auto", show_default=True,
-              help="Causal LMs, --quantize int4: how the LM head is stored (auto: int8).")
+              help="Causal LMs, --quantize int8/int4: how the LM head is stored (auto: int8; int4: int4 only).")
 @click.option("--attention", type=click.Choice(["auto", "standard", "gqa"]), default="auto", show_default=True,
               help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster; "
               "auto picks it where it applies and --target is cpu).")

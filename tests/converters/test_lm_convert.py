@@ -124,9 +124,9 @@ def test_existing_output_needs_overwrite(converted, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("arch", "optimize", "scheme", "precision"), [
-    ("llama", False, "int8", "int8-dynamic"), ("llama", False, "int4", "int4-weight"), ("llama", False, "fp16", "fp16"),
+    ("llama", False, "int8", "int8-weight"), ("llama", False, "int4", "int4-weight"), ("llama", False, "fp16", "fp16"),
     # the transformer optimizer's fused com.microsoft ops must not break ORT's quantizers
-    ("gpt2", True, "int8", "int8-dynamic"), ("gpt2", True, "int4", "int4-weight"),
+    ("gpt2", True, "int8", "int8-weight"), ("gpt2", True, "int4", "int4-weight"),
 ])
 def test_quantized_conversion_records_its_cost_against_fp32(converted, tmp_path: Path, arch: str, optimize: bool,
                                                              scheme: str, precision: str) -> None:
