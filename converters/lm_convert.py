@@ -49,8 +49,8 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
     """Convert ``source`` into a causal-lm artifact at ``output``; returns its path.
     ``quantize="auto"``: the family default for ``target`` (:mod:`edgegen.converters.quant_defaults`), kept
     in fp32 when it misses the quality gate; an explicit scheme that misses it is an error.  The gate
-    (``max_ppl_increase``, % perplexity over fp32; default per scheme) and ``lm_head`` ("auto": int8 for
-    int4, float for int8): :mod:`edgegen.converters.lm_quant_gate`."""
+    (``max_ppl_increase``, % perplexity over fp32; default per scheme) and ``lm_head`` ("auto": 8 bits for
+    int8 and int4): :mod:`edgegen.converters.lm_quant_gate`."""
     import tokenizers
 
     from edgegen.converters.lm_quant_gate import check_options

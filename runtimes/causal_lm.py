@@ -106,7 +106,7 @@ class Generator(StepGenerator):
         elif self._rows_alone(t):
             self._logits = self._forward_rows(t)
         else:
-            positions = positions_from_mask(self._mask)[:, -t:]          # [B, T]
+            positions = positions_from_mask(self._mask)[:, -t:] if self.graph.has_positions else None  # [B, T]
             if self._share:
                 self._past = self.graph.reserve(self._past, self._ids.shape[1], self._capacity(self._ids.shape[1]))
             self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past, self._share,
