@@ -251,6 +251,8 @@ def main() -> None:
                         help="edgegen artifacts to time (none = fp32).")
     parser.add_argument("--gqa-schemes", nargs="*", default=["none", "int4"], choices=["none", "int8", "int4"],
                         help="edgegen artifacts converted with attention='gqa' (GroupQueryAttention) to time.")
+    parser.add_argument("--gqa-int4-heads", nargs="*", default=["auto", "int4"], choices=["auto", "float", "int8", "int4"],
+                        help="LM heads of the gqa int4 artifacts (auto: edgegen's default, 8 bits; int4: GenAI's).")
     parser.add_argument("--profile", action="store_true", help="Also print per-op ms/step of both int4 graphs.")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep models here (default: a temp dir).")
     args = parser.parse_args()
@@ -274,14 +276,15 @@ def main() -> None:
                             report=lambda line: print("  convert:", line))
             print(f"edgegen {scheme}: converted in {time.perf_counter() - t:.1f} s")
         artifacts["fp32" if scheme == "none" else scheme] = artifact
-    for scheme in args.gqa_schemes:
-        artifact = root / f"edgegen-{scheme}-gqa"
+    for scheme, head in ((s, h) for s in args.gqa_schemes for h in (args.gqa_int4_heads if s == "int4" else ["auto"])):
+        suffix = "" if head == "auto" else f", {head} head"
+        artifact = root / f"edgegen-{scheme}-gqa{'' if head == 'auto' else '-head-' + head}"
         if not (artifact / "edgegen.json").exists():
             t = time.perf_counter()
-            edgegen.convert(hf, artifact, quantize=scheme, attention="gqa",
+            edgegen.convert(hf, artifact, quantize=scheme, attention="gqa", lm_head=head,
                             report=lambda line: print("  convert (gqa):", line))
-            print(f"edgegen {scheme} (gqa): converted in {time.perf_counter() - t:.1f} s")
-        artifacts[f"{'fp32' if scheme == 'none' else scheme} (gqa)"] = artifact
+            print(f"edgegen {scheme} (gqa{suffix}): converted in {time.perf_counter() - t:.1f} s")
+        artifacts[f"{'fp32' if scheme == 'none' else scheme} (gqa{suffix})"] = artifact
     prompt = np.random.default_rng(0).integers(3, SIZES[size]["vocab_size"], (1, args.prompt_tokens))
     genai_graph = genai_tuned / "model.onnx"
     config = json.loads((hf / "config.json").read_text())
@@ -314,7 +317,7 @@ def main() -> None:
               f"{sum(a == b for a, b in zip(tokens[name], tokens[ref])):3}/{len(tokens[ref])}"
               + (f"  | {sum(a == b for a, b in zip(tokens[name], fp32)):3}/{len(fp32)}" if fp32 else ""))
     print()
-    for name in (k for k in ("edgegen int4", "edgegen int4 (gqa)") if k in med):
+    for name in (k for k in med if k.startswith("edgegen int4")):
         for other in (ref, "GenAI int4 (generated config)"):
             print(f"{name} / {other}: {med[name] / med[other]:.2f}x median, {best[name] / best[other]:.2f}x best")
     if "int4" in artifacts or "int4 (gqa)" in artifacts:
