@@ -8,9 +8,10 @@ Schemes (the manifest's precision name in brackets):
 - ``int8`` (int8-weight): ``MatMulNBitsQuantizer`` with ``bits=8``: symmetric block-wise int8
   weights (blocks of 128) in ``MatMulNBits`` with ``accuracy_level`` 4 (int8 compute on CPU,
   activations quantized per block inside the kernel).  Against ``quantize_dynamic``
-  (MatMulInteger, one scale per weight tensor) on GPT-2 small, 2 cores, one run: 1.95x fp32
-  decode vs 1.64x, both with the head in float; 3.0x with the head in 8 bits too; greedy tokens
-  equal to fp32's 64/64 vs 21/64.
+  (MatMulInteger, one scale per weight tensor) on GPT-2 small, 2 cores, a one-off comparison of
+  bare session.run loops: 1.95x fp32 decode vs 1.64x, both with the head in float; 3.0x with the
+  head in 8 bits too; greedy tokens equal to fp32's 64/64 vs 21/64 (benchmarks/lm.py now gives
+  2.30x for int8 with the 8-bit head through the runtime).
 - ``int4`` (int4-weight): ``MatMulNBitsQuantizer``: symmetric block-wise int4 weights (blocks of
   32) in ``MatMulNBits`` nodes, with ``accuracy_level`` (4 = int8 compute on CPU; leaving it
   unset runs about 2x slower there).
