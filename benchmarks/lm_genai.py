@@ -64,6 +64,18 @@ Measured on a shared 2-core x86 VM (ORT 1.32 CPU, GenAI 0.18, 2 threads), quiet 
 - edgegen's Python loop costs ~0.25 ms/step over a bare session.run (236 vs 224 tok/s here):
   not the gap today, ~10% once the graph is at GenAI's 2.3 ms/step (IO binding rebuilt and
   ~35 bind calls per step; reusing one binding would trim it).
+- Then (one run, quiet spell, median of 7, ``--schemes --gqa-schemes int4 --genai-block-128 --repeats 7``):
+  the runtime reuses one IO binding per run (cache bound once, one-token logits into a preallocated
+  buffer): ~+8%; int4 blocks of 128 instead of 32 (bare loops 422 vs 346 tok/s; pycode held-out
+  perplexity +1.41% vs +1.20%); the 8-bit head in blocks of 128 (as fast as a 4-bit head of 32).
+  edgegen int4 (gqa) 327.9 tok/s = 0.99x GenAI tuned (332.7); with ``lm_head="int4"`` 396.5 = 1.19x.
+  GenAI built with blocks of 128 too: 478.7, so at equal settings GenAI's C++ loop leads by 1.2-1.45x.
+  Where: edgegen's Python per step costs ~40-50 us run alone (session.run stubbed out) but ~300 us
+  between real runs (caches evicted by the weights streaming through; 1 intra-op thread: the same),
+  ~12% of a 2.5 ms step.  Next: fewer Python objects touched per step, or the loop in ONNX Runtime
+  (its GreedySearch/Sampling contrib ops run a decoder subgraph in C++).
+- Packing gate and up projections into one MatMulNBits (as QKV is) was tried: no gain (265 vs 270
+  tok/s, bare loops), not kept.
 - The converter's exported-vs-optimized choice is timed and flips under load (the int4
   artifact here kept the exported graph, [exp]); the two differ by only ~4% for this Llama.
 """
@@ -131,11 +143,11 @@ def build_hf(root: Path, size: str) -> Path:
     return root / "hf"
 
 
-def build_genai(hf: Path, out: Path, threads: int | None) -> Path:
+def build_genai(hf: Path, out: Path, threads: int | None, block: int = 32) -> Path:
     """GenAI's model builder: int4 CPU, block 32, accuracy_level 4; threads written into genai_config.json."""
     if not (out / "genai_config.json").exists():
         cmd = [sys.executable, "-c", _BUILDER, "-i", str(hf), "-o", str(out), "-p", "int4", "-e", "cpu",
-               "-c", str(out.parent / "genai-cache"), "--extra_options", "block_size=32", "accuracy_level=4"]
+               "-c", str(out.parent / "genai-cache"), "--extra_options", f"block_size={block}", "accuracy_level=4"]
         t = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
@@ -253,6 +265,8 @@ def main() -> None:
                         help="edgegen artifacts converted with attention='gqa' (GroupQueryAttention) to time.")
     parser.add_argument("--gqa-int4-heads", nargs="*", default=["auto", "int4"], choices=["auto", "float", "int8", "int4"],
                         help="LM heads of the gqa int4 artifacts (auto: edgegen's default, 8 bits; int4: GenAI's).")
+    parser.add_argument("--genai-block-128", action="store_true",
+                        help="Also time GenAI's int4 built with blocks of 128 (edgegen's int4 block size).")
     parser.add_argument("--profile", action="store_true", help="Also print per-op ms/step of both int4 graphs.")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep models here (default: a temp dir).")
     args = parser.parse_args()
@@ -294,6 +308,9 @@ def main() -> None:
         "GenAI int4 (generated config)": genai_runtime(genai_default, prompt, args.new_tokens),
         "GenAI int4 (tuned threads)": genai_runtime(genai_tuned, prompt, args.new_tokens),
         "bare loop, GenAI int4 graph": bare_loop(genai_graph, prompt, args.new_tokens, n, head_dim),
+        **({"GenAI int4 block 128 (tuned threads)": genai_runtime(build_genai(hf, root / "genai-int4-b128", n, 128),
+                                                                  prompt, args.new_tokens)}
+           if args.genai_block_128 else {}),
         **{f"edgegen {s}": edgegen_runtime(a, prompt, args.new_tokens) for s, a in artifacts.items()},
         **{f"bare loop, edgegen {s} graph": bare_loop(graph_of(a), prompt, args.new_tokens, n, head_dim)
            for s, a in artifacts.items() if s.startswith("int4")},
