@@ -108,7 +108,8 @@ class Generator(StepGenerator):
         else:
             positions = positions_from_mask(self._mask)[:, -t:] if self.graph.has_positions else None  # [B, T]
             if self._share:
-                self._past = self.graph.reserve(self._past, self._ids.shape[1], self._capacity(self._ids.shape[1]))
+                self._past = self.graph.reserve(self._past, self._ids.shape[1], self._capacity(self._ids.shape[1]),
+                                                self._binding)
             self._logits, self._past = self.graph.step(self._pending, self._mask, positions, self._past, self._share,
                                                        self._binding)
         self._pending = None

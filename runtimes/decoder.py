@@ -14,8 +14,8 @@ past in place (GroupQueryAttention; the manifest's ``"kv_buffer": "shared"``) ge
 preallocated buffer per cache tensor (:meth:`DecoderGraph.reserve`), bound as past and present.
 
 A generation run keeps one :class:`StepBinding` across its steps: the cache is bound again only
-when its OrtValues change (a shared buffer: once per run), and a one-token step writes its logits
-into a preallocated buffer.  Rebuilding the binding every step cost ~8% of decode tok/s on a
+when its OrtValues change (a shared buffer: once per run), and a one-token step's logits are
+written by ORT straight into a new numpy array (no copy; the caller owns it).  Rebuilding the binding every step cost ~8% of decode tok/s on a
 100M Llama int4 (GroupQueryAttention) at ~3 ms/step (benchmarks/lm_genai.py).
 """
 
@@ -78,13 +78,8 @@ class StepBinding:
 
     def __init__(self, session: ort.InferenceSession) -> None:
         self.binding = session.io_binding()
-        self.bound: list[ort.OrtValue] = []          # the cache OrtValues bound now (as past, and present if shared)
-        self.logits: ort.OrtValue | None = None      # [B, 1, V] float32, written by one-token steps
-
-    def logits_buffer(self, batch: int, vocab: int) -> ort.OrtValue:
-        if self.logits is None or self.logits.shape() != [batch, 1, vocab]:
-            self.logits = ort.OrtValue.ortvalue_from_shape_and_type([batch, 1, vocab], np.float32)
-        return self.logits
+        self.bound: list[ort.OrtValue] | None = None   # the cache list bound now (as past, and present if shared)
+        self.capacity = 0                              # positions the bound shared buffer holds
 
 
 class DecoderGraph:
@@ -105,7 +100,7 @@ class DecoderGraph:
         self.present_names = [f"present.{i}.{k}" for i in range(n) for k in ("key", "value")]
         logits = session.get_outputs()[0]
         self.vocab_size: int | None = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
-        #: a one-token step's logits can go to a preallocated float32 buffer (every edgegen graph's logits are)
+        #: a one-token step's logits can go straight into a numpy array (every edgegen graph's logits are float32)
         self._prealloc_logits = self.vocab_size is not None and logits.type == "tensor(float)"
         self.device = device
         self.device_id = device_id
@@ -114,10 +109,14 @@ class DecoderGraph:
         assert self.layout is not None
         return [ort.OrtValue.ortvalue_from_numpy(a, self.device, self.device_id) for a in self.layout.empty(batch)]
 
-    def reserve(self, past: list[ort.OrtValue], length: int, capacity: int) -> list[ort.OrtValue]:
+    def reserve(self, past: list[ort.OrtValue], length: int, capacity: int,
+                state: StepBinding | None = None) -> list[ort.OrtValue]:
         """A shared past/present buffer that holds ``length`` positions: ``past`` if it does, else a new
-        one of ``capacity`` positions with ``past``'s contents at the start."""
+        one of ``capacity`` positions with ``past``'s contents at the start.  With the run's ``state``, the
+        held size is read from it instead of from the OrtValue (one call fewer per step)."""
         assert self.layout is not None
+        if state is not None and state.bound is past and state.capacity >= length:
+            return past
         held = past[0].shape()[2] if past else 0
         if held >= length:
             return past
@@ -158,33 +157,32 @@ class DecoderGraph:
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         # logits first: get_outputs() lists outputs in the order they were first bound
         one_token = self._prealloc_logits and input_ids.shape[1] == 1
-        if one_token:
-            assert self.vocab_size is not None
-            binding.bind_ortvalue_output("logits", state.logits_buffer(input_ids.shape[0], self.vocab_size))
+        if one_token:  # ORT writes them into a fresh numpy array: returned without a copy, owned by the caller
+            logits = np.empty((input_ids.shape[0], 1, self.vocab_size), np.float32)                # [B, 1, V]
+            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         else:
             binding.bind_output("logits", "cpu")
-        if not (share and len(state.bound) == len(past) and all(a is b for a, b in zip(state.bound, past))):
+        if not (share and state.bound is past):
             for name, value in zip(self.past_names, past, strict=True):
                 binding.bind_ortvalue_input(name, value)
             if share:
                 for name, value in zip(self.present_names, past, strict=True):
                     binding.bind_ortvalue_output(name, value)
-            state.bound = list(past)
+                state.bound, state.capacity = past, past[0].shape()[2] if past else 0
         if not share:  # a grown present each step: ORT allocates it (bound again, or it would reuse the last shape)
             for name in self.present_names:
                 binding.bind_output(name, self.device, self.device_id)
         with self._lock:
             self.session.run_with_iobinding(binding)
         if one_token and share:
-            assert state.logits is not None
-            logits = state.logits.numpy()                               # [B, 1, V], a view of the buffer
+            return logits[:, -1, :], past                                            # [B, V] view of [B, 1, V]
+        outputs = binding.get_outputs()
+        if not one_token:
+            # a copy: outputs[0].numpy() views memory that ORT frees with the OrtValue
+            logits = np.array(outputs[0].numpy()[:, -1, :], dtype=np.float32)        # [B, V] of [B, T, V]
         else:
-            outputs = binding.get_outputs()
-            logits = outputs[0].numpy()                                 # [B, T, V]
-            if not share:
-                past = outputs[1:]
-        # a copy: the buffer is overwritten by the next step, the caller may keep these
-        return np.array(logits[:, -1, :], dtype=np.float32), list(past)
+            logits = logits[:, -1, :]
+        return logits, past if share else list(outputs[1:])
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""
