@@ -72,7 +72,10 @@ Measured on a shared 2-core x86 VM (ORT 1.32 CPU, GenAI 0.18, 2 threads), quiet 
   GenAI built with blocks of 128 too: 478.7, so at equal settings GenAI's C++ loop leads by 1.2-1.45x.
   Where: edgegen's Python per step costs ~40-50 us run alone (session.run stubbed out) but ~300 us
   between real runs (caches evicted by the weights streaming through; 1 intra-op thread: the same),
-  ~12% of a 2.5 ms step.  Next: fewer Python objects touched per step, or the loop in ONNX Runtime
+  ~12% of a 2.5 ms step.  Then logits written by ORT straight into a fresh numpy array (no copy) and
+  the shared buffer's size kept in the binding: ~25 us alone, ~160 us between runs; next run (9
+  repeats): edgegen int4 (gqa) 489.5 = 1.08x GenAI tuned (454.2), int4 head 559.6 = 1.23x, GenAI at
+  blocks of 128 592.7.  Next: fewer Python objects touched per step, or the loop in ONNX Runtime
   (its GreedySearch/Sampling contrib ops run a decoder subgraph in C++).
 - Packing gate and up projections into one MatMulNBits (as QKV is) was tried: no gain (265 vs 270
   tok/s, bare loops), not kept.
