@@ -456,8 +456,8 @@ def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
 
 _QUANT_FIGURES = ("scheme", "used", "reason", "greedy_agreement", "top1_agreement", "perplexity_delta_pct",
                   "max_ppl_increase_pct", "psnr_db", "min_psnr_db", "size_ratio", "decode_speedup", "speedup",
-                  "speed_unit", "quantized_matmuls", "float_matmuls", "quantized_nodes", "float_nodes",
-                  "excluded_nodes", "attempts", "warning")
+                  "speed_unit", "quantized_matmuls", "float_matmuls", "quantized_embeddings", "quantized_nodes",
+                  "float_nodes", "excluded_nodes", "attempts", "warning")
 
 
 def _mib(size: int) -> str:
