@@ -210,7 +210,7 @@ def bare_loop(graph: Path, prompt: np.ndarray, new: int, threads: int, head_dim:
         ids, length, tokens = prompt, prompt.shape[1], []
         t0 = t1 = time.perf_counter()
         for step in range(new):
-            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64),
+            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64), logits_to_keep=np.array([1]),
                          position_ids=np.arange(length - ids.shape[1], length, dtype=np.int64)[None])
             out = sess.run(outputs, {k: v for k, v in feeds.items() if k in names})
             tokens.append(int(out[0][0, -1].argmax()))

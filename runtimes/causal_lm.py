@@ -84,7 +84,8 @@ class Generator(StepGenerator):
             total = min(total, self.sampler.context_length)
         layout = self.graph.layout
         cache = layout.bytes_per_token() * self.batch * total if layout else 0
-        logits = 4 * self.batch * new_width * (self.graph.vocab_size or 0)  # the graph returns [B, T, V] float32
+        rows = 1 if self.graph.has_logits_to_keep else new_width             # the graph returns [B, T or 1, V] float32
+        logits = 4 * self.batch * rows * (self.graph.vocab_size or 0)
         check_fits(2 * cache + logits, f"generating {self.settings.max_new_tokens} tokens for a batch of "
                    f"{self.batch} after {length} prompt tokens",
                    "lower max_new_tokens, the batch size or the prompt length")

@@ -4,7 +4,9 @@ The graph follows the Optimum / ONNX Runtime GenAI naming: inputs ``input_ids``
 [B, T], optionally ``attention_mask`` [B, P+T] and ``position_ids`` [B, T], and
 ``past_key_values.{i}.key|value`` [B, H_kv, P, D]; outputs ``logits`` [B, T, V] and
 ``present.{i}.key|value`` [B, H_kv, P+T, D].  Which optional inputs exist is read from
-the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none.
+the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none; a graph with
+``logits_to_keep`` [1] (edgegen's GroupQueryAttention decoders) is asked for the last position's
+logits only when generating (1) and for every position when scoring (0).
 
 The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
 bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
@@ -33,6 +35,7 @@ from edgegen.errors import GraphMismatchError
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _NP_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+_KEEP_LAST, _KEEP_ALL = np.array([1], np.int64), np.array([0], np.int64)   # logits_to_keep values (never written)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,8 @@ class DecoderGraph:
         names = {arg.name for arg in session.get_inputs()}
         self.has_mask = "attention_mask" in names
         self.has_positions = "position_ids" in names
+        #: ``logits_to_keep`` [1]: the graph computes logits for only the last k positions (0: all)
+        self.has_logits_to_keep = "logits_to_keep" in names
         self.layout = cache_layout(session)
         n = self.layout.num_layers if self.layout else 0
         self.past_names = [f"past_key_values.{i}.{k}" for i in range(n) for k in ("key", "value")]
@@ -155,8 +160,10 @@ class DecoderGraph:
         if self.has_positions:
             assert position_ids is not None
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
+        if self.has_logits_to_keep:
+            binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
         # logits first: get_outputs() lists outputs in the order they were first bound
-        one_token = self._prealloc_logits and input_ids.shape[1] == 1
+        one_token = self._prealloc_logits and (input_ids.shape[1] == 1 or self.has_logits_to_keep)
         if one_token:  # ORT writes them into a fresh numpy array: returned without a copy, owned by the caller
             logits = np.empty((input_ids.shape[0], 1, self.vocab_size), np.float32)                # [B, 1, V]
             binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
@@ -191,6 +198,8 @@ class DecoderGraph:
             feeds["attention_mask"] = attention_mask.astype(np.int64)
         if self.has_positions:
             feeds["position_ids"] = positions_from_mask(attention_mask)[:, -input_ids.shape[1]:]
+        if self.has_logits_to_keep:
+            feeds["logits_to_keep"] = _KEEP_ALL
         if self.layout is not None:
             feeds.update(zip(self.past_names, self.layout.empty(input_ids.shape[0]), strict=True))
         with self._lock:

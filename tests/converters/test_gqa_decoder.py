@@ -76,6 +76,7 @@ def test_gqa_cache_path_equals_full_recompute(converted, arch: str) -> None:
     lm = edgegen.load(artifact, provider="cpu")
     ids = np.random.default_rng(0).integers(1, 300, size=(2, 24))             # [B, L], longer than the window
     mask = np.ones_like(ids)
+    assert lm.graph.has_logits_to_keep  # steps ask for the last position's logits only, full_logits for all
     full = lm.graph.full_logits(ids, mask)                                    # [B, L, V]
     # ONNX Runtime's GroupQueryAttention takes several new tokens after a cache only for a batch of 1
     chunks = {1: ((0, 9), (9, 10), (10, 13), (13, 24)), 2: ((0, 9), *((i, i + 1) for i in range(9, 24)))}
