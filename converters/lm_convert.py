@@ -74,8 +74,10 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
             exported = source.export(export_dir)
         source.release()
         plain = _adopt(writer, exported, "decoder_exported.onnx")
+        keeps = _add_logits_to_keep(writer.path(plain))
         shutil.rmtree(export_dir)
-        report(f"export: {source.converter} ({time.perf_counter() - started:.1f} s)")
+        report(f"export: {source.converter} ({time.perf_counter() - started:.1f} s)"
+               + ("; logits_to_keep added before the LM head" if keeps else ""))
 
         candidates = [Candidate(plain, "exported", {})]
         if optimize and source.optimizer_model_type:
@@ -223,6 +225,46 @@ def _adopt(writer: ArtifactWriter, exported: Path, name: str) -> str:
         (exported.parent / data).rename(writer.path(data))
     exported.rename(writer.path(name))
     return name
+
+
+def _add_logits_to_keep(path: Path) -> bool:
+    """Give the exported graph a ``logits_to_keep`` [1] int64 input (transformers' name; 0 = every position):
+    ``Slice(x, -k, end, axis 1)`` on the LM head's input, so generation computes the head for the last position
+    only (a prompt's prefill otherwise runs it per position: 50257 x 768 x T multiply-adds for GPT-2, and a
+    [B, T, V] logits tensor).  Only where that is certainly right: the head is a MatMul (then maybe an
+    Add of a 1-D bias, Casts) writing the graph output ``logits`` declared [batch, sequence, vocab] (a
+    MatMul keeps a 3-D input's sequence axis 1).  The graph's weights stay where they are (external data
+    is not loaded).  Returns whether it was added."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    graph = model.graph
+    out = next((o for o in graph.output if o.name == "logits"), None)
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    biases = {t.name for t in graph.initializer if len(t.dims) == 1}
+    head = producer.get("logits")
+    while head is not None and graph.node[head].op_type in ("Add", "Cast"):   # elementwise: a bias [V], a Cast
+        operands = list(graph.node[head].input)
+        rest = [x for x in operands if x not in biases] if graph.node[head].op_type == "Add" else operands[:1]
+        head = producer.get(rest[0]) if len(rest) == 1 else None
+    if out is None or head is None or graph.node[head].op_type != "MatMul" \
+            or len(out.type.tensor_type.shape.dim) != 3 or any(i.name == "logits_to_keep" for i in graph.input):
+        return False
+    x = graph.node[head].input[0]
+    graph.initializer.extend([numpy_helper.from_array(np.array([2**63 - 1], np.int64), "logits_to_keep_end"),
+                              numpy_helper.from_array(np.array([1], np.int64), "logits_to_keep_axis")])
+    nodes = [helper.make_node("Neg", ["logits_to_keep"], ["logits_to_keep_start"], name="/logits_to_keep/Neg"),
+             helper.make_node("Slice", [x, "logits_to_keep_start", "logits_to_keep_end", "logits_to_keep_axis"],
+                              ["logits_to_keep_hidden"], name="/logits_to_keep/Slice")]        # [B, k or T, H]
+    graph.node[head].input[0] = "logits_to_keep_hidden"
+    for offset, node in enumerate(nodes):
+        graph.node.insert(head + offset, node)
+    graph.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+    out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
+    onnx.save_model(model, str(path))
+    return True
 
 
 def _finalize(writer: ArtifactWriter, chosen: str, candidates: list[str]) -> str:

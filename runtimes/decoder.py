@@ -16,9 +16,10 @@ past in place (GroupQueryAttention; the manifest's ``"kv_buffer": "shared"``) ge
 preallocated buffer per cache tensor (:meth:`DecoderGraph.reserve`), bound as past and present.
 
 A generation run keeps one :class:`StepBinding` across its steps: the cache is bound again only
-when its OrtValues change (a shared buffer: once per run), and a one-token step's logits are
-written by ORT straight into a new numpy array (no copy; the caller owns it).  Rebuilding the binding every step cost ~8% of decode tok/s on a
-100M Llama int4 (GroupQueryAttention) at ~3 ms/step (benchmarks/lm_genai.py).
+when its OrtValues change (a shared buffer: once per run), and a step's last-position logits are
+written by ORT straight into a new numpy array (no copy; the caller owns it).  Rebuilding the
+binding every step cost ~8% of decode tok/s on a 100M Llama int4 (GroupQueryAttention) at
+~3 ms/step (benchmarks/lm_genai.py).
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ def test_cache_path_equals_full_recompute(converted, arch: str) -> None:
     rng = np.random.default_rng(0)
     ids = rng.integers(1, 300, size=(2, 12))                                  # [B, L]
     mask = np.ones_like(ids)
-    full = lm.graph.full_logits(ids, mask)                                    # [B, L, V]
+    full = lm.graph.full_logits(ids, mask)                                    # [B, L, V]: logits_to_keep 0
+    # the exported graph got logits_to_keep before its LM head: steps compute the last position's logits only
+    assert lm.graph.has_logits_to_keep and full.shape[:2] == (2, 12)
     past = lm.graph.start_cache(2)
     steps = []
     for start, end in ((0, 5), (5, 6), (6, 9), (9, 12)):                      # prefill, then 1..3 tokens at a time
@@ -161,3 +163,30 @@ def test_unknown_quantization_scheme_is_refused_before_any_work(tmp_path: Path) 
 
     with pytest.raises(InvalidArgumentError, match="quantize must be one of auto, none, fp16, int8, int4"):
         edgegen.convert(tmp_path / "whatever", tmp_path / "out", quantize="int3")
+
+
+def test_logits_to_keep_is_added_only_where_certainly_right(tmp_path: Path) -> None:
+    """A MatMul head writing a [batch, sequence, vocab] ``logits`` gets the Slice (same logits for k = 0, the last
+    position's for k = 1); a 2-D ``logits`` (sequence folded into rows) is left alone."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgegen.converters.lm_convert import _add_logits_to_keep
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32), "W")
+    for rank, expected in ((3, True), (2, False)):
+        shape = ["b", "t", 8][3 - rank:]
+        graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["logits"], name="head")], "g",
+                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                                  [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [*shape[:-1], 5])], [w])
+        path = tmp_path / f"rank{rank}.onnx"
+        onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+        assert _add_logits_to_keep(path) is expected
+    session = ort.InferenceSession(str(tmp_path / "rank3.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).standard_normal((2, 4, 8)).astype(np.float32)           # [B, T, H]
+    ref = x @ numpy_helper.to_array(w)                                                    # [B, T, V]
+    for keep, want in ((0, ref), (1, ref[:, -1:]), (3, ref[:, -3:])):
+        got = session.run(None, {"x": x, "logits_to_keep": np.array([keep], np.int64)})[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not _add_logits_to_keep(tmp_path / "rank3.onnx")                               # already there
