@@ -161,10 +161,6 @@ def build_gqa_decoder(model: Any) -> Any:
     else:
         x = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm_w], n_out=4, domain="com.microsoft",
                  epsilon=eps)[0]
-    # logits_to_keep [1] int64: only the last k positions get logits (0: all; transformers' logits_to_keep), so a
-    # prompt's prefill runs the LM head once, not per position (the runtime asks for 1, validation for 0)
-    x = g.op("Slice", [x, g.op("Neg", ["logits_to_keep"])[0], g.const("slice_to_end", np.array([2**63 - 1], np.int64)),
-                       one])[0]                                                             # [B, k or S, H]
     head = model.get_output_embeddings()
     g.nodes.append(helper.make_node("MatMul", [x, g.const("lm_head.weight_t", head.weight.detach().float().T)],
                                     ["logits"], name="/lm_head/MatMul"))
@@ -175,10 +171,10 @@ def build_gqa_decoder(model: Any) -> Any:
     f32, vocab = TensorProto.FLOAT, config.vocab_size
     cache = lambda name, length: helper.make_tensor_value_info(name, f32, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),
-              helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1])]
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"])]
     inputs += [cache(n, "past_sequence_length") for n in past_inputs]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", vocab])]
+    # logits_to_keep is added by lm_convert, as for every exported decoder
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", vocab])]
     outputs += [cache(n, "total_sequence_length") for n in present_outputs]
     graph = helper.make_graph(g.nodes, "edgegen_gqa_decoder", inputs, outputs, initializer=g.inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("com.microsoft", 1)],
