@@ -46,7 +46,7 @@ class Generator(StepGenerator):
         self._past = graph.start_cache(batch) if graph.layout else []
         self._row_past: list[list[Any]] | None = None          # per-row caches once rows run one at a time
         self._binding = graph.new_binding()                   # reused across this run's steps
-        self._row_bindings: dict[int, StepBinding] = {}
+        self._row_bindings: list[StepBinding] = []            # one per row once rows run one at a time
         self._share = sampler.kv_buffer == "shared" and graph.layout is not None
         self._pending: np.ndarray | None = None               # [B, T] tokens not yet run
         self._logits: np.ndarray | None = None                # [B, V] next-token logits
@@ -133,6 +133,7 @@ class Generator(StepGenerator):
         assert self._pending is not None
         if self._row_past is None:
             self._row_past = self.graph.split_cache(self._past, self.batch)
+            self._row_bindings = [self.graph.new_binding() for _ in range(self.batch)]
             self._past = []
         logits = np.zeros((self.batch, self.graph.vocab_size or 0), np.float32)         # [B, V]
         for b in np.flatnonzero(~self.finished):  # a finished row's logits are never used again
@@ -141,8 +142,6 @@ class Generator(StepGenerator):
             positions = np.arange(length - ids.shape[1], length, dtype=np.int64)[None]    # [1, T_b]
             if self._share:
                 self._row_past[b] = self.graph.reserve(self._row_past[b], length, self._capacity(length))
-            if b not in self._row_bindings:
-                self._row_bindings[b] = self.graph.new_binding()
             row, self._row_past[b] = self.graph.step(ids, np.ones((1, length), np.int64), positions,
                                                      self._row_past[b], self._share,
                                                      self._row_bindings[b])

@@ -5,8 +5,8 @@ The graph follows the Optimum / ONNX Runtime GenAI naming: inputs ``input_ids``
 ``past_key_values.{i}.key|value`` [B, H_kv, P, D]; outputs ``logits`` [B, T, V] and
 ``present.{i}.key|value`` [B, H_kv, P+T, D].  Which optional inputs exist is read from
 the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none; a graph with
-``logits_to_keep`` [1] (edgegen's GroupQueryAttention decoders) is asked for the last position's
-logits only when generating (1) and for every position when scoring (0).
+``logits_to_keep`` [1] (edgegen adds it before the LM head at conversion) is asked for the last
+position's logits only when generating (1) and for every position when scoring (0).
 
 The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
 bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
@@ -106,8 +106,8 @@ class DecoderGraph:
         self.present_names = [f"present.{i}.{k}" for i in range(n) for k in ("key", "value")]
         logits = session.get_outputs()[0]
         self.vocab_size: int | None = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
-        #: a one-token step's logits can go straight into a numpy array (every edgegen graph's logits are float32)
-        self._prealloc_logits = self.vocab_size is not None and logits.type == "tensor(float)"
+        #: a step's [B, 1, V] logits can be written straight into a numpy array (edgegen graphs' logits are float32)
+        self._logits_into_numpy = self.vocab_size is not None and logits.type == "tensor(float)"
         self.device = device
         self.device_id = device_id
 
@@ -164,8 +164,9 @@ class DecoderGraph:
         if self.has_logits_to_keep:
             binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
         # logits first: get_outputs() lists outputs in the order they were first bound
-        one_token = self._prealloc_logits and (input_ids.shape[1] == 1 or self.has_logits_to_keep)
-        if one_token:  # ORT writes them into a fresh numpy array: returned without a copy, owned by the caller
+        last_only = input_ids.shape[1] == 1 or self.has_logits_to_keep        # the graph returns [B, 1, V]
+        into_numpy = self._logits_into_numpy and last_only
+        if into_numpy:  # ORT writes them into a fresh numpy array: returned without a copy, owned by the caller
             logits = np.empty((input_ids.shape[0], 1, self.vocab_size), np.float32)                # [B, 1, V]
             binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         else:
@@ -182,15 +183,11 @@ class DecoderGraph:
                 binding.bind_output(name, self.device, self.device_id)
         with self._lock:
             self.session.run_with_iobinding(binding)
-        if one_token and share:
-            return logits[:, -1, :], past                                            # [B, V] view of [B, 1, V]
-        outputs = binding.get_outputs()
-        if not one_token:
+        outputs = None if share and into_numpy else binding.get_outputs()
+        if not into_numpy:
             # a copy: outputs[0].numpy() views memory that ORT frees with the OrtValue
-            logits = np.array(outputs[0].numpy()[:, -1, :], dtype=np.float32)        # [B, V] of [B, T, V]
-        else:
-            logits = logits[:, -1, :]
-        return logits, past if share else list(outputs[1:])
+            logits = np.array(outputs[0].numpy()[:, -1:, :], dtype=np.float32)               # [B, 1, V] of [B, T, V]
+        return logits[:, -1, :], past if share else list(outputs[1:])
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""
