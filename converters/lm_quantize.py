@@ -63,6 +63,8 @@ LM_HEADS = ("float", "int8", "int4")
 #: Blocks along the weights' input axis: the body's per scheme, an 8-bit head's, an 8-bit embedding row's.
 BLOCK_SIZE = {"int8": 128, "int4": 128}
 HEAD_BLOCK = 128
+#: Weight bits of the MatMulNBits schemes, and of an LM head stored as ``lm_head`` says.
+BITS = {"int8": 8, "int4": 4}
 EMBEDDING_BLOCK = 128
 #: Graphs with more initializer bytes than this keep them in ``<name>.data`` (memory-mapped by ORT).
 EXTERNAL_WEIGHTS_BYTES = 16 << 20
@@ -91,7 +93,7 @@ def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int | Non
     import onnx
     import onnxruntime
 
-    head_option, head_bits = lm_head, {"int8": 8, "int4": 4}.get(lm_head)  # bits None: float
+    head_option, head_bits = lm_head, BITS.get(lm_head)  # bits None: float
     # from here on, lm_head names the head's nodes
     embedded: list[str] = []
     if scheme == "fp16":  # everything in float16, the LM head included (keep_io_types: logits float32)
@@ -109,8 +111,7 @@ def quantize_decoder(src: Path, dst: Path, scheme: str, *, block_size: int | Non
             raise ConversionError(f"{src.name}: nothing to quantize for {scheme}: the graph has no MatMul with a "
                                   f"float weight{' besides the LM head' if lm_head else ''}"
                                   + (" and the excluded nodes" if exclude else ""))
-        bits = {"int8": 8, "int4": 4}[scheme]
-        model, tool = _nbits(model, lm_head, bits, BLOCK_SIZE[scheme] if block_size is None else block_size,
+        model, tool = _nbits(model, lm_head, BITS[scheme], BLOCK_SIZE[scheme] if block_size is None else block_size,
                              accuracy_level, head_bits=head_bits, exclude=exclude)
         if embeddings == "int8":
             embedded = _quantize_embeddings(model)
@@ -194,7 +195,7 @@ def _nbits(model: onnx.ModelProto, lm_head: list[str], bits: int, block_size: in
     options = {"algorithm": "DEFAULT (round to nearest)", "bits": bits, "block_size": block_size,
                "is_symmetric": True, "accuracy_level": accuracy_level, "op_types_to_quantize": ["MatMul"],
                "nodes_to_exclude": list(exclude) if head_bits else first,
-               "lm_head": {8: "int8", 4: "int4"}.get(head_bits or 0, "float"),
+               "lm_head": next((name for name, b in BITS.items() if b == head_bits), "float"),
                **({"lm_head_bits": head_bits, "lm_head_block_size": head_block} if head_bits else {})}
     return model, {"tool": "onnxruntime.quantization.matmul_nbits_quantizer.MatMulNBitsQuantizer",
                    "options": options}
@@ -398,7 +399,8 @@ def weight_matmuls(src: Path, scheme: str) -> tuple[list[str], list[str]]:
 
 
 def _check_exclude(model: onnx.ModelProto, exclude: list[str], src: Path) -> None:
-    unknown = [name for name in exclude if name not in _weight_matmuls(model)]
+    weights = _weight_matmuls(model)
+    unknown = [name for name in exclude if name not in weights]
     if unknown:
         shown = ", ".join(map(repr, unknown[:5])) + (" ..." if len(unknown) > 5 else "")
         raise InvalidArgumentError(f"exclude names {len(unknown)} node(s) that are not weight MatMuls of "
