@@ -196,13 +196,5 @@ def full_sequence_feed(graph: Path, ids: list[int]) -> dict[str, np.ndarray]:
     from edgegen.runtimes.decoder import DecoderGraph
 
     decoder = DecoderGraph(ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]))
-    feed = {"input_ids": np.array([ids], np.int64)}                                   # [1, T]
-    if decoder.has_mask:
-        feed["attention_mask"] = np.ones((1, len(ids)), np.int64)                     # [1, T]
-    if decoder.has_positions:
-        feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]              # [1, T]
-    if decoder.has_logits_to_keep:
-        feed["logits_to_keep"] = np.array([0], np.int64)                              # every position
-    if decoder.layout is not None:
-        feed.update(zip(decoder.past_names, decoder.layout.empty(1), strict=True))    # [1, H_kv, 0, D] each
-    return feed
+    sequence = np.array([ids], np.int64)                                              # [1, T]
+    return decoder.full_feeds(sequence, np.ones_like(sequence))

@@ -191,6 +191,11 @@ class DecoderGraph:
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""
+        with self._lock:
+            return self.session.run(["logits"], self.full_feeds(input_ids, attention_mask))[0]
+
+    def full_feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The inputs :meth:`full_logits` runs the graph on: the sequence [B, T] with an empty cache."""
         feeds: dict[str, np.ndarray] = {"input_ids": input_ids.astype(np.int64)}
         if self.has_mask:
             feeds["attention_mask"] = attention_mask.astype(np.int64)
@@ -200,8 +205,7 @@ class DecoderGraph:
             feeds["logits_to_keep"] = _KEEP_ALL
         if self.layout is not None:
             feeds.update(zip(self.past_names, self.layout.empty(input_ids.shape[0]), strict=True))
-        with self._lock:
-            return self.session.run(["logits"], feeds)[0]
+        return feeds
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:
