@@ -87,31 +87,39 @@ def optimum_ort(onnx_dir: Path, prompt: np.ndarray, new: int):
     return run
 
 
-def bare_loop(graph: Path, prompt: np.ndarray, new: int):
-    """The plainest loop: session.run with numpy inputs, presents fed back as pasts."""
+def bare_loop(graph: Path, prompt: np.ndarray, new: int, threads: int | None = None, *, head_dim: int | None = None,
+              profile: str | None = None):
+    """The plainest loop: session.run with numpy inputs, presents fed back as pasts (by name), feeding only the
+    inputs the graph has (``logits_to_keep`` 1 where it takes one).  ``head_dim`` where the graph's past inputs
+    leave it symbolic (ONNX Runtime GenAI's); ``profile``: a file prefix for ORT's profiler (``run.session``)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    if profile:
+        opts.enable_profiling, opts.profile_file_prefix = True, profile
+    sess = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
     pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
-    outputs = [o.name for o in sess.get_outputs()]
+    outputs = ["logits", *(p.name.replace("past_key_values", "present") for p in pasts)]
 
     def run() -> tuple[list[int], float, float]:
-        feeds = {p.name: np.zeros((1, p.shape[1], 0, p.shape[3]), np.float32) for p in pasts}
-        ids, length = prompt, prompt.shape[1]
-        tokens: list[int] = []
-        t0 = time.perf_counter()
-        t1 = t0
+        feeds = {p.name: np.zeros((1, p.shape[1], 0, head_dim or p.shape[3]), np.float32)  # [B, H_kv, 0, D]
+                 for p in pasts}
+        ids, length, tokens = prompt, prompt.shape[1], []
+        t0 = t1 = time.perf_counter()
         for step in range(new):
-            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64),
+            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64), logits_to_keep=np.array([1]),
                          position_ids=np.arange(length - ids.shape[1], length, dtype=np.int64)[None])
-            out = sess.run(outputs, feeds)
-            token = int(out[0][0, -1].argmax())
-            tokens.append(token)
+            out = sess.run(outputs, {k: v for k, v in feeds.items() if k in names})
+            tokens.append(int(out[0][0, -1].argmax()))
             feeds.update({p.name: v for p, v in zip(pasts, out[1:], strict=True)})
-            ids, length = np.array([[token]], np.int64), length + 1
+            ids, length = np.array([[tokens[-1]]], np.int64), length + 1
             if step == 0:
                 t1 = time.perf_counter()
         return tokens, t1 - t0, time.perf_counter() - t1
+    run.session = sess  # type: ignore[attr-defined]
     return run
 
 

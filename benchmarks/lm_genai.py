@@ -100,7 +100,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm import edgegen_runtime, time_contenders  # noqa: E402  (benchmarks/ is not a package)
+from lm import bare_loop, edgegen_runtime, time_contenders  # noqa: E402  (benchmarks/ is not a package)
 
 SIZES = {  # ~100M parameters: 8 x 6.3M decoder layers + 2 x 24.6M embedding / LM head (untied)
     "full": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
@@ -192,37 +192,6 @@ def genai_runtime(model_dir: Path, prompt: np.ndarray, new: int):
     return run
 
 
-def bare_loop(graph: Path, prompt: np.ndarray, new: int, threads: int, head_dim: int, profile: str | None = None):
-    """session.run with numpy inputs, presents fed back as pasts (by name); feeds only the inputs the graph has."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    if profile:
-        opts.enable_profiling, opts.profile_file_prefix = True, profile
-    sess = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    pasts = [i for i in sess.get_inputs() if i.name.startswith("past_key_values")]
-    outputs = ["logits", *(p.name.replace("past_key_values", "present") for p in pasts)]
-
-    def run() -> tuple[list[int], float, float]:
-        feeds = {p.name: np.zeros((1, p.shape[1], 0, head_dim), np.float32) for p in pasts}  # [B, H_kv, 0, D]
-        ids, length, tokens = prompt, prompt.shape[1], []
-        t0 = t1 = time.perf_counter()
-        for step in range(new):
-            feeds.update(input_ids=ids, attention_mask=np.ones((1, length), np.int64), logits_to_keep=np.array([1]),
-                         position_ids=np.arange(length - ids.shape[1], length, dtype=np.int64)[None])
-            out = sess.run(outputs, {k: v for k, v in feeds.items() if k in names})
-            tokens.append(int(out[0][0, -1].argmax()))
-            feeds.update({p.name: v for p, v in zip(pasts, out[1:], strict=True)})
-            ids, length = np.array([[tokens[-1]]], np.int64), length + 1
-            if step == 0:
-                t1 = time.perf_counter()
-        return tokens, t1 - t0, time.perf_counter() - t1
-    run.session = sess  # type: ignore[attr-defined]
-    return run
-
-
 def op_census(graph: Path) -> collections.Counter:
     import onnx
 
@@ -234,7 +203,8 @@ def op_census(graph: Path) -> collections.Counter:
 def profile_ops(graph: Path, prompt: np.ndarray, new: int, threads: int, head_dim: int,
                 workdir: Path) -> dict[str, float]:
     """Per-op-type ms per decode step (ORT profiler; the prefill step is left out)."""
-    run = bare_loop(graph, prompt, new, threads, head_dim, profile=str(workdir / f"profile-{graph.parent.name}"))
+    run = bare_loop(graph, prompt, new, threads, head_dim=head_dim,
+                    profile=str(workdir / f"profile-{graph.parent.name}"))
     run()
     trace = json.loads(Path(run.session.end_profiling()).read_text())
     steps = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
@@ -266,7 +236,8 @@ def main() -> None:
                         help="edgegen artifacts to time (none = fp32).")
     parser.add_argument("--gqa-schemes", nargs="*", default=["none", "int4"], choices=["none", "int8", "int4"],
                         help="edgegen artifacts converted with attention='gqa' (GroupQueryAttention) to time.")
-    parser.add_argument("--gqa-int4-heads", nargs="*", default=["auto", "int4"], choices=["auto", "float", "int8", "int4"],
+    parser.add_argument("--gqa-int4-heads", nargs="*", default=["auto", "int4"],
+                        choices=["auto", "float", "int8", "int4"],
                         help="LM heads of the gqa int4 artifacts (auto: edgegen's default, 8 bits; int4: GenAI's).")
     parser.add_argument("--genai-block-128", action="store_true",
                         help="Also time GenAI's int4 built with blocks of 128 (edgegen's int4 block size).")
@@ -310,12 +281,12 @@ def main() -> None:
     contenders = {
         "GenAI int4 (generated config)": genai_runtime(genai_default, prompt, args.new_tokens),
         "GenAI int4 (tuned threads)": genai_runtime(genai_tuned, prompt, args.new_tokens),
-        "bare loop, GenAI int4 graph": bare_loop(genai_graph, prompt, args.new_tokens, n, head_dim),
+        "bare loop, GenAI int4 graph": bare_loop(genai_graph, prompt, args.new_tokens, n, head_dim=head_dim),
         **({"GenAI int4 block 128 (tuned threads)": genai_runtime(build_genai(hf, root / "genai-int4-b128", n, 128),
                                                                   prompt, args.new_tokens)}
            if args.genai_block_128 else {}),
         **{f"edgegen {s}": edgegen_runtime(a, prompt, args.new_tokens) for s, a in artifacts.items()},
-        **{f"bare loop, edgegen {s} graph": bare_loop(graph_of(a), prompt, args.new_tokens, n, head_dim)
+        **{f"bare loop, edgegen {s} graph": bare_loop(graph_of(a), prompt, args.new_tokens, n, head_dim=head_dim)
            for s, a in artifacts.items() if s.startswith("int4")},
     }
     decode, prefill, tokens = time_contenders(contenders, args.repeats, args.prompt_tokens)
