@@ -170,21 +170,45 @@ def spaced_timesteps(spacing: str, num_train_timesteps: int, steps: int, steps_o
 
 # -- prediction types ----------------------------------------------------------------------------------
 
-def predicted_x0_eps(prediction_type: str, model_output: np.ndarray, sample: np.ndarray,
-                     alpha: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
-    """(x0, eps) from the model output, for ``sample = alpha * x0 + sigma * eps`` (all [B, C, H, W]).
+def x0_eps_coefficients(prediction_type: str, alpha: float, sigma: float) -> tuple[tuple[float, float],
+                                                                                   tuple[float, float]]:
+    """``((p_x, p_out), (e_x, e_out))``: the predicted x0 and eps as ``p_x * sample + p_out * model_output``
+    (and likewise eps), for ``sample = alpha * x0 + sigma * eps``.
 
     ``epsilon`` predicts eps (Ho et al. 2020), ``sample`` predicts x0, ``v_prediction`` predicts
     v = alpha * eps - sigma * x0 (Salimans & Ho 2022, section 4).
     """
     if prediction_type == "epsilon":
-        return (sample - sigma * model_output) / alpha, model_output
+        return (1 / alpha, -sigma / alpha), (0.0, 1.0)
     if prediction_type == "v_prediction":
-        return alpha * sample - sigma * model_output, alpha * model_output + sigma * sample
-    return model_output, (sample - alpha * model_output) / sigma
+        return (alpha, -sigma), (sigma, alpha)
+    return (0.0, 1.0), (1 / sigma, -alpha / sigma)
 
 
-# -- the scheduler interface --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StepCoefficients:
+    """One scheduler step as an affine map, the form every scheduler here takes::
+
+        x0   = clip(x0_x * sample + x0_out * model_output, -clip, clip)      (no clip when clip is None)
+        next = x * sample + out * model_output + x0 * x0 + history * x0_previous + noise * z
+
+    ``x0_previous`` is the x0 of the step before (multistep solvers); ``z`` is fresh standard
+    normal noise, drawn only when ``noise`` is not None.  The numpy ``step`` applies it in float64;
+    the device loop (:mod:`edgegen.runtimes.diffusion_device`) applies the same numbers in a graph
+    on the execution provider, so that latents never leave the GPU.
+    """
+
+    x0_x: float
+    x0_out: float
+    x: float = 0.0
+    out: float = 0.0
+    x0: float = 0.0
+    history: float = 0.0
+    noise: float | None = None
+    clip: float | None = None
+
+
+# # -- the scheduler interface --------------------------------------------------------------------------
 
 def take_noise(shape: tuple[int, ...], noise: np.ndarray | None, rng: np.random.Generator | None,
                scheduler: str, t: float) -> np.ndarray:
@@ -271,14 +295,62 @@ class Scheduler:
             raise InvalidArgumentError(f"the {self.name} scheduler has no timesteps yet; "
                                        "call set_timesteps(steps) first")
 
+    #: whether the model output carries a predicted variance in a second half of its channels (ignored)
+    variance_channels: bool = False
+    #: whether a step reads the previous step's x0 (StepCoefficients.history)
+    multistep: ClassVar[bool] = False
+
+    def model_input_scale(self, t: float) -> float:
+        """The factor ``scale_model_input`` applies at timestep ``t`` (1 unless the scheduler scales)."""
+        return 1.0
+
     def scale_model_input(self, sample: np.ndarray, t: float) -> np.ndarray:
         """The denoiser's input at timestep ``t`` (identity unless the scheduler scales it)."""
-        return np.asarray(sample, dtype=np.float32)
+        scale = self.model_input_scale(t)
+        if scale == 1.0:
+            return np.asarray(sample, dtype=np.float32)
+        return (as_float("sample", sample) * scale).astype(np.float32)
+
+    @property
+    def affine(self) -> bool:
+        """Whether every step of this configuration is a :class:`StepCoefficients` (all but DDPM's learned variance)."""
+        return True
+
+    def plan(self, t: float) -> StepCoefficients:
+        """The coefficients of the step at ``t`` (checks ``t``; changes no state: :meth:`advance` does)."""
+        raise NotImplementedError
+
+    def advance(self) -> None:
+        """Count the step just planned as done (the schedulers that keep a step counter)."""
 
     def step(self, model_output: np.ndarray, t: float, sample: np.ndarray, *,
              noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
         """x_t [B, C, H, W] and the model output at ``t`` -> the sample at the next timestep (float32)."""
-        raise NotImplementedError
+        k = self.plan(t)
+        x = as_float("sample", sample)                                          # [B, C, H, W]
+        out = self._model_output(model_output, x.shape)
+        x0 = k.x0_x * x + k.x0_out * out
+        if k.clip is not None:
+            x0 = np.clip(x0, -k.clip, k.clip)
+        prev = k.x * x + k.out * out + k.x0 * x0
+        if k.history:
+            prev = prev + k.history * self._x0_previous
+        if k.noise is not None:
+            prev = prev + k.noise * take_noise(x.shape, noise, rng, self.name, t)
+        if self.multistep:
+            self._x0_previous = x0
+        self.advance()
+        return prev.astype(np.float32)
+
+    def _model_output(self, model_output: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """The model output as float64 shaped like the sample (its first half of channels for variance models)."""
+        out = np.asarray(model_output, dtype=np.float64)
+        if self.variance_channels:                                              # out [B, 2C, H, W]
+            if out.ndim < 2 or len(shape) < 2 or out.shape[1] != 2 * shape[1]:
+                raise InvalidArgumentError(f"variance_type {self.config.variance_type!r} needs a model output with "
+                                           f"twice the sample's {shape[1]} channels, got shape {list(out.shape)}")
+            out = out[:, :shape[1]]
+        return as_float("model_output", out, shape)
 
     def timesteps_for_strength(self, strength: float) -> np.ndarray:
         """img2img: the timesteps left when a run starts from an image noised to ``strength`` in [0, 1].

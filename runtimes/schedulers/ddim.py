@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from edgegen.errors import InvalidArgumentError
-from edgegen.runtimes.schedulers.base import ScheduleConfig, VPScheduler, as_float, predicted_x0_eps, take_noise
+from edgegen.runtimes.schedulers.base import ScheduleConfig, StepCoefficients, VPScheduler, x0_eps_coefficients
 
 __all__ = ["DDIMConfig", "DDIMScheduler"]
 
@@ -48,12 +46,9 @@ class DDIMScheduler(VPScheduler):
     def fresh(self) -> DDIMScheduler:
         return type(self)(self.config, eta=self.eta)
 
-    def step(self, model_output: np.ndarray, t: int, sample: np.ndarray, *,
-             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    def plan(self, t: int) -> StepCoefficients:
         c = self.config
         t = self._check_t(t)
-        x = as_float("sample", sample)                                          # [B, C, H, W]
-        out = as_float("model_output", model_output, x.shape)
 
         # 1. the previous timestep: diffusers steps back by T // steps whatever the spacing
         prev_t = t - c.num_train_timesteps // self.num_inference_steps
@@ -61,16 +56,14 @@ class DDIMScheduler(VPScheduler):
         abar_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else self.final_alpha_cumprod
 
         # 2. predicted x0 and eps (eq. 12 of Song et al. 2021), x0 clipped
-        x0, eps = predicted_x0_eps(c.prediction_type, out, x, abar_t ** 0.5, (1 - abar_t) ** 0.5)
-        if c.clip_sample:
-            x0 = np.clip(x0, -c.clip_sample_range, c.clip_sample_range)
+        (p_x, p_out), (e_x, e_out) = x0_eps_coefficients(c.prediction_type, abar_t ** 0.5, (1 - abar_t) ** 0.5)
 
         # 3. sigma_t(eta) (eq. 16)
         variance = (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
         std = self.eta * variance ** 0.5
 
         # 4. x_{t-1} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps + std z (eq. 12)
-        prev = abar_prev ** 0.5 * x0 + (1 - abar_prev - std ** 2) ** 0.5 * eps
-        if self.eta > 0:
-            prev = prev + std * take_noise(x.shape, noise, rng, self.name, t)
-        return prev.astype(np.float32)
+        to_eps = (1 - abar_prev - std ** 2) ** 0.5
+        return StepCoefficients(x0_x=p_x, x0_out=p_out, x0=abar_prev ** 0.5, x=to_eps * e_x, out=to_eps * e_out,
+                                noise=std if self.eta > 0 else None,
+                                clip=c.clip_sample_range if c.clip_sample else None)

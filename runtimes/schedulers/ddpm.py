@@ -8,7 +8,8 @@ from typing import Literal
 import numpy as np
 
 from edgegen.errors import InvalidArgumentError
-from edgegen.runtimes.schedulers.base import ScheduleConfig, VPScheduler, as_float, predicted_x0_eps, take_noise
+from edgegen.runtimes.schedulers.base import (ScheduleConfig, StepCoefficients, VPScheduler, as_float, take_noise,
+                                              x0_eps_coefficients)
 
 __all__ = ["DDPMConfig", "DDPMScheduler"]
 
@@ -45,38 +46,52 @@ class DDPMScheduler(VPScheduler):
         i = int(where[0])
         return int(self.timesteps[i + 1]) if i + 1 < len(self.timesteps) else -1
 
-    def step(self, model_output: np.ndarray, t: int, sample: np.ndarray, *,
-             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-        c = self.config
-        t = self._check_t(t)
-        prev_t = self._previous(t)
-        x = as_float("sample", sample)                                          # [B, C, H, W]
-        out = np.asarray(model_output, dtype=np.float64)
-        predicted_variance = None
-        if c.variance_type in ("learned", "learned_range"):                    # out [B, 2C, H, W]
-            if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
-                raise InvalidArgumentError(f"variance_type {c.variance_type!r} needs a model output with twice the "
-                                           f"sample's {x.shape[1]} channels, got shape {list(out.shape)}")
-            out, predicted_variance = np.split(out, 2, axis=1)                 # each [B, C, H, W]
-        out = as_float("model_output", out, x.shape)
+    @property
+    def affine(self) -> bool:
+        return self.config.variance_type not in ("learned", "learned_range")   # those scale noise per element
 
+    def plan(self, t: int) -> StepCoefficients:
+        if not self.affine:
+            raise InvalidArgumentError(f"a ddpm step with variance_type {self.config.variance_type!r} scales its noise "
+                                       "by the model's predicted variance, element by element: it has no "
+                                       "StepCoefficients; call step()")
+        return self._coefficients(self._check_t(t))
+
+    def _coefficients(self, t: int, predicted_variance: np.ndarray | None = None) -> StepCoefficients:
+        """The step at ``t``; with a learned variance its noise scale is an array (so not a StepCoefficients' float)."""
+        c = self.config
+        prev_t = self._previous(t)
         abar_t = float(self.alphas_cumprod[t])
         abar_prev = float(self.alphas_cumprod[prev_t]) if prev_t >= 0 else 1.0
         alpha_t = abar_t / abar_prev                                            # this step's 1 - beta
         beta_t = 1 - alpha_t
 
         # 1. predicted x0 (eq. 15 of Ho et al. 2020), clipped
-        x0, _ = predicted_x0_eps(c.prediction_type, out, x, abar_t ** 0.5, (1 - abar_t) ** 0.5)
-        if c.clip_sample:
-            x0 = np.clip(x0, -c.clip_sample_range, c.clip_sample_range)
+        (p_x, p_out), _ = x0_eps_coefficients(c.prediction_type, abar_t ** 0.5, (1 - abar_t) ** 0.5)
+        # 2. the posterior mean mu~_t(x_t, x0) (eq. 7), 3. plus the posterior's noise (none at t = 0)
+        return StepCoefficients(x0_x=p_x, x0_out=p_out, x0=abar_prev ** 0.5 * beta_t / (1 - abar_t),
+                                x=alpha_t ** 0.5 * (1 - abar_prev) / (1 - abar_t),
+                                noise=self._noise_scale(beta_t, abar_t, abar_prev, predicted_variance) if t > 0 else None,
+                                clip=c.clip_sample_range if c.clip_sample else None)
 
-        # 2. the posterior mean mu~_t(x_t, x0) (eq. 7)
-        prev = (abar_prev ** 0.5 * beta_t / (1 - abar_t)) * x0 + (alpha_t ** 0.5 * (1 - abar_prev) / (1 - abar_t)) * x
-
-        # 3. plus the posterior's noise (none at t = 0)
-        if t > 0:
-            z = take_noise(x.shape, noise, rng, self.name, t)
-            prev = prev + self._noise_scale(beta_t, abar_t, abar_prev, predicted_variance) * z
+    def step(self, model_output: np.ndarray, t: int, sample: np.ndarray, *,
+             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+        if self.affine:
+            return super().step(model_output, t, sample, noise=noise, rng=rng)
+        t = self._check_t(t)                                                    # a learned variance: out [B, 2C, H, W]
+        x = as_float("sample", sample)                                          # [B, C, H, W]
+        out = np.asarray(model_output, dtype=np.float64)
+        if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
+            raise InvalidArgumentError(f"variance_type {self.config.variance_type!r} needs a model output with twice "
+                                       f"the sample's {x.shape[1]} channels, got shape {list(out.shape)}")
+        out, predicted_variance = np.split(out, 2, axis=1)                     # each [B, C, H, W]
+        k = self._coefficients(t, predicted_variance)
+        x0 = k.x0_x * x + k.x0_out * out
+        if k.clip is not None:
+            x0 = np.clip(x0, -k.clip, k.clip)
+        prev = k.x0 * x0 + k.x * x
+        if k.noise is not None:
+            prev = prev + k.noise * take_noise(x.shape, noise, rng, self.name, t)
         return prev.astype(np.float32)
 
     def _noise_scale(self, beta_t: float, abar_t: float, abar_prev: float,

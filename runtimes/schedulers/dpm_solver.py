@@ -15,8 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgegen.errors import InvalidArgumentError
-from edgegen.runtimes.schedulers.base import ScheduleConfig, Spacing, as_float, predicted_x0_eps
+from edgegen.runtimes.schedulers.base import ScheduleConfig, Spacing, StepCoefficients, as_float, x0_eps_coefficients
 from edgegen.runtimes.schedulers.sigmas import SigmaScheduler, karras_sigmas, sigma_to_t, train_sigmas
 
 __all__ = ["DPMSolverConfig", "DPMSolverScheduler"]
@@ -51,6 +50,7 @@ class DPMSolverScheduler(SigmaScheduler):
     #: diffusers reads a UniPC config's solver_type so when it is switched to DPM-Solver
     aliases = {"solver_type": {"bh1": "midpoint", "bh2": "midpoint"}}
     config: DPMSolverConfig
+    multistep = True
 
     def _set_schedule(self, n: int) -> None:
         super()._set_schedule(n)
@@ -88,19 +88,14 @@ class DPMSolverScheduler(SigmaScheduler):
         alpha = 1 / np.sqrt(s ** 2 + 1)
         return (alpha * x0 + alpha * s * eps).astype(np.float32)
 
-    def step(self, model_output: np.ndarray, t: Any, sample: np.ndarray, *,
-             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    @property
+    def variance_channels(self) -> bool:                                          # type: ignore[override]
+        return self.config.variance_type in ("learned", "learned_range")
+
+    def plan(self, t: Any) -> StepCoefficients:
         c = self.config
         i = self._current(t)
         n = len(self.timesteps)
-        x = as_float("sample", sample)                                              # [B, C, H, W]
-        out = np.asarray(model_output, dtype=np.float64)
-        if c.variance_type in ("learned", "learned_range"):                        # out [B, 2C, H, W]
-            if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
-                raise InvalidArgumentError(f"variance_type {c.variance_type!r} needs a model output with twice the "
-                                           f"sample's {x.shape[1]} channels, got shape {list(out.shape)}")
-            out = out[:, :x.shape[1]]
-        out = as_float("model_output", out, x.shape)
 
         # 1. this step's order: first on the first step and at the end (as diffusers decides it)
         final = i == n - 1 and (c.euler_at_final or (c.lower_order_final and n < 15) or c.final_sigmas_type == "zero")
@@ -109,17 +104,19 @@ class DPMSolverScheduler(SigmaScheduler):
         # 2. x0 prediction D0 at this sigma (VP: alpha = 1 / sqrt(s^2 + 1), sigma = s * alpha)
         s_now, s_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
         alpha_now = 1 / (s_now ** 2 + 1) ** 0.5
-        d0, _ = predicted_x0_eps(c.prediction_type, out, x, alpha_now, s_now * alpha_now)
-        d1, self._x0_previous = self._x0_previous, d0
+        (p_x, p_out), _ = x0_eps_coefficients(c.prediction_type, alpha_now, s_now * alpha_now)
 
         # 3. the update; e^-h = s_next / s_now since lambda = -log(s)
         alpha_next = 1 / (s_next ** 2 + 1) ** 0.5
         phi = alpha_next * (s_next / s_now - 1.0)                                   # alpha_next (e^-h - 1)
-        prev = (s_next * alpha_next) / (s_now * alpha_now) * x - phi * d0          # first order (eq. 5)
-        if not first_order:                                                         # midpoint second order
-            s_prev = float(self.sigmas[i - 1])
-            r = math.log(s_prev / s_now) / math.log(s_now / s_next)                # h_prev / h
-            prev = prev - 0.5 * phi * (d0 - d1) / r
-        self._lower_order_nums = min(self._lower_order_nums + 1, c.solver_order)
-        self._index = i + 1
-        return prev.astype(np.float32)
+        ratio = (s_next * alpha_next) / (s_now * alpha_now)
+        if first_order:                                                             # eq. 5
+            return StepCoefficients(x0_x=p_x, x0_out=p_out, x=ratio, x0=-phi)
+        s_prev = float(self.sigmas[i - 1])                                          # midpoint second order:
+        r = math.log(s_prev / s_now) / math.log(s_now / s_next)                    # - 0.5 phi (D0 - D1) / r
+        return StepCoefficients(x0_x=p_x, x0_out=p_out, x=ratio, x0=-phi - 0.5 * phi / r, history=0.5 * phi / r)
+
+    def advance(self) -> None:
+        assert self._index is not None
+        self._lower_order_nums = min(self._lower_order_nums + 1, self.config.solver_order)
+        self._index += 1

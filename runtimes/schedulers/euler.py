@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgegen.runtimes.schedulers.base import ScheduleConfig, Spacing, as_float, predicted_x0_eps, spaced_timesteps
+from edgegen.runtimes.schedulers.base import (ScheduleConfig, Spacing, StepCoefficients, as_float, spaced_timesteps,
+                                              x0_eps_coefficients)
 from edgegen.runtimes.schedulers.sigmas import SigmaScheduler, karras_sigmas, sigma_to_t, train_sigmas
 
 __all__ = ["EulerConfig", "EulerScheduler"]
@@ -52,26 +53,27 @@ class EulerScheduler(SigmaScheduler):
         top = self.sigmas.max()
         return float(top if self.config.timestep_spacing in ("linspace", "trailing") else np.sqrt(top ** 2 + 1))
 
-    def scale_model_input(self, sample: np.ndarray, t: Any) -> np.ndarray:
-        """x / sqrt(sigma^2 + 1): the denoiser's input at the variance-preserving scale."""
+    def model_input_scale(self, t: Any) -> float:
+        """1 / sqrt(sigma^2 + 1): the denoiser's input at the variance-preserving scale."""
         sigma = float(self.sigmas[self._current(t)])
-        return (as_float("sample", sample) / (sigma ** 2 + 1) ** 0.5).astype(np.float32)
+        return 1 / (sigma ** 2 + 1) ** 0.5
 
-    def step(self, model_output: np.ndarray, t: Any, sample: np.ndarray, *,
-             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-        i = self._current(t)
-        x = as_float("sample", sample)                                              # [B, C, H, W]
-        out = as_float("model_output", model_output, x.shape)
-        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-
-        # 1. x0 from the model output (the VP sample is alpha * x with alpha = 1 / sqrt(sigma^2 + 1))
+    def _x0(self, sigma: float) -> tuple[float, float]:
+        """x0 from the model output at ``sigma`` (the VP sample is alpha * x with alpha = 1 / sqrt(sigma^2 + 1))."""
         alpha = 1 / (sigma ** 2 + 1) ** 0.5
-        x0, _ = predicted_x0_eps(self.config.prediction_type, out, x * alpha, alpha, sigma * alpha)
+        (p_x, p_out), _ = x0_eps_coefficients(self.config.prediction_type, alpha, sigma * alpha)
+        return p_x * alpha, p_out
 
-        # 2. one Euler step of dx/dsigma = (x - x0) / sigma (Karras et al. 2022, eq. 4 and algorithm 2)
-        derivative = (x - x0) / sigma
-        self._index = i + 1
-        return (x + derivative * (sigma_next - sigma)).astype(np.float32)
+    def plan(self, t: Any) -> StepCoefficients:
+        i = self._current(t)
+        sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
+        # one Euler step of dx/dsigma = (x - x0) / sigma (Karras et al. 2022, eq. 4 and algorithm 2)
+        d = (sigma_next - sigma) / sigma
+        return StepCoefficients(*self._x0(sigma), x=1 + d, x0=-d)
+
+    def advance(self) -> None:
+        assert self._index is not None
+        self._index += 1
 
     def add_noise(self, original: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
         x0 = as_float("original", original)                                         # [B, ...]

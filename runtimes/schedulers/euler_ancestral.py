@@ -9,8 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edgegen.runtimes.schedulers.base import (ScheduleConfig, Spacing, as_float, predicted_x0_eps, spaced_timesteps,
-                                              take_noise)
+from edgegen.runtimes.schedulers.base import ScheduleConfig, Spacing, StepCoefficients, spaced_timesteps
 from edgegen.runtimes.schedulers.sigmas import train_sigmas
 from edgegen.runtimes.schedulers.euler import EulerScheduler
 
@@ -44,24 +43,12 @@ class EulerAncestralScheduler(EulerScheduler):
         sigmas = np.interp(timesteps, np.arange(len(table)), table)                 # [n]
         return timesteps, np.append(sigmas, 0.0).astype(np.float32)                 # [n], [n + 1]
 
-    def step(self, model_output: np.ndarray, t: Any, sample: np.ndarray, *,
-             noise: np.ndarray | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    def plan(self, t: Any) -> StepCoefficients:
         i = self._current(t)
-        x = as_float("sample", sample)                                              # [B, C, H, W]
-        out = as_float("model_output", model_output, x.shape)
         sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-
-        # 1. x0 from the model output (the VP sample is alpha * x with alpha = 1 / sqrt(sigma^2 + 1))
-        alpha = 1 / (sigma ** 2 + 1) ** 0.5
-        x0, _ = predicted_x0_eps(self.config.prediction_type, out, x * alpha, alpha, sigma * alpha)
-
-        # 2. split the next sigma into a deterministic part (down) and fresh noise (up): down^2 + up^2 = next^2
+        # split the next sigma into a deterministic part (down) and fresh noise (up): down^2 + up^2 = next^2
         sigma_up = (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5
         sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
-
-        # 3. an Euler step to sigma_down, then noise up to sigma_next (none after the last step)
-        prev = x + (x - x0) / sigma * (sigma_down - sigma)
-        if sigma_up > 0:
-            prev = prev + sigma_up * take_noise(x.shape, noise, rng, self.name, t)
-        self._index = i + 1
-        return prev.astype(np.float32)
+        # an Euler step to sigma_down, then noise up to sigma_next (none after the last step)
+        d = (sigma_down - sigma) / sigma
+        return StepCoefficients(*self._x0(sigma), x=1 + d, x0=-d, noise=sigma_up if sigma_up > 0 else None)
