@@ -120,6 +120,10 @@ class Diffusion:
             self.tokenizer.enable_truncation(t.max_length)
             self.tokenizer.enable_padding(length=t.max_length, pad_id=t.pad_token_id)
         self._cond_input = {"text": "encoder_hidden_states", "class": "class_labels"}.get(self.sampler.conditioning)
+        #: run the loop with the latents in device memory (:mod:`edgegen.runtimes.diffusion_device`); on by
+        #: default where a step's host round trip costs (CUDA, DirectML), off on the CPU (no copy to save)
+        self.latents_on_device = provider in ("cuda", "dml")
+        self._latent_loop = None
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> Diffusion:
@@ -212,6 +216,10 @@ class Diffusion:
         total = len(timesteps)
         fixed = {} if self._cond_input is None else {                                 # the same every step
             self._cond_input: np.concatenate([uncond, cond]) if cfg else cond}
+        if total and self._on_device(sched):
+            latents = self._device_loop().run(sched, timesteps, latents, guided=cfg, guidance=guidance,
+                                              cond=fixed.get(self._cond_input), rng=rng, progress=progress)
+            return self.decode(latents)
         denoiser = self.sessions["denoiser"]
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents           # [(2)n, C, h, w]
@@ -236,6 +244,22 @@ class Diffusion:
         return self.sessions["vae_decoder"].run(None, {"latent_sample": z.astype(np.float32)})[0]
 
     # -- pieces --------------------------------------------------------------------------------
+    def _on_device(self, scheduler: Any) -> bool:
+        """Whether this run takes the device loop: asked for, an affine scheduler, a denoiser output it can read."""
+        if not self.latents_on_device or not scheduler.affine:
+            return False
+        channels = self.sampler.sample_shape[0]
+        out = self.artifact.manifest.graphs["denoiser"].outputs[0].shape[1]
+        return out == channels or (out == 2 * channels and scheduler.variance_channels)
+
+    def _device_loop(self) -> Any:
+        from edgegen.runtimes.diffusion_device import LatentLoop
+
+        with self._open_lock:
+            if self._latent_loop is None:
+                self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config, self._cond_input)
+            return self._latent_loop
+
     def _guidance(self, guidance: float | None, prompt: str | None, negative_prompt: str | None) -> float:
         s = self.sampler
         if s.conditioning != "text" and (prompt is not None or negative_prompt is not None):
