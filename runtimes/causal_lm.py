@@ -193,8 +193,7 @@ class CausalLM(TextModel):
         GenerationSettings.from_manifest(m.defaults)
         provider, sessions = open_sessions(artifact, config)
         device = "cuda" if provider == "cuda" else "cpu"
-        graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id,
-                             serialize=provider == "dml")
+        graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id)
         return cls(artifact, graph, load_tokenizer(artifact), provider)
 
     # -- the step API ------------------------------------------------------------------------------

@@ -24,9 +24,7 @@ binding every step cost ~8% of decode tok/s on a 100M Llama int4 (GroupQueryAtte
 
 from __future__ import annotations
 
-import contextlib
 import re
-import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,12 +87,8 @@ class StepBinding:
 class DecoderGraph:
     """A decoder session plus the names it takes, and its step function."""
 
-    def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0,
-                 serialize: bool = False) -> None:
-        self.session = session
-        #: DirectML sessions must not run concurrently: one lock per session serializes them.
-        self._lock: threading.Lock | contextlib.nullcontext[None] = threading.Lock() if serialize \
-            else contextlib.nullcontext()
+    def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0) -> None:
+        self.session = session      # DirectML's is a SerializedSession: one run at a time (session.py)
         names = {arg.name for arg in session.get_inputs()}
         self.has_mask = "attention_mask" in names
         self.has_positions = "position_ids" in names
@@ -181,8 +175,7 @@ class DecoderGraph:
         if not share:  # a grown present each step: ORT allocates it (bound again, or it would reuse the last shape)
             for name in self.present_names:
                 binding.bind_output(name, self.device, self.device_id)
-        with self._lock:
-            self.session.run_with_iobinding(binding)
+        self.session.run_with_iobinding(binding)
         outputs = None if share and into_numpy else binding.get_outputs()
         if not into_numpy:
             # a copy: outputs[0].numpy() views memory that ORT frees with the OrtValue
@@ -191,8 +184,7 @@ class DecoderGraph:
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""
-        with self._lock:
-            return self.session.run(["logits"], self.full_feeds(input_ids, attention_mask))[0]
+        return self.session.run(["logits"], self.full_feeds(input_ids, attention_mask))[0]
 
     def full_feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """The inputs :meth:`full_logits` runs the graph on: the sequence [B, T] with an empty cache."""

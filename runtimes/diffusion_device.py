@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgegen.errors import CancelledError, ProviderError
+from edgegen.errors import CancelledError
 from edgegen.runtimes.schedulers.base import Scheduler, StepCoefficients, take_noise
-from edgegen.runtimes.session import PROVIDERS, SessionConfig, session_options
+from edgegen.runtimes.session import SessionConfig, create_session
 
 __all__ = ["DEVICES", "LatentLoop", "coefficient_vector"]
 
@@ -55,14 +55,9 @@ class LatentLoop:
                  cond_input: str | None) -> None:
         self.denoiser, self.provider, self.cond_input = denoiser, provider, cond_input
         self.device, self.device_id = DEVICES[provider], config.device_id
-        opts, providers = session_options(config, provider, memory_pattern=False)   # type: ignore[arg-type]
-        opts.intra_op_num_threads = 1 if provider != "cpu" else opts.intra_op_num_threads
-        self._steps = {guided: ort.InferenceSession(_step_graph("guided_step" if guided else "step"),
-                                                    sess_options=opts, providers=providers)
-                       for guided in (False, True)}
-        if self._steps[False].get_providers()[0] != PROVIDERS[provider].ort_name:
-            raise ProviderError(f"onnxruntime could not start the diffusion step graph on {provider!r}; pass "
-                                "provider='cpu'")
+        self._steps = {guided: create_session(_step_graph(name), config, provider,  # type: ignore[arg-type]
+                                              label=f"the diffusion runtime's {name} graph", memory_pattern=False)
+                       for guided, name in ((False, "step"), (True, "guided_step"))}
         self._out_name = denoiser.get_outputs()[0].name
 
     def _put(self, array: np.ndarray) -> ort.OrtValue:

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import onnxruntime as ort
 
@@ -177,18 +177,46 @@ def session_options(config: SessionConfig, provider: ProviderName, memory_patter
     return opts, providers
 
 
+class SerializedSession(ort.InferenceSession):
+    """A session that runs one call at a time: DirectML's requirement (its command lists and resources are
+    per session, and ORT's DirectML EP does not guard a session against concurrent ``run`` calls).  Every way
+    to run takes one lock per session; other sessions (and other providers) run unhindered."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.run_lock = threading.Lock()
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        with self.run_lock:
+            return super().run(*args, **kwargs)
+
+    def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
+        with self.run_lock:
+            return super().run_with_iobinding(*args, **kwargs)
+
+    def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
+        with self.run_lock:
+            return super().run_with_ort_values(*args, **kwargs)
+
+
+#: DirectML sessions are serialized (see SerializedSession); the others run concurrently as ORT allows
+SESSION_TYPES: dict[str, type[ort.InferenceSession]] = {"dml": SerializedSession}
+
+
 _UNREGISTERED = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\) is not a registered function/op")
 _NO_KERNEL = re.compile(r"No Op registered for (\w+) with domain_version of (\d+)")
 _FUTURE_OPSET = re.compile(r"Opset (\d+) is under development.*?till opset (\d+)", re.S)
 
 
-def create_session(path: Path, config: SessionConfig, provider: ProviderName, label: str,
+def create_session(path: Path | bytes, config: SessionConfig, provider: ProviderName, label: str,
                    opset: int | None = None, memory_pattern: bool = True,
                    shared_cpu_arena: bool = False) -> ort.InferenceSession:
-    """Open one graph; a graph ONNX Runtime refuses is a GraphLoadError naming op and opset."""
+    """Open one graph (a file, or a serialized model); a graph ONNX Runtime refuses is a GraphLoadError
+    naming op and opset.  DirectML sessions are :class:`SerializedSession`."""
     opts, providers = session_options(config, provider, memory_pattern, shared_cpu_arena)
+    session_type = SESSION_TYPES.get(provider, ort.InferenceSession)
     try:
-        session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+        session = session_type(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise GraphLoadError(explain_load_failure(label, str(exc), opset)) from None
     used = session.get_providers()[0]

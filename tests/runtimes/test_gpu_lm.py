@@ -28,14 +28,3 @@ def test_gpu_greedy_tokens_equal_cpu_and_cache_stays_on_device(tiny_lm_artifact:
         gen.append_tokens([lm.encode("def f")])
         gen.generate_next_token()
         assert all(value.device_name().lower() == "cuda" for value in gen._past)
-
-
-def test_directml_sessions_are_serialized_and_cpu_ones_are_not(tiny_lm_artifact: Path) -> None:
-    import contextlib
-
-    from edgegen.runtimes.decoder import DecoderGraph
-
-    lm = edgegen.load(tiny_lm_artifact, provider="cpu")
-    assert isinstance(lm.graph._lock, contextlib.nullcontext)
-    serialized = DecoderGraph(lm.graph.session, serialize=True)
-    assert not isinstance(serialized._lock, contextlib.nullcontext)

@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 
 from edgegen.errors import GraphLoadError, InvalidArgumentError, ProviderError
-from edgegen.runtimes.session import (AUTO_ORDER, SessionConfig, available_providers, create_session,
-                                      resolve_provider, session_options)
+from edgegen.runtimes.session import (AUTO_ORDER, SESSION_TYPES, SerializedSession, SessionConfig,
+                                      available_providers, create_session, resolve_provider, session_options)
 from tests_support import tiny_graph
 
 
@@ -58,6 +58,38 @@ def test_dml_settings():
     assert opts.enable_mem_pattern is False
     assert opts.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert providers == [("DmlExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+
+
+def test_directml_sessions_run_one_call_at_a_time(tmp_path):
+    import threading
+
+    import numpy as np
+    import onnx
+
+    assert SESSION_TYPES == {"dml": SerializedSession}         # every family's DirectML sessions, not only LMs'
+    path = tmp_path / "tiny.onnx"
+    onnx.save_model(tiny_graph(), str(path))
+    assert type(create_session(path, SessionConfig(), "cpu", label="g")) is ort.InferenceSession
+    session = SerializedSession(str(path), providers=["CPUExecutionProvider"])
+    x = np.ones((2, 4), np.float32)
+    binding = session.io_binding()
+    binding.bind_cpu_input("x", x)
+    binding.bind_output("y")
+    results = []
+    calls = [lambda: results.append(session.run(["y"], {"x": x})[0]),
+             lambda: results.append(session.run_with_iobinding(binding)),
+             lambda: results.append(session.run_with_ort_values(["y"], {"x": ort.OrtValue.ortvalue_from_numpy(x)}))]
+    with session.run_lock:                                     # another call is running: each must wait for it
+        threads = [threading.Thread(target=call) for call in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(0.3)
+        assert all(thread.is_alive() for thread in threads) and results == []
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 3 and not any(thread.is_alive() for thread in threads)
+    np.testing.assert_array_equal(results[0], x + np.arange(4))
 
 
 def test_cuda_settings():
