@@ -9,13 +9,14 @@ import edgegen
 from edgegen.runtimes.session import available_providers
 
 pytestmark = pytest.mark.gpu
+PROVIDERS = [pytest.param(p, marks=pytest.mark.skipif(
+    p not in available_providers(),
+    reason=f"{p} is not offered by this onnxruntime build ({', '.join(available_providers())})")) for p in ("cuda", "dml")]
 
 
-@pytest.mark.parametrize("provider", ["cuda", "dml"])
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "dpm++"])
 def test_gpu_device_loop_equals_cpu_numpy_loop(tiny_sd, provider, scheduler):
-    if provider not in available_providers():
-        pytest.skip(f"{provider} is not offered by this onnxruntime build ({', '.join(available_providers())})")
     options = dict(n=2, seed=1, steps=5, scheduler=scheduler, prompt="a red cat", negative_prompt="dog", guidance=6.0)
     cpu = edgegen.load(tiny_sd[1], provider="cpu").generate(**options)
     model = edgegen.load(tiny_sd[1], provider=provider)
