@@ -8,7 +8,7 @@ imported by :func:`load`, the converters (which need the ``[convert]`` extra) by
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,16 +21,21 @@ if TYPE_CHECKING:
     from edgegen.runtimes.registry import FamilyRuntime
 
 
-def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None) -> FamilyRuntime:
+def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None, device_id: int = 0,
+         free_dimensions: Mapping[str, int] | None = None, gpu_memory_limit: int | None = None) -> FamilyRuntime:
     """Open the artifact at ``path`` and return its family's runtime object.
 
     ``provider`` is ``"auto"`` (CUDA, then DirectML, then CPU), ``"cpu"``, ``"cuda"`` or
-    ``"dml"``; ``threads`` caps ONNX Runtime's intra-op threads (default: all cores).
-    Every graph's checksum and inputs/outputs are verified before this returns.
+    ``"dml"``; ``threads`` caps ONNX Runtime's intra-op threads (default: all cores);
+    ``device_id`` picks the GPU (CUDA, DirectML); ``free_dimensions`` fixes symbolic input
+    dimensions for apps that always call with the same sizes (``{"batch": 1}``, or per graph
+    ``{"denoiser.batch": 2}``: DirectML plans static shapes faster); ``gpu_memory_limit`` caps
+    the CUDA arena (bytes).  Every graph's checksum and inputs/outputs are verified before this returns.
     """
     from edgegen.runtimes.registry import load_runtime
 
-    return load_runtime(path, provider=provider, threads=threads)
+    return load_runtime(path, provider=provider, threads=threads, device_id=device_id,
+                        free_dimensions=dict(free_dimensions or {}), gpu_memory_limit=gpu_memory_limit)
 
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,

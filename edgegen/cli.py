@@ -20,6 +20,38 @@ from edgegen.errors import EdgegenError, InvalidArgumentError
 PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "dml"])
 
 
+def _free_dims(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, int]:
+    out = {}
+    for value in values:
+        name, sep, size = value.partition("=")
+        if not sep or not name or not size.isdigit() or int(size) < 1:
+            raise click.BadParameter(f"{value!r} is not NAME=SIZE (like batch=1 or denoiser.batch=2)")
+        out[name] = int(size)
+    return out
+
+
+def runtime_options(command: Any) -> Any:
+    """The options every command that loads an artifact takes, passed on as ``runtime`` (edgegen.load's keywords)."""
+    import functools
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, provider: str, threads: int | None, device_id: int, free_dims: dict[str, int],
+                **kwargs: Any) -> Any:
+        return command(*args, runtime={"provider": provider, "threads": threads, "device_id": device_id,
+                                       "free_dimensions": free_dims}, **kwargs)
+
+    for option in reversed([
+            click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True),
+            click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."),
+            click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+                         help="Which GPU (cuda, dml)."),
+            click.option("--free-dim", "free_dims", multiple=True, metavar="NAME=SIZE", callback=_free_dims,
+                         help="Fix a symbolic input dimension, e.g. batch=1 or denoiser.batch=2 (repeatable; "
+                              "DirectML plans static shapes faster).")]):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 class _UserError(click.ClickException):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
@@ -218,10 +250,9 @@ def _read_prompts(prompts: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same text.")
 @click.option("--truncate", "truncate_prompt", is_flag=True, default=None, help="Keep the end of a prompt longer than the context.")
 @click.option("--ignore-eos", is_flag=True, default=None, help="Keep going after end-of-sequence.")
-@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print completions and timings as JSON (no streaming).")
-def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: str, threads: int | None,
+def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: dict[str, Any],
              stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
     """Generate text from a causal-lm or rnn-lm ARTIFACT, streaming it to standard output."""
     import edgegen
@@ -235,7 +266,7 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, provider: s
     if family not in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm and rnn-lm "
                                    "artifacts")
-    lm = edgegen.load(artifact, provider=provider, threads=threads)
+    lm = edgegen.load(artifact, **runtime)
     stream = not as_json and len(texts) == 1
     on_text = (lambda _row, piece: click.echo(piece, nl=False)) if stream else None
     try:
@@ -289,11 +320,10 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
 @click.option("--separate", is_flag=True, help="Write OUTPUT-0.png, OUTPUT-1.png, ... instead of a grid.")
 @click.option("--upscale", type=click.IntRange(min=1, max=32), default=1, show_default=True,
               help="Enlarge the PNG by this factor (nearest neighbour), e.g. for 8x8 digits.")
-@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the files written and timings as JSON.")
 def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: tuple[int, int] | None,
-           frames: int, separate: bool, upscale: int, provider: str, threads: int | None, as_json: bool,
+           frames: int, separate: bool, upscale: int, runtime: dict[str, Any], as_json: bool,
            **family_options: Any) -> None:
     """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG."""
     import inspect
@@ -309,7 +339,7 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     if not output.lower().endswith(".png"):
         raise InvalidArgumentError(f"{output}: images are written as PNG; give a path ending in .png")
     started = time.perf_counter()
-    model = edgegen.load(artifact, provider=provider, threads=threads)
+    model = edgegen.load(artifact, **runtime)
     load_s = time.perf_counter() - started
     method = getattr(model, "interpolate" if interpolate else "sample", None)
     if method is None:
@@ -354,11 +384,10 @@ _RECONSTRUCT_FAMILIES = ("vae", "vq-vae")
 @click.option("--compare", is_flag=True, help="Write the input and its reconstruction side by side.")
 @click.option("--upscale", type=click.IntRange(min=1, max=32), default=1, show_default=True,
               help="Enlarge the PNG by this factor (nearest neighbour).")
-@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the file written and timings as JSON.")
-def reconstruct(artifact: str, image: str, output: str, seed: int | None, compare: bool, upscale: int, provider: str,
-                threads: int | None, as_json: bool) -> None:
+def reconstruct(artifact: str, image: str, output: str, seed: int | None, compare: bool, upscale: int,
+                runtime: dict[str, Any], as_json: bool) -> None:
     """Encode IMAGE and decode it again with a vae or vq-vae ARTIFACT; write the result as PNG."""
     import time
 
@@ -374,7 +403,7 @@ def reconstruct(artifact: str, image: str, output: str, seed: int | None, compar
     if family not in _RECONSTRUCT_FAMILIES:
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; reconstruct runs "
                                    f"{' and '.join(_RECONSTRUCT_FAMILIES)} artifacts")
-    model = edgegen.load(artifact, provider=provider, threads=threads)
+    model = edgegen.load(artifact, **runtime)
     channels, height, width = model.image_shape
     pixels = load_image(image, (height, width), channels)                      # [1, H, W, C] uint8
     started = time.perf_counter()
@@ -404,10 +433,9 @@ _SCORE_FAMILIES = ("flow",)
 @cli.command()
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the scores as JSON.")
-def score(artifact: str, images: tuple[str, ...], provider: str, threads: int | None, as_json: bool) -> None:
+def score(artifact: str, images: tuple[str, ...], runtime: dict[str, Any], as_json: bool) -> None:
     """Bits per dimension of each of IMAGES under a flow ARTIFACT (exact likelihood; lower = more likely)."""
     import numpy as np
 
@@ -419,7 +447,7 @@ def score(artifact: str, images: tuple[str, ...], provider: str, threads: int | 
     if family not in _SCORE_FAMILIES:
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; score needs exact likelihoods, which "
                                    f"{', '.join(_SCORE_FAMILIES)} artifacts give")
-    model = edgegen.load(artifact, provider=provider, threads=threads)
+    model = edgegen.load(artifact, **runtime)
     c, h, w = model.image_shape
     bits = model.bits_per_dim(np.concatenate([load_image(path, (h, w), c) for path in images]))   # [N]
     if as_json:

@@ -97,6 +97,7 @@ def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, .
         spec = graphs[role]
         sessions[role] = create_session(artifact.path(spec.file), config, provider,
                                         label=f"graph {role!r} ({spec.file})", opset=artifact.manifest.source.opset,
-                                        memory_pattern=memory_pattern, shared_cpu_arena=shared_cpu_arena)
+                                        memory_pattern=memory_pattern, shared_cpu_arena=shared_cpu_arena,
+                                        role=role)
     check_io([(f"graph {role!r}", graphs[role], sessions[role]) for role in wanted])
     return provider, sessions

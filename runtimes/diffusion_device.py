@@ -20,6 +20,7 @@ variance, which keeps the numpy loop).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from importlib import resources
 from typing import Any
 
@@ -55,8 +56,10 @@ class LatentLoop:
                  cond_input: str | None) -> None:
         self.denoiser, self.provider, self.cond_input = denoiser, provider, cond_input
         self.device, self.device_id = DEVICES[provider], config.device_id
-        self._steps = {guided: create_session(_step_graph(name), config, provider,  # type: ignore[arg-type]
-                                              label=f"the diffusion runtime's {name} graph", memory_pattern=False)
+        internal = replace(config, free_dimensions={})        # the user's overrides name the artifact's graphs
+        self._steps = {guided: create_session(_step_graph(name), internal, provider,  # type: ignore[arg-type]
+                                              label=f"the diffusion runtime's {name} graph", memory_pattern=False,
+                                              role=name)
                        for guided, name in ((False, "step"), (True, "guided_step"))}
         self._out_name = denoiser.get_outputs()[0].name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Protocol
+from typing import Any, Protocol
 
 from edgegen.errors import UnknownFamilyError
 from edgegen.runtimes.artifact import Artifact, open_artifact
@@ -47,8 +47,10 @@ def runtime_class(family: str) -> type[FamilyRuntime]:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-def load_runtime(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None) -> FamilyRuntime:
-    """Open ``path`` and hand it to its family's runtime (checksums and I/O verified there)."""
-    config = SessionConfig(provider=provider, threads=threads)
+def load_runtime(path: str | os.PathLike[str], provider: str = "auto", threads: int | None = None,
+                 **settings: Any) -> FamilyRuntime:
+    """Open ``path`` and hand it to its family's runtime (checksums and I/O verified there); ``settings``
+    are :class:`SessionConfig`'s other fields (device_id, free_dimensions, gpu_memory_limit)."""
+    config = SessionConfig(provider=provider, threads=threads, **settings)
     artifact = open_artifact(path)
     return runtime_class(artifact.manifest.family).from_artifact(artifact, config)

@@ -8,10 +8,12 @@ silent fallback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
@@ -118,6 +120,19 @@ class SessionConfig:
     threads: int | None = None
     optimization: Literal["disable", "basic", "extended", "all"] = "all"
     device_id: int = 0
+    #: fix symbolic dimensions of the graphs' inputs: ``{"batch": 1}`` for every graph with a ``batch``
+    #: dimension, ``{"denoiser.batch": 2}`` for one role's.  DirectML (and ORT's optimizer) can then plan
+    #: for static shapes; a call with another size is refused.  Names: the graphs' own (``edgegen info``).
+    free_dimensions: Mapping[str, int] = field(default_factory=dict)
+    #: CUDA only: the most device memory ONNX Runtime's arena may take, in bytes (default: no limit)
+    gpu_memory_limit: int | None = None
+
+    def dimensions_for(self, role: str | None) -> dict[str, int]:
+        """The overrides that apply to the graph of ``role``: the plain names, then ``role.name`` ones."""
+        out = {k: v for k, v in self.free_dimensions.items() if "." not in k}
+        if role is not None:
+            out.update({k.split(".", 1)[1]: v for k, v in self.free_dimensions.items() if k.startswith(role + ".")})
+        return out
 
     def __post_init__(self) -> None:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -125,8 +140,21 @@ class SessionConfig:
         if self.optimization not in _OPTIMIZATION:
             raise InvalidArgumentError(
                 f"optimization {self.optimization!r} is not one of {', '.join(_OPTIMIZATION)}")
-        if self.device_id < 0:
-            raise InvalidArgumentError(f"device_id must be >= 0, got {self.device_id}")
+        if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or self.device_id < 0:
+            raise InvalidArgumentError(f"device_id must be an integer >= 0, got {self.device_id!r}")
+        if not isinstance(self.free_dimensions, Mapping):
+            raise InvalidArgumentError(f"free_dimensions must map dimension names to sizes, like {{'batch': 1}}; "
+                                       f"got {type(self.free_dimensions).__name__}")
+        for name, value in self.free_dimensions.items():
+            if not isinstance(name, str) or not name.strip(".") or name.count(".") > 1:
+                raise InvalidArgumentError(f"free_dimensions key {name!r} must be a dimension name ('batch') or "
+                                           "role.name ('denoiser.batch')")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgumentError(f"free_dimensions[{name!r}] must be a positive integer, got {value!r}")
+        if self.gpu_memory_limit is not None and (isinstance(self.gpu_memory_limit, bool) or not isinstance(
+                self.gpu_memory_limit, int) or self.gpu_memory_limit < 1):
+            raise InvalidArgumentError(f"gpu_memory_limit must be a positive number of bytes, got "
+                                       f"{self.gpu_memory_limit!r}")
 
 
 _shared_arena_lock = threading.Lock()
@@ -144,7 +172,7 @@ def _register_shared_cpu_arena() -> None:
 
 
 def session_options(config: SessionConfig, provider: ProviderName, memory_pattern: bool = True,
-                    shared_cpu_arena: bool = False) -> tuple[ort.SessionOptions, list]:
+                    shared_cpu_arena: bool = False, role: str | None = None) -> tuple[ort.SessionOptions, list]:
     """The SessionOptions and provider list for ``provider``: the one place for per-provider settings.
 
     For graphs run one after another whose activations are large next to their weights (a
@@ -161,6 +189,8 @@ def session_options(config: SessionConfig, provider: ProviderName, memory_patter
     opts.graph_optimization_level = _OPTIMIZATION[config.optimization]
     opts.intra_op_num_threads = config.threads or default_threads()
     opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    for name, value in config.dimensions_for(role).items():
+        opts.add_free_dimension_override_by_name(name, value)
     providers: list = []
     if provider == "dml":
         # DirectML cannot use memory patterns nor run nodes in parallel (ORT's DML docs).
@@ -168,39 +198,65 @@ def session_options(config: SessionConfig, provider: ProviderName, memory_patter
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         providers.append((PROVIDERS["dml"].ort_name, {"device_id": config.device_id}))
     elif provider == "cuda":
-        providers.append((PROVIDERS["cuda"].ort_name, {
-            "device_id": config.device_id,
-            "arena_extend_strategy": "kSameAsRequested",
-            "cudnn_conv_algo_search": "HEURISTIC",
-        }))
+        cuda = {"device_id": config.device_id,
+                "arena_extend_strategy": "kSameAsRequested",
+                "cudnn_conv_algo_search": "HEURISTIC"}
+        if config.gpu_memory_limit is not None:
+            cuda["gpu_mem_limit"] = config.gpu_memory_limit
+        providers.append((PROVIDERS["cuda"].ort_name, cuda))
     providers.append(PROVIDERS["cpu"].ort_name)
     return opts, providers
 
 
-class SerializedSession(ort.InferenceSession):
-    """A session that runs one call at a time: DirectML's requirement (its command lists and resources are
-    per session, and ORT's DirectML EP does not guard a session against concurrent ``run`` calls).  Every way
-    to run takes one lock per session; other sessions (and other providers) run unhindered."""
+class GuardedSession(ort.InferenceSession):
+    """An InferenceSession with what its settings need around each call.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    - ``serialize``: one call at a time.  DirectML's requirement: its command lists and resources are
+      per session, and ORT's DirectML EP does not guard a session against concurrent ``run`` calls.
+      Every way to run takes the session's lock; other sessions run unhindered.
+    - ``free_dimensions`` (the overrides the session was opened with): a feed whose shape differs from
+      the fixed shapes is an InvalidArgumentError naming the override, before ONNX Runtime sees it.
+    """
+
+    def __init__(self, *args: Any, serialize: bool = False, free_dimensions: Mapping[str, int] | None = None,
+                 label: str = "graph", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.run_lock = threading.Lock()
+        self.run_lock: threading.Lock | contextlib.nullcontext[None] = \
+            threading.Lock() if serialize else contextlib.nullcontext()
+        self.free_dimensions = dict(free_dimensions or {})
+        self._label = label
+        self._fixed = {arg.name: arg.shape for arg in self.get_inputs()} if self.free_dimensions else {}
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
+    def _check(self, feeds: Mapping[str, Any]) -> None:
+        for name, value in feeds.items():
+            want, shape = self._fixed.get(name), getattr(value, "shape", None)
+            if want is None or shape is None:
+                continue
+            shape = tuple(shape() if callable(shape) else shape)               # OrtValue.shape is a method
+            if len(shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, shape)):
+                raise InvalidArgumentError(
+                    f"{self._label} was opened with free_dimensions {self.free_dimensions}, so input {name!r} must "
+                    f"have shape {list(want)}, but got {list(shape)}; call it with those sizes, or load the "
+                    "artifact without free_dimensions")
+
+    def run(self, output_names: Any, input_feed: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
+        self._check(input_feed)
         with self.run_lock:
-            return super().run(*args, **kwargs)
+            return super().run(output_names, input_feed, *args, **kwargs)
 
     def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
         with self.run_lock:
             return super().run_with_iobinding(*args, **kwargs)
 
-    def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
+    def run_with_ort_values(self, output_names: Any, input_dict_ort_values: Mapping[str, Any], *args: Any,
+                            **kwargs: Any) -> Any:
+        self._check(input_dict_ort_values)
         with self.run_lock:
-            return super().run_with_ort_values(*args, **kwargs)
+            return super().run_with_ort_values(output_names, input_dict_ort_values, *args, **kwargs)
 
 
-#: DirectML sessions are serialized (see SerializedSession); the others run concurrently as ORT allows
-SESSION_TYPES: dict[str, type[ort.InferenceSession]] = {"dml": SerializedSession}
+#: DirectML sessions are serialized (see GuardedSession); the others run concurrently as ORT allows
+SERIALIZED_PROVIDERS = frozenset({"dml"})
 
 
 _UNREGISTERED = re.compile(r"(?:([\w.]+):)?(\w+)\(-?\d+\) is not a registered function/op")
@@ -210,13 +266,19 @@ _FUTURE_OPSET = re.compile(r"Opset (\d+) is under development.*?till opset (\d+)
 
 def create_session(path: Path | bytes, config: SessionConfig, provider: ProviderName, label: str,
                    opset: int | None = None, memory_pattern: bool = True,
-                   shared_cpu_arena: bool = False) -> ort.InferenceSession:
-    """Open one graph (a file, or a serialized model); a graph ONNX Runtime refuses is a GraphLoadError
-    naming op and opset.  DirectML sessions are :class:`SerializedSession`."""
-    opts, providers = session_options(config, provider, memory_pattern, shared_cpu_arena)
-    session_type = SESSION_TYPES.get(provider, ort.InferenceSession)
+                   shared_cpu_arena: bool = False, role: str | None = None) -> ort.InferenceSession:
+    """Open one graph (a file, or a serialized model) in the artifact role ``role``; a graph ONNX Runtime
+    refuses is a GraphLoadError naming op and opset.  DirectML sessions, and sessions with free-dimension
+    overrides, are :class:`GuardedSession`."""
+    opts, providers = session_options(config, provider, memory_pattern, shared_cpu_arena, role=role)
+    source = path if isinstance(path, bytes) else str(path)
+    free = config.dimensions_for(role)
     try:
-        session = session_type(path if isinstance(path, bytes) else str(path), sess_options=opts, providers=providers)
+        if provider in SERIALIZED_PROVIDERS or free:
+            session = GuardedSession(source, sess_options=opts, providers=providers, label=label,
+                                     serialize=provider in SERIALIZED_PROVIDERS, free_dimensions=free)
+        else:
+            session = ort.InferenceSession(source, sess_options=opts, providers=providers)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise GraphLoadError(explain_load_failure(label, str(exc), opset)) from None
     used = session.get_providers()[0]
@@ -248,16 +310,18 @@ def explain_load_failure(label: str, message: str, opset: int | None = None) -> 
             "written by edgegen: re-convert it")
 
 
-def _dims_agree(declared: int | str, actual: int | str | None) -> bool:
+def _dims_agree(declared: int | str, actual: int | str | None, fixed: frozenset[int] = frozenset()) -> bool:
     if isinstance(declared, int):
         return actual == declared
-    # Exporters rename symbolic dimensions; any symbolic (or unknown) dimension agrees.
-    return not isinstance(actual, int)
+    # Exporters rename symbolic dimensions; any symbolic (or unknown) dimension agrees, and so does a
+    # size the session's free-dimension overrides fixed.
+    return not isinstance(actual, int) or actual in fixed
 
 
 def io_mismatches(label: str, spec: GraphSpec, session: ort.InferenceSession) -> list[str]:
     """Every way the session's real inputs/outputs differ from what the manifest declares."""
     problems: list[str] = []
+    fixed = frozenset(getattr(session, "free_dimensions", {}).values())
     for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
                                    ("output", spec.outputs, session.get_outputs())):
         real = {a.name: a for a in actual}
@@ -265,13 +329,14 @@ def io_mismatches(label: str, spec: GraphSpec, session: ort.InferenceSession) ->
             if tensor.name not in real:
                 problems.append(f"{label}: declared {kind} {tensor.name!r} is not in the graph")
                 continue
-            problems.extend(_tensor_mismatches(label, kind, tensor, real.pop(tensor.name)))
+            problems.extend(_tensor_mismatches(label, kind, tensor, real.pop(tensor.name), fixed))
         for name in real:
             problems.append(f"{label}: graph {kind} {name!r} is not declared in the manifest")
     return problems
 
 
-def _tensor_mismatches(label: str, kind: str, tensor: TensorSpec, actual: ort.NodeArg) -> list[str]:
+def _tensor_mismatches(label: str, kind: str, tensor: TensorSpec, actual: ort.NodeArg,
+                       fixed: frozenset[int] = frozenset()) -> list[str]:
     problems = []
     dtype = ORT_DTYPES.get(actual.type, actual.type)
     if dtype != tensor.dtype:
@@ -280,7 +345,7 @@ def _tensor_mismatches(label: str, kind: str, tensor: TensorSpec, actual: ort.No
     if len(shape) != len(tensor.shape):
         problems.append(f"{label}: {kind} {tensor.name!r} has rank {len(shape)} in the graph, "
                         f"{len(tensor.shape)} in the manifest")
-    elif not all(_dims_agree(d, a) for d, a in zip(tensor.shape, shape, strict=True)):
+    elif not all(_dims_agree(d, a, fixed) for d, a in zip(tensor.shape, shape, strict=True)):
         problems.append(f"{label}: {kind} {tensor.name!r} has shape {shape} in the graph, "
                         f"{list(tensor.shape)} in the manifest")
     return problems

@@ -51,12 +51,22 @@ def test_text_to_image_and_img2img_from_the_shell(tiny_sd, tmp_path):
                               "--scheduler, --prompt, --negative-prompt, --guidance, --image, --strength, --label)"),
     (["--steps", "0"], "steps must be an integer of at least 1"),
     (["--scheduler", "pndm"], "pndm"),
+    (["--free-dim", "batch"], "'batch' is not NAME=SIZE (like batch=1 or denoiser.batch=2)"),
+    (["--free-dim", "batch=2", "-n", "3"], "opened with free_dimensions {'batch': 2}, so input 'sample' must have "
+                                           "shape [2, 3, 16, 16], but got [3, 3, 16, 16]"),
+    (["--device-id", "-1"], "-1 is not in the range x>=0"),
 ])
 def test_bad_sample_options_are_one_line_errors(tiny_ddpm, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["sample", str(tiny_ddpm[1]), "-o", str(tmp_path / "x.png"), *args])
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert message in result.output
     assert not (tmp_path / "x.png").exists()
+
+
+def test_runtime_options_reach_the_sessions(tiny_ddpm, tmp_path):
+    result = run("sample", tiny_ddpm[1], "-o", tmp_path / "x.png", "-n", 2, "--steps", 2, "--free-dim", "batch=2",
+                 "--free-dim", "denoiser.batch=2", "--device-id", 0, "--provider", "cpu", "--threads", 1)
+    assert result.exit_code == 0, result.output
 
 
 def test_sample_refuses_language_models_and_non_png_paths(tiny_lm_artifact, tiny_ddpm, tmp_path):

@@ -6,7 +6,7 @@ import onnxruntime as ort
 import pytest
 
 from edgegen.errors import GraphLoadError, InvalidArgumentError, ProviderError
-from edgegen.runtimes.session import (AUTO_ORDER, SESSION_TYPES, SerializedSession, SessionConfig,
+from edgegen.runtimes.session import (AUTO_ORDER, SERIALIZED_PROVIDERS, GuardedSession, SessionConfig,
                                       available_providers, create_session, resolve_provider, session_options)
 from tests_support import tiny_graph
 
@@ -61,16 +61,19 @@ def test_dml_settings():
 
 
 def test_directml_sessions_run_one_call_at_a_time(tmp_path):
+    import contextlib
     import threading
 
     import numpy as np
     import onnx
 
-    assert SESSION_TYPES == {"dml": SerializedSession}         # every family's DirectML sessions, not only LMs'
+    assert SERIALIZED_PROVIDERS == {"dml"}                     # every family's DirectML sessions, not only LMs'
     path = tmp_path / "tiny.onnx"
     onnx.save_model(tiny_graph(), str(path))
     assert type(create_session(path, SessionConfig(), "cpu", label="g")) is ort.InferenceSession
-    session = SerializedSession(str(path), providers=["CPUExecutionProvider"])
+    assert type(create_session(path, SessionConfig(free_dimensions={"batch": 2}), "cpu", label="g")) is GuardedSession
+    assert isinstance(GuardedSession(str(path), providers=["CPUExecutionProvider"]).run_lock, contextlib.nullcontext)
+    session = GuardedSession(str(path), providers=["CPUExecutionProvider"], serialize=True)
     x = np.ones((2, 4), np.float32)
     binding = session.io_binding()
     binding.bind_cpu_input("x", x)
@@ -96,6 +99,9 @@ def test_cuda_settings():
     opts, providers = session_options(SessionConfig(device_id=1), "cuda")
     name, options = providers[0]
     assert name == "CUDAExecutionProvider" and options["device_id"] == 1
+    assert "gpu_mem_limit" not in options
+    _, providers = session_options(SessionConfig(gpu_memory_limit=2 ** 30), "cuda")
+    assert providers[0][1]["gpu_mem_limit"] == 2 ** 30
     assert providers[-1] == "CPUExecutionProvider"
     assert opts.enable_mem_pattern is True  # only DirectML turns it off
 
@@ -118,7 +124,11 @@ def test_lean_settings_for_pipelines_of_activation_heavy_graphs():
 @pytest.mark.parametrize("kwargs, message", [
     ({"threads": 0}, "threads must be a positive integer"),
     ({"optimization": "max"}, "optimization 'max' is not one of"),
-    ({"device_id": -1}, "device_id must be >= 0"),
+    ({"device_id": -1}, "device_id must be an integer >= 0"),
+    ({"free_dimensions": ["batch"]}, "free_dimensions must map dimension names to sizes"),
+    ({"free_dimensions": {"batch": 0}}, r"free_dimensions\['batch'\] must be a positive integer"),
+    ({"free_dimensions": {"a.b.c": 1}}, "must be a dimension name .'batch'. or role.name"),
+    ({"gpu_memory_limit": -5}, "gpu_memory_limit must be a positive number of bytes"),
 ])
 def test_bad_session_config(kwargs, message):
     with pytest.raises(InvalidArgumentError, match=message):
@@ -152,3 +162,26 @@ def test_corrupt_graph_file(tmp_path):
     path.write_bytes(b"\x08\x07 this is not a protobuf")
     with pytest.raises(GraphLoadError, match="cannot load it .* re-convert it"):
         create_session(path, SessionConfig(), "cpu", label="graph 'generator'")
+
+
+def test_free_dimensions_apply_per_role_and_fix_the_sessions_shapes(tiny_artifact):
+    import numpy as np
+
+    from edgegen.runtimes.artifact import open_artifact, open_sessions
+
+    def load(**free):   # open every graph and cross-check its I/O with the manifest, as edgegen.load does
+        return open_sessions(open_artifact(tiny_artifact), SessionConfig(provider="cpu", free_dimensions=free))[1]
+
+    config = SessionConfig(free_dimensions={"batch": 2, "other.batch": 5, "generator.seq": 7})
+    assert config.dimensions_for("generator") == {"batch": 2, "seq": 7}
+    assert config.dimensions_for("other") == {"batch": 5} and config.dimensions_for(None) == {"batch": 2}
+
+    session = load(batch=2)["generator"]                                   # the I/O check accepts it
+    assert session.get_inputs()[0].shape == [2, 4]
+    assert load()["generator"].get_inputs()[0].shape[0] == "batch"
+    x = np.ones((2, 4), np.float32)
+    np.testing.assert_array_equal(session.run(["y"], {"x": x})[0], x + np.arange(4))
+    with pytest.raises(InvalidArgumentError, match=r"opened with free_dimensions \{'batch': 2\}, so input 'x' must "
+                                                   r"have shape \[2, 4\], but got \[3, 4\]; call it with those"):
+        session.run(["y"], {"x": np.ones((3, 4), np.float32)})
+    assert load(**{"vae_decoder.batch": 2})["generator"].get_inputs()[0].shape[0] == "batch"   # another role's
