@@ -56,7 +56,9 @@ class LatentLoop:
                  cond_input: str | None) -> None:
         self.denoiser, self.provider, self.cond_input = denoiser, provider, cond_input
         self.device, self.device_id = DEVICES[provider], config.device_id
-        internal = replace(config, free_dimensions={})        # the user's overrides name the artifact's graphs
+        # one thread: a few elementwise ops on latents (a pool of spinning threads beside the denoiser's costs more);
+        # the user's free-dimension overrides name the artifact's graphs, not these
+        internal = replace(config, threads=1, free_dimensions={})
         self._steps = {guided: create_session(_step_graph(name), internal, provider,  # type: ignore[arg-type]
                                               label=f"the diffusion runtime's {name} graph", memory_pattern=False,
                                               role=name)
