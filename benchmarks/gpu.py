@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))        # lm.py's model builder and edgegen loop
 LMS = {
     "gpt2": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)),
     "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -59,7 +60,6 @@ def build_lm(root: Path, kind: str, config: dict) -> tuple[Path, int]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(HERE.parent))
     from lm import build as build_gpt2_with_tokenizer   # a BPE tokenizer trained here, saved beside the model
 
     torch.manual_seed(0)
@@ -96,25 +96,6 @@ def torch_decode(hf: Path, device: str, prompt: np.ndarray, new: int):
     return run
 
 
-def edgegen_decode(artifact: Path, provider: str, prompt: np.ndarray, new: int):
-    import edgegen
-    from edgegen.runtimes.lm_settings import GenerationSettings
-
-    lm = edgegen.load(artifact, provider=provider)
-    settings = GenerationSettings(temperature=0, max_new_tokens=new, ignore_eos=True)
-
-    def run() -> tuple[list[int], float, float]:
-        gen = lm.generator(settings)
-        t0 = time.perf_counter()
-        gen.append_tokens([prompt[0].tolist()])
-        gen.generate_next_token()
-        t1 = time.perf_counter()
-        while not gen.is_done():
-            gen.generate_next_token()
-        return gen.tokens(0), t1 - t0, time.perf_counter() - t1
-    return run
-
-
 def bench_lm(root: Path, name: str, kind: str, config: dict, args: argparse.Namespace) -> None:
     import edgegen
 
@@ -125,7 +106,9 @@ def bench_lm(root: Path, name: str, kind: str, config: dict, args: argparse.Name
                                quantize="fp16" if target == "cuda" else "none", attention="standard")
     print(f"{name}: {params / 1e6:.0f}M parameters, converted in {time.perf_counter() - t0:.0f} s")
     prompt = np.random.default_rng(0).integers(3, config["vocab_size"], (1, args.prompt_tokens), dtype=np.int64)
-    runs = {"edgegen": edgegen_decode(artifact, args.device, prompt, args.new_tokens),
+    from lm import edgegen_runtime
+
+    runs = {"edgegen": edgegen_runtime(artifact, prompt, args.new_tokens, provider=args.device),
             "torch eager": torch_decode(hf, args.device, prompt, args.new_tokens)}
     decode: dict[str, list[float]] = {k: [] for k in runs}
     prefill: dict[str, list[float]] = {k: [] for k in runs}

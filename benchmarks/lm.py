@@ -123,11 +123,11 @@ def bare_loop(graph: Path, prompt: np.ndarray, new: int, threads: int | None = N
     return run
 
 
-def edgegen_runtime(artifact: Path, prompt: np.ndarray, new: int):
+def edgegen_runtime(artifact: Path, prompt: np.ndarray, new: int, provider: str = "cpu"):
     import edgegen
     from edgegen.runtimes.lm_settings import GenerationSettings
 
-    lm = edgegen.load(artifact, provider="cpu")
+    lm = edgegen.load(artifact, provider=provider)
     settings = GenerationSettings(temperature=0, max_new_tokens=new, ignore_eos=True)
 
     def run() -> tuple[list[int], float, float]:

@@ -29,7 +29,7 @@ from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.decoder import DecoderGraph, StepBinding, positions_from_mask
 from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm_settings import CausalLMSampler, GenerationSettings, Resolved
-from edgegen.runtimes.session import SessionConfig
+from edgegen.runtimes.session import ORT_DEVICES, SessionConfig
 from edgegen.runtimes.text_loop import Completion, StepGenerator, TextModel, load_tokenizer, require_parts
 
 __all__ = ["CausalLM", "Completion", "Generator"]
@@ -192,8 +192,8 @@ class CausalLM(TextModel):
         CausalLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
         GenerationSettings.from_manifest(m.defaults)
         provider, sessions = open_sessions(artifact, config)
-        device = "cuda" if provider == "cuda" else "cpu"
-        graph = DecoderGraph(sessions["decoder"], device=device, device_id=config.device_id)
+        # the KV cache lives in the provider's memory (CUDA, DirectML): no host round trip per token
+        graph = DecoderGraph(sessions["decoder"], device=ORT_DEVICES[provider], device_id=config.device_id)
         return cls(artifact, graph, load_tokenizer(artifact), provider)
 
     # -- the step API ------------------------------------------------------------------------------

@@ -29,12 +29,10 @@ import onnxruntime as ort
 
 from edgegen.errors import CancelledError
 from edgegen.runtimes.schedulers.base import Scheduler, StepCoefficients, take_noise
-from edgegen.runtimes.session import SessionConfig, create_session
+from edgegen.runtimes.session import ORT_DEVICES, SessionConfig, create_session
 
-__all__ = ["DEVICES", "LatentLoop", "coefficient_vector"]
+__all__ = ["LatentLoop", "coefficient_vector"]
 
-#: edgegen provider -> ONNX Runtime's OrtValue device name
-DEVICES = {"cuda": "cuda", "dml": "dml", "cpu": "cpu"}
 N_COEFFICIENTS = 11
 
 
@@ -55,7 +53,7 @@ class LatentLoop:
     def __init__(self, denoiser: ort.InferenceSession, provider: str, config: SessionConfig,
                  cond_input: str | None) -> None:
         self.denoiser, self.provider, self.cond_input = denoiser, provider, cond_input
-        self.device, self.device_id = DEVICES[provider], config.device_id
+        self.device, self.device_id = ORT_DEVICES[provider], config.device_id
         # one thread: a few elementwise ops on latents (a pool of spinning threads beside the denoiser's costs more);
         # the user's free-dimension overrides name the artifact's graphs, not these
         internal = replace(config, threads=1, free_dimensions={})

@@ -43,6 +43,9 @@ PROVIDERS: dict[str, ProviderInfo] = {
 }
 #: ``auto`` takes the first of these that the installed build offers.
 AUTO_ORDER: tuple[ProviderName, ...] = ("cuda", "dml", "cpu")
+#: edgegen provider -> the device name of ONNX Runtime's OrtValues in that provider's memory (IO binding;
+#: DirectML's since ONNX Runtime 1.17, microsoft/onnxruntime#18124)
+ORT_DEVICES: dict[str, str] = {"cuda": "cuda", "dml": "dml", "cpu": "cpu"}
 #: The distributions that all install the ``onnxruntime`` module; exactly one may be installed.
 ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml")
 
