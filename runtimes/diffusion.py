@@ -248,8 +248,11 @@ class Diffusion:
         """Whether this run takes the device loop: asked for, an affine scheduler, a denoiser output it can read."""
         if not self.latents_on_device or not scheduler.affine:
             return False
-        channels = self.sampler.sample_shape[0]
-        out = self.artifact.manifest.graphs["denoiser"].outputs[0].shape[1]
+        graph = self.artifact.manifest.graphs["denoiser"]
+        sample = next(t for t in graph.inputs if t.name == "sample")
+        if sample.dtype != "float32" or graph.outputs[0].dtype != "float32":   # the step graphs are float32
+            return False
+        channels, out = self.sampler.sample_shape[0], graph.outputs[0].shape[1]
         return out == channels or (out == 2 * channels and scheduler.variance_channels)
 
     def _device_loop(self) -> Any:

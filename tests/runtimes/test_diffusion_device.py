@@ -141,3 +141,24 @@ def test_device_loop_reports_progress_and_cancels(tiny_ddpm):
     again = model.sample(1, seed=0, steps=4, scheduler="euler")     # a cancelled run leaves nothing behind
     model.latents_on_device = False
     assert np.abs(again.astype(int) - model.sample(1, seed=0, steps=4, scheduler="euler")).max() <= 1
+
+
+def test_which_runs_take_the_device_loop(tiny_ddpm, monkeypatch):
+    from dataclasses import replace
+
+    model = edgegen.load(tiny_ddpm[1], provider="cpu")
+    model.latents_on_device = True
+    ddim = make_scheduler("ddim", SD)
+    assert model._on_device(ddim)
+    assert not model._on_device(make_scheduler("ddpm", {**LINEAR, "variance_type": "learned_range"}))
+    graphs = dict(model.artifact.manifest.graphs)
+    denoiser = graphs["denoiser"]
+    out = denoiser.outputs[0]
+    for changed in (replace(out, dtype="float16"), replace(out, shape=[out.shape[0], 2 * out.shape[1], *out.shape[2:]])):
+        graphs["denoiser"] = replace(denoiser, outputs=[changed])
+        monkeypatch.setattr(model, "artifact", replace(model.artifact, manifest=replace(model.artifact.manifest,
+                                                                                        graphs=graphs)))
+        assert not model._on_device(ddim)     # float16 I/O; a variance half that only DPM-Solver reads
+    assert model._on_device(make_scheduler("dpm++", {**LINEAR, "variance_type": "learned_range"}))
+    model.latents_on_device = False
+    assert not model._on_device(make_scheduler("dpm++", {**LINEAR, "variance_type": "learned_range"}))
