@@ -69,7 +69,8 @@ def build(guided: bool) -> onnx.ModelProto:
         out = op("Add", ["uncond", op("Mul", [scalar("guidance"), diff], "g_diff")], "guided")
     x0 = op("Add", [op("Mul", [scalar("x0_x"), "sample"], "x0_a"), op("Mul", [scalar("x0_out"), out], "x0_b")],
             "x0_raw")
-    x0 = op("Clip", [x0, scalar("clip_low"), scalar("clip_high")], "x0")
+    # Min/Max rather than Clip: CUDA's Clip reads its bounds from host memory (a copy and a sync per step)
+    x0 = op("Max", [op("Min", [x0, scalar("clip_high")], "x0_high"), scalar("clip_low")], "x0")
     terms = [op("Mul", [scalar(c), v], f"t_{c}")
              for c, v in (("x", "sample"), ("out", out), ("x0", x0), ("history", "x0_previous"), ("noise", "noise"))]
     total = terms[0]

@@ -24,7 +24,7 @@ def _free_dims(_ctx: click.Context, _param: click.Parameter, values: tuple[str, 
     out = {}
     for value in values:
         name, sep, size = value.partition("=")
-        if not sep or not name or not size.isdigit() or int(size) < 1:
+        if not sep or not name or not (size.isascii() and size.isdigit()) or int(size) < 1:
             raise click.BadParameter(f"{value!r} is not NAME=SIZE (like batch=1 or denoiser.batch=2)")
         out[name] = int(size)
     return out

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from edgegen.errors import ArtifactError, IntegrityError
 from edgegen.manifest import Manifest, read_manifest
-from edgegen.runtimes.session import (ProviderName, SessionConfig, check_io, create_session,
+from edgegen.runtimes.session import (ProviderName, SessionConfig, check_free_dimensions, check_io, create_session,
                                       resolve_provider)
 
 _CHUNK = 1 << 20
@@ -91,6 +91,7 @@ def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, .
     provider = resolve_provider(config.provider)
     verify_checksums(artifact)
     graphs = artifact.manifest.graphs
+    check_free_dimensions(config, graphs)
     wanted = tuple(graphs) if roles is None else roles
     sessions = {}
     for role in wanted:

@@ -88,7 +88,7 @@ class DecoderGraph:
     """A decoder session plus the names it takes, and its step function."""
 
     def __init__(self, session: ort.InferenceSession, device: str = "cpu", device_id: int = 0) -> None:
-        self.session = session      # DirectML's is a SerializedSession: one run at a time (session.py)
+        self.session = session      # DirectML's is a GuardedSession: one run at a time (session.py)
         names = {arg.name for arg in session.get_inputs()}
         self.has_mask = "attention_mask" in names
         self.has_positions = "position_ids" in names

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -216,9 +217,9 @@ class Diffusion:
         total = len(timesteps)
         fixed = {} if self._cond_input is None else {                                 # the same every step
             self._cond_input: np.concatenate([uncond, cond]) if cfg else cond}
-        if total and self._on_device(sched):
-            latents = self._device_loop().run(sched, timesteps, latents, guided=cfg, guidance=guidance,
-                                              cond=fixed.get(self._cond_input), rng=rng, progress=progress)
+        if total and self._on_device(sched) and (loop := self._device_loop()) is not None:
+            latents = loop.run(sched, timesteps, latents, guided=cfg, guidance=guidance,
+                               cond=fixed.get(self._cond_input), rng=rng, progress=progress)
             return self.decode(latents)
         denoiser = self.sessions["denoiser"]
         for i, t in enumerate(timesteps):
@@ -256,11 +257,19 @@ class Diffusion:
         return out == channels or (out == 2 * channels and scheduler.variance_channels)
 
     def _device_loop(self) -> Any:
+        """The device loop, made on first use; None (with a warning, and the numpy loop from then on) where
+        this onnxruntime build cannot run it on the provider."""
+        from edgegen.errors import ProviderError
         from edgegen.runtimes.diffusion_device import LatentLoop
 
         with self._open_lock:
             if self._latent_loop is None:
-                self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config, self._cond_input)
+                try:
+                    self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config,
+                                                   self._cond_input)
+                except ProviderError as exc:
+                    warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
+                    self.latents_on_device = False
             return self._latent_loop
 
     def _guidance(self, guidance: float | None, prompt: str | None, negative_prompt: str | None) -> float:

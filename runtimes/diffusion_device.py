@@ -10,8 +10,7 @@ schedulers, the step's noise go to the device.  The noise is still drawn on the 
 seeded generator in the numpy loop's order, so a seed gives the same images on either loop (to
 float32 rounding: the device computes the update in float32, numpy in float64).
 
-Buffers have fixed addresses for the whole call (the latents and x0 ping-pong between two
-buffers each), which is also what CUDA graphs need.
+Every buffer is allocated once per call (the latents and x0 ping-pong between two buffers each).
 
 It serves every affine scheduler step (all of edgegen's schedulers but DDPM with a learned
 variance, which keeps the numpy loop).
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from edgegen.errors import CancelledError
+from edgegen.errors import CancelledError, ProviderError
 from edgegen.runtimes.schedulers.base import Scheduler, StepCoefficients, take_noise
 from edgegen.runtimes.session import ORT_DEVICES, SessionConfig, create_session
 
@@ -62,9 +61,21 @@ class LatentLoop:
                                               role=name)
                        for guided, name in ((False, "step"), (True, "guided_step"))}
         self._out_name = denoiser.get_outputs()[0].name
+        try:          # what the loop does to device memory, once (some builds' DirectML values lack update_inplace)
+            probe = self._put(np.zeros(2, np.float32))
+            probe.update_inplace(np.ones(2, np.float32))
+            ok = np.array_equal(probe.numpy(), np.ones(2, np.float32))
+        except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own pybind types)
+            ok, why = False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        else:
+            why = "a value written in place read back wrong"
+        if not ok:
+            raise ProviderError(f"onnxruntime {ort.__version__} cannot keep diffusion latents in {provider} memory "
+                                f"({why}); sampling keeps them on the host instead (latents_on_device = False)")
 
     def _put(self, array: np.ndarray) -> ort.OrtValue:
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)
+        # a copy: on the CPU an OrtValue borrows the array's memory, and two buffers must never share it
+        return ort.OrtValue.ortvalue_from_numpy(np.array(array, copy=True, order="C"), self.device, self.device_id)
 
     def _empty(self, shape: tuple[int, ...]) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device, self.device_id)
@@ -110,8 +121,8 @@ class LatentLoop:
             last = i + 1 == total
             scale = 1.0 if last else scheduler.model_input_scale(timesteps[i + 1])
             if k.noise is not None:
-                noise.update_inplace(take_noise(latents.shape, None, rng, scheduler.name, t))
-            coefficients.update_inplace(coefficient_vector(k, guidance, scale))
+                noise.update_inplace(take_noise(latents.shape, None, rng, scheduler.name, t))      # float32
+            coefficients.update_inplace(coefficient_vector(k, guidance, scale))                 # float32 [11]
             step.bind_ortvalue_input("sample", x[cur])
             step.bind_ortvalue_input("x0_previous", x0[cur])
             if k.noise is None and zeros is None:

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
+from types import MappingProxyType
 from pathlib import Path
 from typing import Any, Literal
 
@@ -125,9 +126,10 @@ class SessionConfig:
     device_id: int = 0
     #: fix symbolic dimensions of the graphs' inputs: ``{"batch": 1}`` for every graph with a ``batch``
     #: dimension, ``{"denoiser.batch": 2}`` for one role's.  DirectML (and ORT's optimizer) can then plan
-    #: for static shapes; a call with another size is refused.  Names: the graphs' own (``edgegen info``).
+    #: for static shapes; a call with another size is refused.  Names: the graphs' own (``edgegen info --json``).
     free_dimensions: Mapping[str, int] = field(default_factory=dict)
-    #: CUDA only: the most device memory ONNX Runtime's arena may take, in bytes (default: no limit)
+    #: CUDA only: the most device memory each session's arena may take, in bytes (default: no limit); a
+    #: pipeline opens one session per graph, each with its own arena
     gpu_memory_limit: int | None = None
 
     def dimensions_for(self, role: str | None) -> dict[str, int]:
@@ -148,6 +150,7 @@ class SessionConfig:
         if not isinstance(self.free_dimensions, Mapping):
             raise InvalidArgumentError(f"free_dimensions must map dimension names to sizes, like {{'batch': 1}}; "
                                        f"got {type(self.free_dimensions).__name__}")
+        object.__setattr__(self, "free_dimensions", MappingProxyType(dict(self.free_dimensions)))   # read-only
         for name, value in self.free_dimensions.items():
             if not isinstance(name, str) or not name.strip(".") or name.count(".") > 1:
                 raise InvalidArgumentError(f"free_dimensions key {name!r} must be a dimension name ('batch') or "
@@ -211,14 +214,18 @@ def session_options(config: SessionConfig, provider: ProviderName, memory_patter
     return opts, providers
 
 
+_BAD_DIMS = re.compile(r"Got invalid dimensions for input: (\S+) for the following indices(.*?)Please fix", re.S)
+
+
 class GuardedSession(ort.InferenceSession):
-    """An InferenceSession with what its settings need around each call.
+    """An InferenceSession with what its settings need around each call (``run``, ``run_with_ort_values``
+    and ``run_with_iobinding``: the ways edgegen runs a graph).
 
     - ``serialize``: one call at a time.  DirectML's requirement: its command lists and resources are
-      per session, and ORT's DirectML EP does not guard a session against concurrent ``run`` calls.
-      Every way to run takes the session's lock; other sessions run unhindered.
-    - ``free_dimensions`` (the overrides the session was opened with): a feed whose shape differs from
-      the fixed shapes is an InvalidArgumentError naming the override, before ONNX Runtime sees it.
+      per session, and ORT's DirectML EP does not guard a session against concurrent calls.  Each of
+      those calls takes the session's lock; other sessions run unhindered.
+    - ``free_dimensions`` (the overrides the session was opened with): ONNX Runtime's refusal of a
+      feed of another size becomes an InvalidArgumentError that names the override.
     """
 
     def __init__(self, *args: Any, serialize: bool = False, free_dimensions: Mapping[str, int] | None = None,
@@ -228,34 +235,54 @@ class GuardedSession(ort.InferenceSession):
             threading.Lock() if serialize else contextlib.nullcontext()
         self.free_dimensions = dict(free_dimensions or {})
         self._label = label
-        self._fixed = {arg.name: arg.shape for arg in self.get_inputs()} if self.free_dimensions else {}
 
-    def _check(self, feeds: Mapping[str, Any]) -> None:
-        for name, value in feeds.items():
-            want, shape = self._fixed.get(name), getattr(value, "shape", None)
-            if want is None or shape is None:
-                continue
-            shape = tuple(shape() if callable(shape) else shape)               # OrtValue.shape is a method
-            if len(shape) != len(want) or any(isinstance(w, int) and w != g for w, g in zip(want, shape)):
-                raise InvalidArgumentError(
-                    f"{self._label} was opened with free_dimensions {self.free_dimensions}, so input {name!r} must "
-                    f"have shape {list(want)}, but got {list(shape)}; call it with those sizes, or load the "
-                    "artifact without free_dimensions")
+    def _explain(self, exc: Exception) -> None:
+        if self.free_dimensions and (m := _BAD_DIMS.search(str(exc))):
+            raise InvalidArgumentError(
+                f"{self._label} was opened with free_dimensions {self.free_dimensions}, and input {m.group(1)!r} "
+                f"breaks them ({' '.join(m.group(2).split())}); call it with those sizes, or load the artifact "
+                "without free_dimensions") from None
 
-    def run(self, output_names: Any, input_feed: Mapping[str, Any], *args: Any, **kwargs: Any) -> Any:
-        self._check(input_feed)
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         with self.run_lock:
-            return super().run(output_names, input_feed, *args, **kwargs)
+            try:
+                return super().run(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own pybind types)
+                self._explain(exc)
+                raise
 
     def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
         with self.run_lock:
-            return super().run_with_iobinding(*args, **kwargs)
+            try:
+                return super().run_with_iobinding(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self._explain(exc)
+                raise
 
-    def run_with_ort_values(self, output_names: Any, input_dict_ort_values: Mapping[str, Any], *args: Any,
-                            **kwargs: Any) -> Any:
-        self._check(input_dict_ort_values)
+    def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
         with self.run_lock:
-            return super().run_with_ort_values(output_names, input_dict_ort_values, *args, **kwargs)
+            try:
+                return super().run_with_ort_values(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self._explain(exc)
+                raise
+
+
+def check_free_dimensions(config: SessionConfig, graphs: Mapping[str, GraphSpec]) -> None:
+    """Refuse overrides that name no input dimension (ONNX Runtime would ignore them silently)."""
+    def names(specs: Any) -> set[str]:
+        return {d for spec in specs for t in spec.inputs for d in t.shape if isinstance(d, str)}
+
+    for key in config.free_dimensions:
+        role, _, name = key.rpartition(".")
+        if role and role not in graphs:
+            raise InvalidArgumentError(f"free_dimensions {key!r}: this artifact has no graph {role!r} (it has "
+                                       f"{', '.join(sorted(graphs))})")
+        known = names([graphs[role]] if role else graphs.values())
+        if name not in known:
+            where = f"graph {role!r} has" if role else "this artifact's graphs have"
+            raise InvalidArgumentError(f"free_dimensions {key!r}: {where} no input dimension {name!r} (known: "
+                                       f"{', '.join(sorted(known)) or 'none'}; edgegen info --json lists them)")
 
 
 #: DirectML sessions are serialized (see GuardedSession); the others run concurrently as ORT allows

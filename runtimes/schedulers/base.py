@@ -208,7 +208,7 @@ class StepCoefficients:
     clip: float | None = None
 
 
-# # -- the scheduler interface --------------------------------------------------------------------------
+# -- the scheduler interface --------------------------------------------------------------------------
 
 def take_noise(shape: tuple[int, ...], noise: np.ndarray | None, rng: np.random.Generator | None,
                scheduler: str, t: float) -> np.ndarray:
@@ -317,7 +317,8 @@ class Scheduler:
         return True
 
     def plan(self, t: float) -> StepCoefficients:
-        """The coefficients of the step at ``t`` (checks ``t``; changes no state: :meth:`advance` does)."""
+        """The coefficients of the step at ``t`` (checks ``t``; the run's state moves on in :meth:`advance`, not
+        here: the sigma schedulers only start their step counter on the first call)."""
         raise NotImplementedError
 
     def advance(self) -> None:

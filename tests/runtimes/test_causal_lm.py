@@ -148,3 +148,12 @@ def test_a_request_that_cannot_fit_in_memory_fails_fast_with_the_estimate(lm, mo
         lm.complete(["hello"] * 8, GenerationSettings(max_new_tokens=80))
     monkeypatch.setattr("edgegen.runtimes.memory.available_bytes", lambda: 1 << 34)
     assert len(lm.complete(["hello"] * 8, GenerationSettings(max_new_tokens=2, ignore_eos=True))) == 8
+
+
+def test_a_fixed_batch_size_serves_that_batch_and_names_itself_otherwise(tiny_lm_artifact: Path, lm) -> None:
+    greedy = GenerationSettings(temperature=0, max_new_tokens=6, ignore_eos=True)
+    fixed = edgegen.load(tiny_lm_artifact, provider="cpu", free_dimensions={"batch_size": 1})
+    assert fixed.complete(["def f"], greedy)[0].token_ids == lm.complete(["def f"], greedy)[0].token_ids
+    with pytest.raises(InvalidArgumentError, match="opened with free_dimensions {'batch_size': 1}, and input "
+                                                   "'input_ids' breaks them"):
+        fixed.complete(["def f", "class A"], greedy)      # through IO binding, as every decode step runs

@@ -99,13 +99,21 @@ def test_shipped_step_graphs_are_what_the_builder_writes(tmp_path):
 
 
 def both_loops(model, **options) -> tuple[np.ndarray, np.ndarray]:
+    """The same call through the numpy loop and the device loop (which must really run)."""
+    from edgegen.runtimes.diffusion_device import LatentLoop
+
     model.latents_on_device = False
     host = model.generate(**options)
     model.latents_on_device = True
+    runs = []
+    real = LatentLoop.run
+    LatentLoop.run = lambda self, *a, **kw: runs.append(1) or real(self, *a, **kw)
     try:
         device = model.generate(**options)
     finally:
         model.latents_on_device = False
+        LatentLoop.run = real
+    assert runs == [1]
     return host, device
 
 
@@ -162,3 +170,29 @@ def test_which_runs_take_the_device_loop(tiny_ddpm, monkeypatch):
     assert model._on_device(make_scheduler("dpm++", {**LINEAR, "variance_type": "learned_range"}))
     model.latents_on_device = False
     assert not model._on_device(make_scheduler("dpm++", {**LINEAR, "variance_type": "learned_range"}))
+
+
+def test_device_loop_explains_a_broken_free_dimension(tiny_ddpm):
+    model = edgegen.load(tiny_ddpm[1], provider="cpu", free_dimensions={"denoiser.batch": 1})
+    model.latents_on_device = True
+    assert model.generate(1, seed=0, steps=2).shape == (1, 3, 16, 16)
+    with pytest.raises(edgegen.errors.InvalidArgumentError, match="graph 'denoiser' .* was opened with "
+                                                                  "free_dimensions {'batch': 1}, and input 'sample'"):
+        model.generate(2, seed=0, steps=2)
+
+
+def test_a_build_that_cannot_update_device_values_falls_back_to_the_numpy_loop(tiny_ddpm, monkeypatch):
+    from edgegen.runtimes import diffusion_device
+
+    class Frozen:
+        def update_inplace(self, _):
+            raise RuntimeError("Cannot update the OrtValue on this device")
+
+    monkeypatch.setattr(diffusion_device.LatentLoop, "_put", lambda self, a: Frozen())
+    model = edgegen.load(tiny_ddpm[1], provider="cpu")
+    model.latents_on_device = True
+    with pytest.warns(RuntimeWarning, match="cannot keep diffusion latents in cpu memory .Cannot update the OrtValue "
+                                            "on this device.; sampling keeps them on the host"):
+        got = model.generate(1, seed=0, steps=2)
+    assert model.latents_on_device is False
+    np.testing.assert_array_equal(got, model.generate(1, seed=0, steps=2))
