@@ -35,7 +35,7 @@ def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int |
     from edgegen.runtimes.registry import load_runtime
 
     return load_runtime(path, provider=provider, threads=threads, device_id=device_id,
-                        free_dimensions=dict(free_dimensions or {}), gpu_memory_limit=gpu_memory_limit)
+                        free_dimensions=free_dimensions or {}, gpu_memory_limit=gpu_memory_limit)
 
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,

@@ -10,7 +10,7 @@ position's logits only when generating (1) and for every position when scoring (
 
 The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
 bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
-or from numpy per token.  On CUDA the cache tensors live on the device and only the
+or from numpy per token.  On CUDA and DirectML the cache tensors live on the device and only the
 last position's logits come back to the host.  A graph that writes its new positions into the
 past in place (GroupQueryAttention; the manifest's ``"kv_buffer": "shared"``) gets one
 preallocated buffer per cache tensor (:meth:`DecoderGraph.reserve`), bound as past and present.

@@ -15,8 +15,8 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from types import MappingProxyType
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal
 
 import onnxruntime as ort
@@ -243,29 +243,22 @@ class GuardedSession(ort.InferenceSession):
                 f"breaks them ({' '.join(m.group(2).split())}); call it with those sizes, or load the artifact "
                 "without free_dimensions") from None
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
+    def _guarded(self, run: Any, *args: Any, **kwargs: Any) -> Any:
         with self.run_lock:
             try:
-                return super().run(*args, **kwargs)
+                return run(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own pybind types)
                 self._explain(exc)
                 raise
 
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self._guarded(super().run, *args, **kwargs)
+
     def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
-        with self.run_lock:
-            try:
-                return super().run_with_iobinding(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                self._explain(exc)
-                raise
+        return self._guarded(super().run_with_iobinding, *args, **kwargs)
 
     def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
-        with self.run_lock:
-            try:
-                return super().run_with_ort_values(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001
-                self._explain(exc)
-                raise
+        return self._guarded(super().run_with_ort_values, *args, **kwargs)
 
 
 def check_free_dimensions(config: SessionConfig, graphs: Mapping[str, GraphSpec]) -> None:
@@ -340,18 +333,18 @@ def explain_load_failure(label: str, message: str, opset: int | None = None) -> 
             "written by edgegen: re-convert it")
 
 
-def _dims_agree(declared: int | str, actual: int | str | None, fixed: frozenset[int] = frozenset()) -> bool:
+def _dims_agree(declared: int | str, actual: int | str | None, fixed: Mapping[str, int] = MappingProxyType({})) -> bool:
     if isinstance(declared, int):
         return actual == declared
-    # Exporters rename symbolic dimensions; any symbolic (or unknown) dimension agrees, and so does a
-    # size the session's free-dimension overrides fixed.
-    return not isinstance(actual, int) or actual in fixed
+    # Exporters rename symbolic dimensions; any symbolic (or unknown) dimension agrees, and so does the
+    # size the session's free-dimension overrides gave this name.
+    return not isinstance(actual, int) or fixed.get(declared) == actual
 
 
 def io_mismatches(label: str, spec: GraphSpec, session: ort.InferenceSession) -> list[str]:
     """Every way the session's real inputs/outputs differ from what the manifest declares."""
     problems: list[str] = []
-    fixed = frozenset(getattr(session, "free_dimensions", {}).values())
+    fixed = getattr(session, "free_dimensions", {})
     for kind, declared, actual in (("input", spec.inputs, session.get_inputs()),
                                    ("output", spec.outputs, session.get_outputs())):
         real = {a.name: a for a in actual}
@@ -366,7 +359,7 @@ def io_mismatches(label: str, spec: GraphSpec, session: ort.InferenceSession) ->
 
 
 def _tensor_mismatches(label: str, kind: str, tensor: TensorSpec, actual: ort.NodeArg,
-                       fixed: frozenset[int] = frozenset()) -> list[str]:
+                       fixed: Mapping[str, int] = MappingProxyType({})) -> list[str]:
     problems = []
     dtype = ORT_DTYPES.get(actual.type, actual.type)
     if dtype != tensor.dtype:
