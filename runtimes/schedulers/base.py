@@ -329,7 +329,16 @@ class Scheduler:
         """x_t [B, C, H, W] and the model output at ``t`` -> the sample at the next timestep (float32)."""
         k = self.plan(t)
         x = as_float("sample", sample)                                          # [B, C, H, W]
-        out = self._model_output(model_output, x.shape)
+        out, _ = self._split_output(model_output, x.shape)
+        x0, prev = self._apply(k, x, out, t, noise, rng)
+        if self.multistep:
+            self._x0_previous = x0
+        self.advance()
+        return prev.astype(np.float32)
+
+    def _apply(self, k: StepCoefficients, x: np.ndarray, out: np.ndarray, t: float, noise: np.ndarray | None,
+               rng: np.random.Generator | None) -> tuple[np.ndarray, np.ndarray]:
+        """(x0, next sample) of the step ``k`` in float64 (``k.noise`` may be an array: DDPM's learned variance)."""
         x0 = k.x0_x * x + k.x0_out * out
         if k.clip is not None:
             x0 = np.clip(x0, -k.clip, k.clip)
@@ -338,20 +347,19 @@ class Scheduler:
             prev = prev + k.history * self._x0_previous
         if k.noise is not None:
             prev = prev + k.noise * take_noise(x.shape, noise, rng, self.name, t)
-        if self.multistep:
-            self._x0_previous = x0
-        self.advance()
-        return prev.astype(np.float32)
+        return x0, prev
 
-    def _model_output(self, model_output: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-        """The model output as float64 shaped like the sample (its first half of channels for variance models)."""
+    def _split_output(self, model_output: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model output as float64 shaped like the sample, and its predicted-variance half for variance
+        models (``variance_channels``; None otherwise)."""
         out = np.asarray(model_output, dtype=np.float64)
+        variance = None
         if self.variance_channels:                                              # out [B, 2C, H, W]
             if out.ndim < 2 or len(shape) < 2 or out.shape[1] != 2 * shape[1]:
                 raise InvalidArgumentError(f"variance_type {self.config.variance_type!r} needs a model output with "
                                            f"twice the sample's {shape[1]} channels, got shape {list(out.shape)}")
-            out = out[:, :shape[1]]
-        return as_float("model_output", out, shape)
+            out, variance = out[:, :shape[1]], out[:, shape[1]:]
+        return as_float("model_output", out, shape), variance
 
     def timesteps_for_strength(self, strength: float) -> np.ndarray:
         """img2img: the timesteps left when a run starts from an image noised to ``strength`` in [0, 1].

@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 
 from edgegen.errors import InvalidArgumentError
-from edgegen.runtimes.schedulers.base import (ScheduleConfig, StepCoefficients, VPScheduler, as_float, take_noise,
+from edgegen.runtimes.schedulers.base import (ScheduleConfig, StepCoefficients, VPScheduler, as_float,
                                               x0_eps_coefficients)
 
 __all__ = ["DDPMConfig", "DDPMScheduler"]
@@ -48,7 +48,11 @@ class DDPMScheduler(VPScheduler):
 
     @property
     def affine(self) -> bool:
-        return self.config.variance_type not in ("learned", "learned_range")   # those scale noise per element
+        return not self.variance_channels            # a learned variance scales the noise element by element
+
+    @property
+    def variance_channels(self) -> bool:                                        # type: ignore[override]
+        return self.config.variance_type in ("learned", "learned_range")
 
     def plan(self, t: int) -> StepCoefficients:
         if not self.affine:
@@ -80,18 +84,8 @@ class DDPMScheduler(VPScheduler):
             return super().step(model_output, t, sample, noise=noise, rng=rng)
         t = self._check_t(t)                                                    # a learned variance: out [B, 2C, H, W]
         x = as_float("sample", sample)                                          # [B, C, H, W]
-        out = np.asarray(model_output, dtype=np.float64)
-        if out.ndim < 2 or out.shape[1] != 2 * x.shape[1]:
-            raise InvalidArgumentError(f"variance_type {self.config.variance_type!r} needs a model output with twice "
-                                       f"the sample's {x.shape[1]} channels, got shape {list(out.shape)}")
-        out, predicted_variance = np.split(out, 2, axis=1)                     # each [B, C, H, W]
-        k = self._coefficients(t, predicted_variance)
-        x0 = k.x0_x * x + k.x0_out * out
-        if k.clip is not None:
-            x0 = np.clip(x0, -k.clip, k.clip)
-        prev = k.x0 * x0 + k.x * x
-        if k.noise is not None:
-            prev = prev + k.noise * take_noise(x.shape, noise, rng, self.name, t)
+        out, predicted_variance = self._split_output(model_output, x.shape)     # each [B, C, H, W]
+        _, prev = self._apply(self._coefficients(t, predicted_variance), x, out, t, noise, rng)
         return prev.astype(np.float32)
 
     def _noise_scale(self, beta_t: float, abar_t: float, abar_prev: float,

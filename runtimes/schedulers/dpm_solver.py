@@ -117,6 +117,5 @@ class DPMSolverScheduler(SigmaScheduler):
         return StepCoefficients(x0_x=p_x, x0_out=p_out, x=ratio, x0=-phi - 0.5 * phi / r, history=0.5 * phi / r)
 
     def advance(self) -> None:
-        assert self._index is not None
+        super().advance()
         self._lower_order_nums = min(self._lower_order_nums + 1, self.config.solver_order)
-        self._index += 1

@@ -71,10 +71,6 @@ class EulerScheduler(SigmaScheduler):
         d = (sigma_next - sigma) / sigma
         return StepCoefficients(*self._x0(sigma), x=1 + d, x0=-d)
 
-    def advance(self) -> None:
-        assert self._index is not None
-        self._index += 1
-
     def add_noise(self, original: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
         x0 = as_float("original", original)                                         # [B, ...]
         eps = as_float("noise", noise, x0.shape)

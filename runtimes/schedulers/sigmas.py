@@ -83,6 +83,10 @@ class SigmaScheduler(Scheduler):
                                        f"t={t!r}; call step once per value of scheduler.timesteps, in order")
         return i
 
+    def advance(self) -> None:
+        assert self._index is not None, "plan() starts the step counter"
+        self._index += 1
+
     def _sigma_indices(self, t: Any, rows: int) -> np.ndarray:
         """add_noise's sigma index per row, as diffusers picks it (the run's start once it is set)."""
         self._require_timesteps()
