@@ -150,17 +150,24 @@ def child(name: str, path: str, steps: int, repeats: int) -> dict:
 
 # --- DDPM: loop overhead over the bare denoiser ---------------------------------------------------------
 
+def cifar10_unet():
+    """google/ddpm-cifar10-32's UNet2DModel architecture (35.7M parameters), random weights."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
+                       block_out_channels=(128, 256, 256, 256),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
 def ddpm_overhead(root: Path, steps: int, repeats: int) -> dict:
     import torch
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+    from diffusers import DDPMPipeline, DDPMScheduler
 
     import edgegen
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                       block_out_channels=(128, 256, 256, 256),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                       up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    unet = cifar10_unet()
     params = sum(p.numel() for p in unet.parameters())
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(root / "ddpm")
     artifact = edgegen.convert(root / "ddpm", root / "ddpm-artifact", overwrite=True, quantize="none")

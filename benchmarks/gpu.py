@@ -30,7 +30,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve()
-sys.path.insert(0, str(HERE.parent))        # lm.py's model builder and edgegen loop
+sys.path.insert(0, str(HERE.parent))        # the other benchmarks' builders and loops
+
+from diffusion import cifar10_unet  # noqa: E402  (benchmarks/ is not a package)
+from lm import edgegen_runtime, save_tokenizer, time_contenders, torch_eager  # noqa: E402
 LMS = {
     "gpt2": ("gpt2", dict(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257)),
     "llama-1b": ("llama", dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
@@ -60,40 +63,16 @@ def build_lm(root: Path, kind: str, config: dict) -> tuple[Path, int]:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from lm import build as build_gpt2_with_tokenizer   # a BPE tokenizer trained here, saved beside the model
-
     torch.manual_seed(0)
     if kind == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(**config, bos_token_id=0, eos_token_id=0))
+        specials, named = ["<|endoftext|>"], {"eos_token": "<|endoftext|>"}
     else:
         model = LlamaForCausalLM(LlamaConfig(**config, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False))
-    hf = build_gpt2_with_tokenizer(root, "tiny")         # writes root/hf (tiny GPT-2 + tokenizer) ...
-    model.eval().save_pretrained(hf)                      # ... whose weights and config are replaced here
-    return hf, sum(p.numel() for p in model.parameters())
-
-
-def torch_decode(hf: Path, device: str, prompt: np.ndarray, new: int):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=dtype).to(device).eval()
-    ids = torch.from_numpy(prompt).to(device)
-
-    def run() -> tuple[list[int], float, float]:
-        with torch.no_grad():
-            sync(device)
-            t0 = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True)
-            token = out.logits[:, -1].argmax(-1, keepdim=True)
-            tokens, past = [int(token)], out.past_key_values         # int(): to the host, as a sampler needs
-            t1 = time.perf_counter()
-            for _ in range(new - 1):
-                out = model(input_ids=token, past_key_values=past, use_cache=True)
-                past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-                tokens.append(int(token))
-            return tokens, t1 - t0, time.perf_counter() - t1
-    return run
+        specials, named = ["<unk>", "<s>", "</s>"], {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+    model.eval().save_pretrained(root / "hf")
+    save_tokenizer(root / "hf", HERE.read_text(), specials, **named)
+    return root / "hf", sum(p.numel() for p in model.parameters())
 
 
 def bench_lm(root: Path, name: str, kind: str, config: dict, args: argparse.Namespace) -> None:
@@ -106,25 +85,13 @@ def bench_lm(root: Path, name: str, kind: str, config: dict, args: argparse.Name
                                quantize="fp16" if target == "cuda" else "none", attention="standard")
     print(f"{name}: {params / 1e6:.0f}M parameters, converted in {time.perf_counter() - t0:.0f} s")
     prompt = np.random.default_rng(0).integers(3, config["vocab_size"], (1, args.prompt_tokens), dtype=np.int64)
-    from lm import edgegen_runtime
-
     runs = {"edgegen": edgegen_runtime(artifact, prompt, args.new_tokens, provider=args.device),
-            "torch eager": torch_decode(hf, args.device, prompt, args.new_tokens)}
-    decode: dict[str, list[float]] = {k: [] for k in runs}
-    prefill: dict[str, list[float]] = {k: [] for k in runs}
-    tokens = {}
-    for run in runs.values():
-        run()                                                        # warm-up
-    for _ in range(args.repeats):
-        for label, run in runs.items():
-            toks, t_prefill, t_decode = run()
-            tokens[label] = toks
-            decode[label].append((len(toks) - 1) / t_decode)
-            prefill[label].append(t_prefill)
+            "torch eager": torch_eager(hf, prompt, args.new_tokens, device=args.device)}
+    decode, prefill, tokens = time_contenders(runs, args.repeats, args.prompt_tokens)
     same = sum(a == b for a, b in zip(tokens["edgegen"], tokens["torch eager"]))
     for label in runs:
         print(f"  {label:<12} decode {statistics.median(decode[label]):8.1f} tok/s   "
-              f"first token {median_ms(prefill[label]):7.1f} ms")
+              f"prefill {statistics.median(prefill[label]):8.1f} tok/s")
     ratio = statistics.median(decode["edgegen"]) / statistics.median(decode["torch eager"])
     print(f"  edgegen / torch eager decode: {ratio:.2f}x; greedy tokens equal to torch's: {same}/{len(tokens['edgegen'])}"
           " (fp16 rounding may fork a random model's argmax)")
@@ -141,11 +108,8 @@ def build_ddpm(root: Path, quick: bool) -> Path:
         unet = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
                            block_out_channels=(16, 32), norm_num_groups=8,
                            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
-    else:                                                     # google/ddpm-cifar10-32's architecture
-        unet = UNet2DModel(sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-                           block_out_channels=(128, 256, 256, 256),
-                           down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-                           up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+    else:
+        unet = cifar10_unet()
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(root)
     return root
 

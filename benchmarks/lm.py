@@ -30,43 +30,55 @@ SIZES = {
 }
 
 
+def save_tokenizer(dest: Path, text: str, special_tokens: list[str], **named: str) -> None:
+    """A byte-level BPE tokenizer (600 tokens) trained on ``text``, saved as a transformers tokenizer in ``dest``;
+    ``named``: transformers' names of special tokens (eos_token="...")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.train_from_iterator([text] * 4, trainers.BpeTrainer(
+        vocab_size=600, special_tokens=special_tokens, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False))
+    PreTrainedTokenizerFast(tokenizer_object=tok, **named).save_pretrained(dest)
+
+
 def build(root: Path, size: str) -> Path:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(**SIZES[size], bos_token_id=0, eos_token_id=0)).eval()
     model.save_pretrained(root / "hf")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator([Path(__file__).read_text()] * 4, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(root / "hf")
+    save_tokenizer(root / "hf", Path(__file__).read_text(), ["<|endoftext|>"], eos_token="<|endoftext|>")
     return root / "hf"
 
 
-def torch_eager(hf: Path, prompt: np.ndarray, new: int) -> tuple[list[int], float, float]:
+def torch_eager(hf: Path, prompt: np.ndarray, new: int, device: str = "cpu"):
+    """Hugging Face's model in PyTorch eager with its KV cache (fp16 on CUDA), each token taken to the host."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(hf).eval()
-    ids = torch.from_numpy(prompt)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(hf, torch_dtype=dtype).to(device).eval()
+    ids = torch.from_numpy(prompt).to(device)
 
     def run() -> tuple[list[int], float, float]:
         with torch.no_grad():
+            if device == "cuda":
+                torch.cuda.synchronize()
             t0 = time.perf_counter()
             out = model(input_ids=ids, use_cache=True)
             token = out.logits[:, -1].argmax(-1, keepdim=True)
+            tokens, past = [int(token)], out.past_key_values          # int(): to the host (waits for a GPU)
             t1 = time.perf_counter()
-            tokens, past = [int(token)], out.past_key_values
             for _ in range(new - 1):
                 out = model(input_ids=token, past_key_values=past, use_cache=True)
                 past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
                 tokens.append(int(token))
             return tokens, t1 - t0, time.perf_counter() - t1
-    return run  # type: ignore[return-value]
+    return run
 
 
 def optimum_ort(onnx_dir: Path, prompt: np.ndarray, new: int):

@@ -100,7 +100,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lm import bare_loop, edgegen_runtime, time_contenders  # noqa: E402  (benchmarks/ is not a package)
+from lm import bare_loop, edgegen_runtime, save_tokenizer, time_contenders  # noqa: E402  (benchmarks/ is not a package)
 
 SIZES = {  # ~100M parameters: 8 x 6.3M decoder layers + 2 x 24.6M embedding / LM head (untied)
     "full": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=8, num_attention_heads=12,
@@ -126,8 +126,7 @@ def cores() -> int:
 
 def build_hf(root: Path, size: str) -> Path:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(**SIZES[size], bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
@@ -136,13 +135,8 @@ def build_hf(root: Path, size: str) -> Path:
     model = LlamaForCausalLM(config).eval()
     model.save_pretrained(root / "hf")
     print(f"Llama {size}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator([Path(__file__).read_text()] * 4, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False))
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                            eos_token="</s>").save_pretrained(root / "hf")
+    save_tokenizer(root / "hf", Path(__file__).read_text(), ["<unk>", "<s>", "</s>"], unk_token="<unk>",
+                   bos_token="<s>", eos_token="</s>")
     return root / "hf"
 
 
