@@ -130,3 +130,15 @@ def load_models_file(name: str):
     sys.modules[module_name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+def fake_model(x: np.ndarray, t: float, variance: str | None = None) -> np.ndarray:
+    """A deterministic stand-in denoiser for scheduler tests: [B, C, H, W] -> [B, C, H, W] (or [B, 2C, H, W]
+    with a ``learned`` / ``learned_range`` variance)."""
+    pattern = np.linspace(-1.0, 1.0, x[0].size).reshape(x.shape[1:])
+    out = 0.8 * np.tanh(x) + 0.3 * np.sin(float(t) / 150.0 + 3.0 * pattern)
+    if variance == "learned_range":                                # in [-1, 1]: between beta~ and beta
+        out = np.concatenate([out, np.tanh(x + pattern)], axis=1)
+    elif variance == "learned":                                    # a positive variance
+        out = np.concatenate([out, 1e-3 * (1.5 + np.tanh(x))], axis=1)
+    return out.astype(np.float32)

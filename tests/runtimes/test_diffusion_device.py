@@ -17,6 +17,7 @@ import edgegen
 from edgegen.errors import CancelledError
 from edgegen.runtimes.diffusion_device import _step_graph, coefficient_vector
 from edgegen.runtimes.schedulers import make_scheduler
+from tests_support import fake_model
 
 SD = {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "clip_sample": False}
 LINEAR = {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}          # clip_sample on (the default)
@@ -36,14 +37,6 @@ CASES = [
 ]
 
 
-def fake_model(x: np.ndarray, t: float, channels: int) -> np.ndarray:
-    pattern = np.linspace(-1.0, 1.0, x[0].size).reshape(x.shape[1:])
-    out = 0.8 * np.tanh(x) + 0.3 * np.sin(float(t) / 150.0 + 3.0 * pattern)
-    if channels > x.shape[1]:
-        out = np.concatenate([out, np.tanh(x + pattern)], axis=1)
-    return out.astype(np.float32)
-
-
 @pytest.mark.parametrize("guided", [False, True])
 @pytest.mark.parametrize("name, config, options", CASES)
 def test_step_graph_equals_every_schedulers_numpy_step(name, config, options, guided):
@@ -54,14 +47,14 @@ def test_step_graph_equals_every_schedulers_numpy_step(name, config, options, gu
     device.set_timesteps(9)
     assert device.affine
     rng = np.random.default_rng(0)
-    channels = 2 * SHAPE[1] if device.variance_channels else SHAPE[1]
+    variance = device.config.variance_type if device.variance_channels else None
     x = (rng.standard_normal(SHAPE) * ours.init_noise_sigma).astype(np.float32)
     x0_previous = np.zeros(SHAPE, np.float32)
     g = 4.0 if guided else 1.0
     worst = 0.0
     for i, t in enumerate(ours.timesteps):
         scaled = ours.scale_model_input(x, t)
-        uncond, cond = fake_model(scaled, t, channels), fake_model(scaled[::-1].copy(), t + 1, channels)
+        uncond, cond = fake_model(scaled, t, variance), fake_model(scaled[::-1].copy(), t + 1, variance)
         z = rng.standard_normal(SHAPE).astype(np.float32)
         want = ours.step(uncond + g * (cond - uncond) if guided else uncond, t, x, noise=z)
 

@@ -21,6 +21,7 @@ import pytest
 
 from edgegen.errors import InvalidArgumentError
 from edgegen.runtimes.schedulers import DIFFUSERS_CLASS_NAMES, SCHEDULERS, make_scheduler
+from tests_support import fake_model
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -39,17 +40,6 @@ ZERO_SNR = {**SD, "rescale_betas_zero_snr": True, "prediction_type": "v_predicti
 SD15_PNDM = {"_class_name": "PNDMScheduler", "_diffusers_version": "0.6.0", "beta_end": 0.012,
              "beta_schedule": "scaled_linear", "beta_start": 0.00085, "clip_sample": False, "num_train_timesteps": 1000,
              "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}
-
-
-def fake_model(x: np.ndarray, t: float, variance: str | None = None) -> np.ndarray:
-    """A deterministic stand-in denoiser: [B, C, H, W] -> [B, C, H, W] (or [B, 2C, H, W] with a variance)."""
-    pattern = np.linspace(-1.0, 1.0, x[0].size).reshape(x.shape[1:])
-    out = 0.8 * np.tanh(x) + 0.3 * np.sin(float(t) / 150.0 + 3.0 * pattern)
-    if variance == "learned_range":                                # in [-1, 1]: between beta~ and beta
-        out = np.concatenate([out, np.tanh(x + pattern)], axis=1)
-    elif variance == "learned":                                    # a positive variance
-        out = np.concatenate([out, 1e-3 * (1.5 + np.tanh(x))], axis=1)
-    return out.astype(np.float32)
 
 
 def reference(name: str, config: dict):
