@@ -184,12 +184,14 @@ def main() -> None:
     parser.add_argument("--lm", nargs="*", choices=sorted(LMS), default=sorted(LMS))
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="Diffusion steps per call [default: 20; --quick 4].")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the models here (default: a temp dir).")
     args = parser.parse_args()
     if args.quick:
-        args.repeats, args.new_tokens, args.steps = 2, 16, 4
+        args.repeats, args.new_tokens = 2, 16
+    if args.steps is None:
+        args.steps = 4 if args.quick else 20
 
     from edgegen.runtimes.session import available_providers
 
