@@ -163,14 +163,14 @@ def dcgan(quick: bool, classes: int | None = None, passes: int = 4, batch: int =
 
 
 def dcgan_case(quick: bool) -> Case:
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     g = dcgan(quick)
     return Case("dcgan-64", GANSpec(generator=g, latent_dim=100, name="dcgan-64"), gan_rows(g))
 
 
 def cond_dcgan_case(quick: bool) -> Case:
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     g = dcgan(quick, classes=10)
     return Case("cond-dcgan-64", GANSpec(generator=g, latent_dim=100, num_classes=10, name="cond-dcgan-64"),
@@ -184,7 +184,7 @@ def stylegan_case(quick: bool) -> Case:
     import torch
     from torch import nn
 
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     dim = 64 if quick else 512
     channels = {4: 32, 8: 32, 16: 32, 32: 32, 64: 16} if quick else {4: 256, 8: 256, 16: 256, 32: 128, 64: 64}
@@ -258,7 +258,7 @@ def vae_case(quick: bool) -> Case:
     import torch
     from torch import nn
 
-    from edgegen.converters.image_spec import VAESpec
+    from edgegen import VAESpec
 
     c, latent = (8, 32) if quick else (32, 128)
 
@@ -295,7 +295,7 @@ def vae_case(quick: bool) -> Case:
 def vqvae_rows(codebook, decoder) -> dict[str, Make]:
     import torch
 
-    from edgegen.converters.image_convert import DecodeCodes
+    from edgegen.converters.image.convert import DecodeCodes
     from edgegen.runtimes.images import to_uint8
 
     decode = DecodeCodes(codebook, decoder).eval()          # the converter's own lookup + decoder
@@ -319,7 +319,7 @@ def vqvae_case(quick: bool) -> Case:
     import torch
     from torch import nn
 
-    from edgegen.converters.image_spec import VQVAESpec
+    from edgegen import VQVAESpec
 
     h, d, k = (32, 16, 64) if quick else (128, 64, 512)
 
@@ -348,7 +348,7 @@ def flow_rows(module) -> dict[str, Make]:
     """sample: flow_inverse + the pixel map; score: the pixel map + flow_forward + bits/dim."""
     import torch
 
-    from edgegen.runtimes.flow import LOG_2PI, data_to_pixels, pixels_to_data
+    from edgegen.runtimes.flow.flow import LOG_2PI, data_to_pixels, pixels_to_data
 
     def torch_pixels(x: torch.Tensor, s) -> np.ndarray:            # runtimes.flow.data_to_pixels in torch
         lo, hi = s.data_range
@@ -406,7 +406,7 @@ def glow_case(quick: bool) -> Case:
     import normflows as nf
     import torch
 
-    from edgegen.converters.flow_convert import normflows_spec
+    from edgegen.converters.flow.convert import normflows_spec
 
     steps, hidden = (2, 16) if quick else (16, 256)
     warnings.filterwarnings("ignore", message="torch.lu is deprecated")   # inside normflows' LU 1x1 conv
@@ -457,7 +457,7 @@ def digits_ddpm_case(quick: bool) -> Case:
     import torch
 
     from edgegen.runtimes.images import to_uint8
-    from edgegen.runtimes.schedulers import make_scheduler
+    from edgegen.runtimes.diffusion.schedulers import make_scheduler
 
     spec = _models_module("digits_ddpm").spec()
     net, steps, guidance = spec.denoiser, (4 if quick else 20), 2.0

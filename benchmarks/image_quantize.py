@@ -7,7 +7,7 @@
     python benchmarks/image_quantize.py --threads 1        # timed sessions on one thread (a loaded machine)
 
 Each model is converted once to fp32 (edgegen.convert), then quantized by edgegen's own path
-(:func:`edgegen.converters.image_quantize.quantize_artifact`: calibration on the runtime's sampling
+(:func:`edgegen.converters.quantization.psnr_gate.quantize_artifact`: calibration on the runtime's sampling
 loop, PSNR of samples against the fp32 artifact for the same seeds, the quality gate at 30 dB).
 Timing: the main graph (the denoiser for one step, the generator or decoder for one call) at batch 1,
 and for the VAE and VQ-VAE decoders also at batch 16 (an app decodes many latents at once), fed what
@@ -70,7 +70,7 @@ def _image_families():
 
 def dcgan_spec(root: Path, quick: bool):
     """The DCGAN 64x64 generator of benchmarks/image_families.py, BatchNorm statistics over 8 batches of 64."""
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     g = _image_families().dcgan(quick, passes=8, batch=64)
     print(f"DCGAN 64x64 generator: {sum(p.numel() for p in g.parameters()) / 1e6:.1f}M parameters")
@@ -115,7 +115,7 @@ def quantized_variants(fp32: Path, root: Path, all_ops: bool) -> dict[str, tuple
     """name -> (artifact or None, its validation.quantization or {'error': ...})."""
     import json
 
-    from edgegen.converters import image_quant_graphs, image_quantize
+    from edgegen.converters.quantization import graphs as image_quant_graphs, psnr_gate as image_quantize
     from edgegen.errors import ConversionError
 
     out: dict[str, tuple[Path | None, dict]] = {"fp32": (fp32, {})}
@@ -143,7 +143,7 @@ def per_call_ms(variants: dict[str, tuple[Path | None, dict]], feeds: dict[int, 
                 repeats: int, threads: int | None) -> dict[int, dict[str, float]]:
     """batch -> median ms of one call of the family's main graph per variant, rounds interleaved."""
     import edgegen
-    from edgegen.converters.image_quantize import FAMILIES
+    from edgegen.converters.quantization.psnr_gate import FAMILIES
 
     sessions = {}
     for name, (path, _) in variants.items():
@@ -169,7 +169,7 @@ def per_call_ms(variants: dict[str, tuple[Path | None, dict]], feeds: dict[int, 
 def graph_bytes(artifact: Path) -> int:
     """Bytes of the graphs the family quantizes (DDPM: denoiser; DCGAN: generator; VAE: decoder; VQ-VAE:
     decode_codes), external data included; the artifact's other graphs stay fp32 and are not counted."""
-    from edgegen.converters.image_quantize import FAMILIES
+    from edgegen.converters.quantization.psnr_gate import FAMILIES
     from edgegen.manifest import read_manifest
 
     m = read_manifest(artifact)

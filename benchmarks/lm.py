@@ -137,7 +137,7 @@ def bare_loop(graph: Path, prompt: np.ndarray, new: int, threads: int | None = N
 
 def edgegen_runtime(artifact: Path, prompt: np.ndarray, new: int, provider: str = "cpu"):
     import edgegen
-    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen import GenerationSettings
 
     lm = edgegen.load(artifact, provider=provider)
     settings = GenerationSettings(temperature=0, max_new_tokens=new, ignore_eos=True)
@@ -157,7 +157,7 @@ def edgegen_runtime(artifact: Path, prompt: np.ndarray, new: int, provider: str 
 _RSS_PROBE = """
 import sys, json
 import edgegen
-from edgegen.runtimes.lm_settings import GenerationSettings
+from edgegen import GenerationSettings
 lm = edgegen.load(sys.argv[1], provider="cpu")
 gen = lm.generator(GenerationSettings(temperature=0, max_new_tokens=int(sys.argv[3]), ignore_eos=True))
 gen.append_tokens([json.loads(sys.argv[2])])

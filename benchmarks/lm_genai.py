@@ -40,7 +40,7 @@ Measured on a shared 2-core x86 VM (ORT 1.32 CPU, GenAI 0.18, 2 threads), quiet 
   (rotary, head sharing, causal masking and the KV append inside; the mask reduced to
   seqlens_k / total_sequence_length) fed by a packed QKV MatMulNBits.  Profiled: 3.5 vs 0.6
   ms/step; wall clock, bare loops: 4.2 (int8 head) vs 2.8 ms/step, ~0.3 of it the bigger head,
-  the rest this.  Fix: a converter pass (lm_convert, after the optimizer) rewriting each
+  the rest this.  Fix: a converter pass (converters/lm/convert.py, after the optimizer) rewriting each
   layer's attention block into com.microsoft.GroupQueryAttention (and packing q/k/v weights into
   one MatMul before int4), or exporting Llama-family models with a GQA-emitting builder.
   Estimated: decode step 4.2 -> ~3.0 ms (~+40%), near GenAI's bare-loop speed.  Care: GQA
@@ -48,10 +48,10 @@ Measured on a shared 2-core x86 VM (ORT 1.32 CPU, GenAI 0.18, 2 threads), quiet 
 - 3. GenAI's own loop over the same graph beats a bare loop by +20% (430 vs 359 tok/s):
   past_present_share_buffer (a fixed [B, H_kv, max_len, D] cache that GroupQueryAttention
   writes in place: no per-step Concat copy, no new OrtValues).  Needs 2. first; then
-  runtimes/decoder.py binds one preallocated cache buffer as both past and present.
+  runtimes/lm/decoder.py binds one preallocated cache buffer as both past and present.
   Estimated: a further ~+20%, to about parity with GenAI tuned -- beyond it: an int4 head
   (~+5%), edgegen's per-step Python cost (below), speculative decoding.
-- Done (``--attention gqa``, converters/gqa_decoder.py, rows "(gqa)" here): 2. and 3. above.  The
+- Done (``--attention gqa``, converters/lm/gqa_decoder.py, rows "(gqa)" here): 2. and 3. above.  The
   int4 gqa graph has GenAI's op census exactly (41 MatMulNBits, 8 GroupQueryAttention, 16
   SkipSimplifiedLayerNormalization, ~100 nodes); the runtime binds a shared past/present buffer.
   One run, 5 repeats, median tok/s: edgegen int4 149 -> int4 (gqa) 230 (1.54x), GenAI tuned 321

@@ -3,7 +3,7 @@
 A source is one of:
 
 - a Hugging Face ``transformers`` directory (``config.json`` + weights + tokenizer);
-- a spec object such as :class:`~edgegen.converters.lm_spec.CausalLMSpec`;
+- a spec object such as :class:`~edgegen.CausalLMSpec`;
 - ``"path/to/file.py:function"``: a Python file the user names, whose function returns a
   spec (the only way the CLI runs user code, and only code the user pointed at).
 """
@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgegen.converters.diffusion_spec import DiffusionSpec
-from edgegen.converters.flow_spec import FlowSpec
-from edgegen.converters.image_spec import GANSpec, VAESpec, VQVAESpec
-from edgegen.converters.lm_spec import CausalLMSpec
-from edgegen.converters.quant_defaults import check_target
-from edgegen.converters.rnn_spec import RNNLMSpec
+from edgegen.converters.diffusion.spec import DiffusionSpec
+from edgegen.converters.flow.spec import FlowSpec
+from edgegen.converters.image.spec import GANSpec, VAESpec, VQVAESpec
+from edgegen.converters.lm.spec import CausalLMSpec
+from edgegen.converters.quantization.defaults import check_target
+from edgegen.converters.rnn.spec import RNNLMSpec
 from edgegen.errors import InvalidArgumentError, UnsupportedModelError
 
 
@@ -55,7 +55,7 @@ def _fp32_only(options: dict[str, Any], family: str, why: str) -> None:
 
 
 def _lm_options(options: dict[str, Any]) -> dict[str, Any]:
-    from edgegen.converters.lm_quant_gate import check_options
+    from edgegen.converters.lm.quant_gate import check_options
 
     if options.get("quantize") == "int8-static":
         raise InvalidArgumentError("int8-static (QDQ with calibration) is for conv nets (diffusion, gan, vae, "
@@ -65,8 +65,8 @@ def _lm_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_causal_lm_spec(spec: CausalLMSpec, output: Path, **options: Any) -> Path:
-    from edgegen.converters.custom_lm import CustomLMSource
-    from edgegen.converters.lm_convert import convert_lm
+    from edgegen.converters.lm.custom import CustomLMSource
+    from edgegen.converters.lm.convert import convert_lm
 
     options = _lm_options(options)   # before the model loads
     return convert_lm(CustomLMSource(spec), output, **options)
@@ -81,8 +81,8 @@ def _no_attention(options: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> Path:
-    from edgegen.converters.hf_lm import HFLMSource
-    from edgegen.converters.lm_convert import convert_lm
+    from edgegen.converters.lm.hf import HFLMSource
+    from edgegen.converters.lm.convert import convert_lm
 
     attention = options.pop("attention", "auto")
     options = _lm_options(options)   # before the model loads
@@ -94,8 +94,8 @@ def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> P
 def _auto_attention(model_dir: Path, target: str, report: Callable[[str], None]) -> str:
     """gqa where its graph reproduces the model and runs on the target (CPU: measured 1.5x int4 decode on a
     100M Llama, benchmarks/lm_genai.py), else standard."""
-    from edgegen.converters.gqa_decoder import check_gqa_config
-    from edgegen.converters.hf_lm import read_config
+    from edgegen.converters.lm.gqa_decoder import check_gqa_config
+    from edgegen.converters.lm.hf import read_config
 
     config = read_config(model_dir)
     if target != "cpu":   # ORT's CUDA GroupQueryAttention is fp16/bf16 only; DirectML's is unmeasured
@@ -109,7 +109,7 @@ def _auto_attention(model_dir: Path, target: str, report: Callable[[str], None])
 
 
 def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
-    from edgegen.converters.rnn_convert import convert_rnn_lm
+    from edgegen.converters.rnn.convert import convert_rnn_lm
 
     _fp32_only(options, "rnn-lm", "recurrent step graphs are not quantized yet")
     options.pop("optimize", None)  # no transformer-optimizer fusions apply to a recurrent step graph
@@ -117,7 +117,7 @@ def _convert_rnn_lm_spec(spec: RNNLMSpec, output: Path, **options: Any) -> Path:
 
 
 def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
-    from edgegen.converters.image_quantize import check_scheme
+    from edgegen.converters.quantization.psnr_gate import check_scheme
 
     if options.get("quantize", "none") not in ("none", "auto"):
         check_scheme(options["quantize"], "diffusion")   # before any export
@@ -125,20 +125,20 @@ def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _convert_diffusion_spec(spec: DiffusionSpec, output: Path, **options: Any) -> Path:
-    from edgegen.converters.diffusion_convert import convert_diffusion, from_spec
+    from edgegen.converters.diffusion.convert import convert_diffusion, from_spec
 
     return convert_diffusion(from_spec(spec), output, **_diffusion_options(options))
 
 
 def _convert_diffusers(model_dir: Path, output: Path, **options: Any) -> Path:
-    from edgegen.converters.diffusion_convert import convert_diffusion, from_directory
+    from edgegen.converters.diffusion.convert import convert_diffusion, from_directory
 
     return convert_diffusion(from_directory(model_dir), output, **_diffusion_options(options))
 
 
 def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
     """config.json: a diffusers UNet2DModel (its ``_class_name`` says so) or a transformers model."""
-    from edgegen.converters.diffusion_convert import is_diffusers_unet_dir
+    from edgegen.converters.diffusion.convert import is_diffusers_unet_dir
 
     if is_diffusers_unet_dir(model_dir):
         return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
@@ -146,8 +146,8 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
 
 
 def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
-    from edgegen.converters.flow_convert import convert_flow
-    from edgegen.converters.image_quantize import check_scheme
+    from edgegen.converters.flow.convert import convert_flow
+    from edgegen.converters.quantization.psnr_gate import check_scheme
 
     if quantize not in ("none", "auto"):
         check_scheme(quantize, "flow")   # refuses, with the reason
@@ -158,11 +158,11 @@ def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", 
 
 def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, quantize: str = "none",
                         target: str = "cpu", **options: Any) -> Path:
-    from edgegen.converters.image_convert import convert_image
-    from edgegen.converters.image_quantize import check_scheme
+    from edgegen.converters.image.convert import convert_image
+    from edgegen.converters.quantization.psnr_gate import check_scheme
     import torch
 
-    from edgegen.converters.quant_defaults import resolve
+    from edgegen.converters.quantization.defaults import resolve
 
     family = {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)]
     _no_lm_gate(options, family)
@@ -203,7 +203,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
     Runtime's transformer optimizer (kept only when validated and not slower);
     ``quantize`` is ``auto`` (the family's measured default for ``target``: ``cpu``, ``cuda`` or
-    ``dml``; see :mod:`edgegen.converters.quant_defaults`), ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights), ``int4``
+    ``dml``; see :mod:`edgegen.converters.quantization.defaults`), ``none``, ``fp16``, ``int8`` (dynamic, MatMul weights), ``int4``
     (weight-only MatMulNBits, LMs) or ``int8-static`` (QDQ calibrated on the model's own
     sampling loop, image models); the quantized graph's cost against fp32 is measured and
     recorded.  ``min_psnr`` (image models) is the quality gate: dB of the quantized samples
@@ -212,7 +212,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     percent (defaults: int8 2, int4 5, fp16 1), met the same way; under ``quantize="auto"`` a missed gate
     keeps fp32.  ``lm_head`` (int8: ``float`` or ``int8``; int4: also ``int4``; ``auto``: int8) stores the LM head.
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
-    mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`gqa_decoder`);
+    mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`edgegen.converters.lm.gqa_decoder`);
     ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.
     """
     if quantize not in QUANTIZE:
@@ -271,5 +271,18 @@ def load_spec(target: str) -> Any:
     result = function()
     if not any(isinstance(result, t) for t in SPEC_CONVERTERS):
         raise InvalidArgumentError(f"{target} returned a {type(result).__name__}; it must return an edgegen spec "
-                                   "such as edgegen.converters.lm_spec.CausalLMSpec")
+                                   "such as edgegen.CausalLMSpec")
     return result
+
+
+def check_source(source: Any) -> list[str]:
+    """``edgegen convert SOURCE --check``: SOURCE is an image spec or "file.py:function" returning one;
+    what would block converting it, without exporting."""
+    from edgegen.converters.image.convert import check_spec
+
+    if isinstance(source, str) and source.rpartition(":")[0].endswith(".py"):
+        source = load_spec(source)
+    if type(source) not in (GANSpec, VAESpec, VQVAESpec):
+        raise InvalidArgumentError("--check covers gan, vae and vq-vae specs for now: give file.py:function returning "
+                                   f"a GANSpec, VAESpec or VQVAESpec (got {type(source).__name__})")
+    return check_spec(source)

@@ -12,13 +12,54 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgegen.errors import EdgegenError
+from edgegen.errors import (ArtifactError, CancelledError, ContextOverflowError, ConversionError, EdgegenError,
+                            GraphLoadError, GraphMismatchError, IntegrityError, InvalidArgumentError, ManifestError,
+                            ProviderError, UnknownFamilyError, UnsupportedFormatError, UnsupportedModelError)
 
 __version__ = "0.1.0"
-__all__ = ["EdgegenError", "__version__", "convert", "load"]
+
+#: The types a user writes, importable from ``edgegen`` directly but loaded on first use (PEP 562), so that
+#: ``import edgegen`` stays cheap: name -> the module that defines it.  Specs need no torch to import
+#: (their converters do), and GenerationSettings needs only numpy.
+_LAZY = {
+    "GenerationSettings": "edgegen.runtimes.text.settings",
+    "CausalLMSpec": "edgegen.converters.lm.spec",
+    "RNNLMSpec": "edgegen.converters.rnn.spec",
+    "DiffusionSpec": "edgegen.converters.diffusion.spec",
+    "GANSpec": "edgegen.converters.image.spec",
+    "VAESpec": "edgegen.converters.image.spec",
+    "VQVAESpec": "edgegen.converters.image.spec",
+    "FlowSpec": "edgegen.converters.flow.spec",
+}
+
+__all__ = ["ArtifactError", "CancelledError", "ContextOverflowError", "ConversionError", "EdgegenError",
+           "GraphLoadError", "GraphMismatchError", "IntegrityError", "InvalidArgumentError", "ManifestError",
+           "ProviderError", "UnknownFamilyError", "UnsupportedFormatError", "UnsupportedModelError", "__version__",
+           "convert", "load", *_LAZY]
 
 if TYPE_CHECKING:
+    from edgegen.converters.diffusion.spec import DiffusionSpec
+    from edgegen.converters.flow.spec import FlowSpec
+    from edgegen.converters.image.spec import GANSpec, VAESpec, VQVAESpec
+    from edgegen.converters.lm.spec import CausalLMSpec
+    from edgegen.converters.rnn.spec import RNNLMSpec
     from edgegen.runtimes.registry import FamilyRuntime
+    from edgegen.runtimes.text.settings import GenerationSettings
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'edgegen' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value    # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None, device_id: int = 0,

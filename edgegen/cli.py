@@ -194,7 +194,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
     from edgegen.runtimes.artifact import open_artifact
 
     if check:
-        from edgegen.converters.image_convert import check_source
+        from edgegen.converters.api import check_source
 
         problems = check_source(source)
         for problem in problems:
@@ -257,7 +257,7 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
     """Generate text from a causal-lm or rnn-lm ARTIFACT, streaming it to standard output."""
     import edgegen
     from edgegen.runtimes.artifact import open_artifact
-    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen import GenerationSettings
 
     texts = _read_prompts(prompts)
     settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,

@@ -29,7 +29,7 @@ class Bundled:
 
 
 def _run_pycode(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen import GenerationSettings
 
     # Prompts end where a line ends in the training text: a trailing "\n" would split the "\n    "
     # token the model knows, and it would not indent.
@@ -52,7 +52,7 @@ def _run_pycode(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any
 
 
 def _run_charlstm(lm: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
-    from edgegen.runtimes.lm_settings import GenerationSettings
+    from edgegen import GenerationSettings
 
     prompts = ["def ", "import ", "class "]
     sampled = GenerationSettings(temperature=0.8, top_k=20, seed=0, max_new_tokens=160)

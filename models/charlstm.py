@@ -1,6 +1,6 @@
 """A small LSTM language model following edgegen's ``rnn-lm`` contract (torch only).
 
-Forward (see :mod:`edgegen.converters.rnn_spec`)::
+Forward (see :mod:`edgegen.converters.rnn.spec`)::
 
     logits, h, c = model(input_ids, h, c)
 

@@ -48,7 +48,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen RNNLMSpec of this model: ``edgegen convert models/charlstm_bundled.py:spec -o charlstm-artifact``."""
     import hashlib
 
-    from edgegen.converters.rnn_spec import RNNLMSpec
+    from edgegen import RNNLMSpec
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else DEFAULT_DIR
     model, tokenizer = load(folder)

@@ -114,7 +114,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen DiffusionSpec: ``edgegen convert models/digits_ddpm.py:spec -o digits-ddpm``."""
     import hashlib
 
-    from edgegen.converters.diffusion_spec import DiffusionSpec
+    from edgegen import DiffusionSpec
 
     folder = Path(checkpoint_dir or DEFAULT_DIR)
     model = load(folder)

@@ -151,7 +151,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen FlowSpec: ``edgegen convert models/digits_flow.py:spec -o digits-flow``."""
     import hashlib
 
-    from edgegen.converters.flow_spec import FlowSpec
+    from edgegen import FlowSpec
 
     folder = Path(checkpoint_dir or DEFAULT_DIR)
     return FlowSpec(module=load(folder), data_shape=(1, 8, 8), num_bins=NUM_BINS, data_range=(ALPHA, 1 - ALPHA),

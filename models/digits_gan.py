@@ -74,7 +74,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen GANSpec: ``edgegen convert models/digits_gan.py:spec -o digits-gan``."""
     import hashlib
 
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     folder = Path(checkpoint_dir or DEFAULT_DIR)
     model = load(folder)

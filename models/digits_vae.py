@@ -93,7 +93,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen VAESpec: ``edgegen convert models/digits_vae.py:spec -o digits-vae``."""
     import hashlib
 
-    from edgegen.converters.image_spec import VAESpec
+    from edgegen import VAESpec
 
     folder = Path(checkpoint_dir or DEFAULT_DIR)
     model = load(folder)

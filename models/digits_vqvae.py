@@ -85,7 +85,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen VQVAESpec: ``edgegen convert models/digits_vqvae.py:spec -o digits-vqvae``."""
     import hashlib
 
-    from edgegen.converters.image_spec import VQVAESpec
+    from edgegen import VQVAESpec
 
     folder = Path(checkpoint_dir or DEFAULT_DIR)
     model = load(folder)

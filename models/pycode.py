@@ -48,7 +48,7 @@ def spec(checkpoint_dir: str | Path | None = None):
     """The edgegen CausalLMSpec of this model: ``edgegen convert models/pycode.py:spec -o pycode-artifact``."""
     import hashlib
 
-    from edgegen.converters.lm_spec import CausalLMSpec
+    from edgegen import CausalLMSpec
 
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else DEFAULT_DIR
     model, tokenizer = load(folder)

@@ -54,7 +54,7 @@ def alphas_cumprod() -> torch.Tensor:
 @torch.no_grad()
 def sample(model: torch.nn.Module, labels: np.ndarray, seed: int, steps: int = 20, guidance: float = 2.0) -> np.ndarray:
     """Images [N, 1, 8, 8] in [-1, 1] for ``labels``, with edgegen's numpy DPM-Solver++ and guidance."""
-    from edgegen.runtimes.schedulers import make_scheduler
+    from edgegen.runtimes.diffusion.schedulers import make_scheduler
 
     model.eval()
     sched = make_scheduler("dpm++", digits_ddpm.SCHEDULER_CONFIG)

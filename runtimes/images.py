@@ -96,3 +96,13 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: in
         raise InvalidArgumentError(f"{path} is {array.shape[1]}x{array.shape[0]} pixels but the model takes "
                                    f"{w}x{h}; resize it first (e.g. PIL.Image.resize)")
     return (array[:, :, None] if channels == 1 else array)[None]
+
+
+def check_images(images: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:
+    """User images as ``uint8 [N, H, W, C]`` matching the model's ``[C, H, W]``, or a clear error."""
+    c, h, w = image_shape
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (h, w, c) or len(images) == 0:
+        raise InvalidArgumentError(f"images must be uint8 [N, {h}, {w}, {c}] (runtimes.images.load_image reads "
+                                   f"one), got {images.dtype} {list(images.shape)}")
+    return images

@@ -27,13 +27,13 @@ class FamilyRuntime(Protocol):
 
 #: family -> "module:Class"; families land here as their runtimes do.
 RUNTIMES: dict[str, str] = {
-    "causal-lm": "edgegen.runtimes.causal_lm:CausalLM",
-    "rnn-lm": "edgegen.runtimes.rnn_lm:RNNLM",
-    "diffusion": "edgegen.runtimes.diffusion:Diffusion",
-    "flow": "edgegen.runtimes.flow:Flow",
-    "gan": "edgegen.runtimes.gan:GAN",
-    "vae": "edgegen.runtimes.vae:VAE",
-    "vq-vae": "edgegen.runtimes.vae:VQVAE",
+    "causal-lm": "edgegen.runtimes.lm.causal_lm:CausalLM",
+    "rnn-lm": "edgegen.runtimes.rnn.rnn_lm:RNNLM",
+    "diffusion": "edgegen.runtimes.diffusion.diffusion:Diffusion",
+    "flow": "edgegen.runtimes.flow.flow:Flow",
+    "gan": "edgegen.runtimes.image.gan:GAN",
+    "vae": "edgegen.runtimes.image.vae:VAE",
+    "vq-vae": "edgegen.runtimes.image.vae:VQVAE",
 }
 
 

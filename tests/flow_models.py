@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgegen.converters.flow_spec import FlowSpec
+from edgegen import FlowSpec
 
 torch.set_num_threads(1)
 

@@ -157,33 +157,33 @@ def vqvae(seed: int = 0):
 
 # -- specs and converted artifacts ------------------------------------------------------------------------
 def dcgan_spec(**kw):
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     return GANSpec(generator=dcgan(), latent_dim=LATENT, **kw)
 
 
 def conditional_spec(**kw):
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     return GANSpec(generator=conditional_gan(), latent_dim=LATENT, num_classes=CLASSES, **kw)
 
 
 def stylegan_spec(**kw):
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     mapping, synthesis = stylegan()
     return GANSpec(generator=synthesis, mapping=mapping, latent_dim=LATENT, **kw)
 
 
 def vae_spec(**kw):
-    from edgegen.converters.image_spec import VAESpec
+    from edgegen import VAESpec
 
     encoder, decoder = vae(noisy=kw.pop("noisy", False), logits=kw.get("decoder_output") == "logits")
     return VAESpec(encoder=encoder, decoder=decoder, latent_shape=(6,), image_shape=(1, 8, 8), **kw)
 
 
 def vqvae_spec(**kw):
-    from edgegen.converters.image_spec import VQVAESpec
+    from edgegen import VQVAESpec
 
     encoder, decoder, codebook = vqvae()
     return VQVAESpec(encoder=encoder, decoder=decoder, codebook=codebook, image_shape=(3, 8, 8), **kw)

@@ -370,7 +370,7 @@ def build(seed: int = 0) -> Generator:
 
 def spec(g: Generator | None = None, **kw):
     """GANSpec(mapping=Mapping(g), generator=Synthesis(g)); ``kw``: fallbacks, defaults, ..."""
-    from edgegen.converters.image_spec import GANSpec
+    from edgegen import GANSpec
 
     g = g if g is not None else build()
     torch.manual_seed(1)   # mean_latent's z

@@ -29,8 +29,13 @@ print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))
 
 
 def runtime_modules() -> list[str]:
+    """Every module of the runtime, family sub-packages included."""
     path = Path(edgegen.runtimes.__file__).parent
-    return sorted(f"edgegen.runtimes.{m.name}" for m in pkgutil.iter_modules([str(path)]))
+    return sorted(m.name for m in pkgutil.walk_packages([str(path)], "edgegen.runtimes."))
+
+
+def test_runtime_modules_reach_the_family_packages():
+    assert {"edgegen.runtimes.lm.causal_lm", "edgegen.runtimes.diffusion.schedulers.ddim"} <= set(runtime_modules())
 
 
 @pytest.mark.parametrize("module", ["edgegen", "edgegen.manifest", "edgegen.cli", *runtime_modules()])
@@ -58,6 +63,23 @@ except SystemExit:
     pass
 """
     assert loaded_after(code) == []
+
+
+def test_public_names_load_lazily():
+    """The types a user writes come from ``edgegen`` itself; GenerationSettings and the specs load no torch."""
+    code = """
+import edgegen
+from edgegen import GenerationSettings, CausalLMSpec, RNNLMSpec, DiffusionSpec, GANSpec, VAESpec, VQVAESpec, FlowSpec
+from edgegen import EdgegenError, InvalidArgumentError, ConversionError
+"""
+    assert loaded_after(code) == []
+    import edgegen
+
+    assert set(edgegen.__all__) <= set(dir(edgegen))
+    for name in edgegen.__all__:
+        assert getattr(edgegen, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        edgegen.Nope  # noqa: B018
 
 
 def test_import_edgegen_is_cheap():

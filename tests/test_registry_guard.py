@@ -12,7 +12,7 @@ TESTS = Path(__file__).resolve().parent
 def test_every_registered_family_has_a_test_module() -> None:
     missing = []
     for family, target in RUNTIMES.items():
-        module = target.partition(":")[0].rsplit(".", 1)[-1]          # edgegen.runtimes.causal_lm -> causal_lm
+        module = target.partition(":")[0].rsplit(".", 1)[-1]          # edgegen.runtimes.lm.causal_lm -> causal_lm
         if not list(TESTS.rglob(f"test_{module}.py")):
             missing.append(f"{family} ({target}): no tests/**/test_{module}.py")
     assert not missing, missing

@@ -10,14 +10,14 @@ from click.testing import CliRunner
 
 from edgegen.cli import cli
 from edgegen.runtimes.artifact import open_artifact
-from edgegen.runtimes.flow import Flow
+from edgegen.runtimes.flow.flow import Flow
 from edgegen.runtimes.images import save_png
 from edgegen.runtimes.session import SessionConfig
 
 torch = pytest.importorskip("torch")
 
 import flow_models as fm  # noqa: E402
-from edgegen.converters.flow_convert import convert_flow  # noqa: E402
+from edgegen.converters.flow.convert import convert_flow  # noqa: E402
 
 
 def run(*args):

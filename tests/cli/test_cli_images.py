@@ -111,7 +111,7 @@ def test_reconstruct(vae_artifact, vqvae_artifact, dcgan_artifact, tmp_path):
 
 SPEC_FILE = '''
 import torch
-from edgegen.converters.image_spec import GANSpec
+from edgegen import GANSpec
 
 
 class Gen(torch.nn.Module):

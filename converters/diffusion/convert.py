@@ -1,0 +1,438 @@
+"""Converting diffusion models into ``diffusion`` artifacts.
+
+Sources:
+
+- a diffusers pipeline directory (``model_index.json``): ``DDPMPipeline`` / ``DDIMPipeline``
+  (a ``UNet2DModel`` + scheduler, the google/ddpm-cifar10 layout) or ``StableDiffusionPipeline``
+  / ``StableDiffusionImg2ImgPipeline`` (CLIP text encoder + tokenizer, ``UNet2DConditionModel``,
+  ``AutoencoderKL``, scheduler);
+- a diffusers ``UNet2DModel`` directory (``config.json``) with ``scheduler_config.json`` beside it;
+- a :class:`~edgegen.converters.diffusion.spec.DiffusionSpec` wrapping any denoiser.
+
+Graphs (exported by :func:`edgegen.converters.export.graph.export_graph`: TorchScript exporter,
+opset 17, dynamic batch, checked against PyTorch at batch 1 and 3):
+``denoiser`` (sample, timestep[, encoder_hidden_states | class_labels] -> out_sample), and for
+Stable Diffusion ``text_encoder`` (input_ids -> last_hidden_state), ``vae_decoder``
+(latent_sample -> sample) and ``vae_encoder`` (sample -> latent_parameters: mean and logvar,
+for img2img).  The scheduler config travels in the manifest with diffusers' key names.
+
+Validation: every graph against PyTorch at batch 1 and 3 (max abs error relative to the
+output's scale; the exporter's dynamic axes are not trusted), then a whole sample: the
+runtime's loop (numpy DDIM) against PyTorch with diffusers' DDIM scheduler from the same
+initial noise (PSNR of the images).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgegen.converters.diffusion.spec import DiffusionSpec
+from edgegen.converters.export.graph import OPSET, GraphExport, export_graph
+from edgegen.converters.writer import ArtifactWriter
+from edgegen.errors import ConversionError, UnsupportedModelError
+from edgegen.manifest import Source
+
+FAMILY = "diffusion"
+#: A whole DDIM sample must match PyTorch at least this well (PSNR, dB, images in [0, 1]).
+MIN_PSNR = 40.0
+VALIDATION_STEPS = 8
+VALIDATION_PROMPT = "a red cat"
+
+PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "StableDiffusionPipeline": "sd",
+             "StableDiffusionImg2ImgPipeline": "sd"}
+#: our scheduler name -> the diffusers class the reference loop uses
+DIFFUSERS_SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+                        "euler-a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+
+
+@dataclass
+class DiffusionModel:
+    """The PyTorch side of a diffusion model, whatever its source."""
+
+    denoiser: torch.nn.Module                 # (sample, timestep[, cond]) -> out, wrapped to plain tensors
+    sample_shape: tuple[int, ...]             # [C, h, w] of what the denoiser denoises
+    scheduler_config: dict[str, Any]
+    model_class: str
+    conditioning: str = "none"                # none | text | class
+    num_classes: int | None = None
+    null_label: int | None = None
+    text_encoder: torch.nn.Module | None = None
+    tokenizer_json: str | None = None
+    max_length: int | None = None
+    pad_token_id: int | None = None
+    hidden_size: int | None = None
+    vae_decoder: torch.nn.Module | None = None
+    vae_encoder: torch.nn.Module | None = None
+    vae_scaling_factor: float = 1.0
+    vae_shift_factor: float = 0.0
+    image_shape: tuple[int, ...] = ()
+    value_range: tuple[float, float] = (-1.0, 1.0)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    checkpoint_sha256: str | None = None
+
+
+class _UNet(torch.nn.Module):
+    """A diffusers UNet as a plain-tensor function (``return_dict=False``)."""
+
+    def __init__(self, unet: torch.nn.Module, conditional: bool) -> None:
+        super().__init__()
+        self.unet, self.conditional = unet, conditional
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        if self.conditional:
+            return self.unet(sample, timestep, encoder_hidden_states=cond[0], return_dict=False)[0]
+        return self.unet(sample, timestep, return_dict=False)[0]
+
+
+class _TextEncoder(torch.nn.Module):
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids, return_dict=False)[0]                     # [B, T, D] last_hidden_state
+
+
+class _VAEDecoder(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latent_sample, return_dict=False)[0]              # [B, 3, H, W] in [-1, 1]
+
+
+class _VAEEncoder(torch.nn.Module):
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, sample: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(sample, return_dict=False)[0].parameters          # [B, 2*C, h, w] mean, logvar
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+def from_spec(spec: DiffusionSpec) -> DiffusionModel:
+    spec.denoiser.eval()
+    return DiffusionModel(
+        denoiser=spec.denoiser, sample_shape=tuple(spec.sample_shape), scheduler_config=dict(spec.scheduler_config),
+        model_class=spec.name or f"{type(spec.denoiser).__module__}.{type(spec.denoiser).__qualname__}",
+        conditioning="class" if spec.num_classes else "none", num_classes=spec.num_classes,
+        null_label=spec.null_label, image_shape=tuple(spec.sample_shape), value_range=tuple(spec.value_range),
+        defaults=dict(spec.defaults), checkpoint_sha256=spec.checkpoint_sha256)
+
+
+def is_diffusers_unet_dir(path: Path) -> bool:
+    try:
+        return json.loads((path / "config.json").read_text()).get("_class_name") == "UNet2DModel"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def from_directory(path: Path) -> DiffusionModel:
+    """Load a diffusers pipeline (model_index.json) or UNet2DModel directory."""
+    import diffusers
+
+    diffusers.utils.logging.set_verbosity_error()    # e.g. "install accelerate": not the user's concern here
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        name = index.get("_class_name")
+        kind = PIPELINES.get(name)
+        if kind is None:
+            closest = "StableDiffusionPipeline" if "text_encoder" in index or "tokenizer" in index else "DDPMPipeline"
+            raise UnsupportedModelError(f"{path} is a {name}; edgegen converts {', '.join(PIPELINES)} pipelines "
+                                        f"(the closest: {closest})")
+        if kind == "unet":
+            return _unet_model(path / "unet", path / "scheduler" / "scheduler_config.json", name)
+        return _sd_model(path, name)
+    return _unet_model(path, path / "scheduler_config.json", "UNet2DModel")
+
+
+def _read_scheduler(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConversionError(f"{path} is missing: a diffusion model needs its scheduler_config.json (the noise "
+                              "schedule it was trained with)")
+    return json.loads(path.read_text())
+
+
+def _unet_model(unet_dir: Path, scheduler_path: Path, pipeline: str) -> DiffusionModel:
+    from diffusers import UNet2DModel
+
+    config = _read_scheduler(scheduler_path)
+    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    if unet.config.num_class_embeds or unet.config.class_embed_type:
+        raise UnsupportedModelError(f"{unet_dir}: class-conditional UNet2DModel (class_embed_type) is not supported "
+                                    "from a directory yet; wrap it in a DiffusionSpec with num_classes")
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    shape = (unet.config.in_channels, h, w)
+    steps = 1000 if config.get("_class_name") == "DDPMScheduler" else 50
+    return DiffusionModel(denoiser=_UNet(unet, conditional=False), sample_shape=shape, scheduler_config=config,
+                          model_class=f"diffusers.{pipeline}", image_shape=shape,
+                          defaults={"scheduler": _our_name(config), "steps": steps})
+
+
+def _our_name(config: dict[str, Any]) -> str:
+    by_class = {v: k for k, v in DIFFUSERS_SCHEDULERS.items()}
+    return by_class.get(config.get("_class_name", ""), "ddim")
+
+
+def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizerFast
+
+    for part in ("text_encoder", "tokenizer", "unet", "vae", "scheduler"):
+        if not (path / part).is_dir():
+            raise ConversionError(f"{path} has no {part}/ folder; a Stable Diffusion pipeline directory needs "
+                                  "text_encoder, tokenizer, unet, vae and scheduler (save it with save_pretrained)")
+    config = _read_scheduler(path / "scheduler" / "scheduler_config.json")
+    text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
+    tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
+    vae = AutoencoderKL.from_pretrained(path / "vae").eval()
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    shift = vae.config.shift_factor if getattr(vae.config, "shift_factor", None) is not None else 0.0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return DiffusionModel(
+        denoiser=_UNet(unet, conditional=True), sample_shape=(unet.config.in_channels, h, w),
+        scheduler_config=config, model_class=f"diffusers.{pipeline}", conditioning="text",
+        text_encoder=_TextEncoder(text_encoder), tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+        max_length=int(tokenizer.model_max_length), pad_token_id=int(pad),
+        hidden_size=int(text_encoder.config.hidden_size),
+        vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
+        vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
+        image_shape=(vae.config.out_channels, h * scale, w * scale),
+        defaults={"scheduler": _our_name(config), "steps": 50, "guidance": 7.5})
+
+
+# --- the graphs ---------------------------------------------------------------------------------
+
+
+def _relative_error(_inputs: Any, ref: tuple[torch.Tensor, ...], outs: list[np.ndarray]) -> float:
+    """Max abs error relative to the output's scale (CLIP hidden states reach tens)."""
+    r = ref[0].numpy().astype(np.float64)
+    return float(np.abs(r - outs[0]).max()) / max(1.0, float(np.abs(r).max()))
+
+
+def _graphs(model: DiffusionModel) -> list[GraphExport]:
+    """What to export: the denoiser, and for latent text-to-image models the text encoder and VAE."""
+    c, h, w = model.sample_shape
+
+    def denoiser_inputs(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        sample = torch.randn((batch, c, h, w), generator=gen)                                  # [B, C, h, w]
+        timestep = torch.rand((batch,), generator=gen) * 999                                    # [B]
+        if model.conditioning == "text":
+            return sample, timestep, torch.randn((batch, model.max_length, model.hidden_size), generator=gen)
+        if model.conditioning == "class":
+            return sample, timestep, torch.randint(0, model.num_classes, (batch,), generator=gen)  # [B]
+        return sample, timestep
+
+    cond = {"text": ("encoder_hidden_states",), "class": ("class_labels",)}.get(model.conditioning, ())
+    graphs = [GraphExport("denoiser", model.denoiser, ("sample", "timestep", *cond), ("out_sample",),
+                          denoiser_inputs, _relative_error)]
+    if model.text_encoder is not None:
+        graphs.append(GraphExport("text_encoder", model.text_encoder, ("input_ids",), ("last_hidden_state",),
+                                  lambda b, gen: (torch.randint(0, 50, (b, model.max_length), generator=gen),),
+                                  _relative_error))
+    if model.vae_decoder is not None:
+        graphs.append(GraphExport("vae_decoder", model.vae_decoder, ("latent_sample",), ("sample",),
+                                  lambda b, gen: (torch.randn((b, c, h, w), generator=gen),), _relative_error))
+    if model.vae_encoder is not None:
+        graphs.append(GraphExport("vae_encoder", model.vae_encoder, ("sample",), ("latent_parameters",),
+                                  lambda b, gen: (torch.rand((b, *model.image_shape), generator=gen) * 2 - 1,),
+                                  _relative_error))
+    return graphs
+
+
+# --- the PyTorch reference sample ------------------------------------------------------------
+
+
+def _tokenize(model: DiffusionModel, texts: list[str]) -> torch.Tensor:
+    import tokenizers
+
+    tok = tokenizers.Tokenizer.from_str(model.tokenizer_json)
+    tok.enable_truncation(model.max_length)
+    tok.enable_padding(length=model.max_length, pad_id=model.pad_token_id)
+    return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)     # [B, T]
+
+
+@torch.no_grad()
+def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidance: float, prompt: str,
+                 labels: list[int] | None = None) -> np.ndarray:
+    """What the PyTorch model samples with diffusers' DDIM (eta 0) from ``noise``, as diffusers'
+    pipelines do it (guidance batches [uncond, cond]): images [B, C, H, W] in value_range."""
+    import diffusers
+
+    scheduler = diffusers.DDIMScheduler.from_config(model.scheduler_config)
+    scheduler.set_timesteps(steps)
+    latents = torch.from_numpy(noise) * scheduler.init_noise_sigma                       # [B, C, h, w]
+    batch = latents.shape[0]
+    cond: tuple[torch.Tensor, ...] = ()
+    cfg = guidance > 1.0 and (model.conditioning == "text" or model.null_label is not None)
+    if model.conditioning == "text":
+        ids = _tokenize(model, ([""] * batch if cfg else []) + [prompt] * batch)
+        cond = (model.text_encoder(ids),)                                                  # [(2)B, T, D]
+    elif model.conditioning == "class":
+        cond = (torch.tensor(([model.null_label] * batch if cfg else []) + list(labels), dtype=torch.int64),)
+    for t in scheduler.timesteps:
+        inp = torch.cat([latents] * 2) if cfg else latents
+        inp = scheduler.scale_model_input(inp, t)
+        out = model.denoiser(inp, torch.full((inp.shape[0],), float(t)), *cond)
+        if cfg:
+            uncond, text = out.chunk(2)
+            out = uncond + guidance * (text - uncond)
+        latents = scheduler.step(out, t, latents).prev_sample
+    if model.vae_decoder is not None:
+        latents = model.vae_decoder(latents / model.vae_scaling_factor + model.vae_shift_factor)
+    return latents.float().numpy()
+
+
+def psnr(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> float:
+    """PSNR (dB) of two image batches after mapping ``value_range`` to [0, 1] and clipping, as saved."""
+    lo, hi = value_range
+    x, y = (np.clip((v - lo) / (hi - lo), 0, 1) for v in (a, b))
+    mse = float(np.mean((x.astype(np.float64) - y) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+# --- the conversion --------------------------------------------------------------------------
+
+
+def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: bool = False, report: Any = print,
+                      quantize: str = "none", min_psnr: float | None = None, optimize: bool = True,
+                      target: str = "cpu", **_ignored: Any) -> Path:
+    """Export, validate and write ``model`` as a diffusion artifact at ``output``; returns its path.
+    ``optimize``: ONNX Runtime's unet fusions on the denoiser, kept when exact and no slower
+    (:mod:`edgegen.converters.diffusion.unet_optimize`).  ``quantize`` (not ``none``):
+    :func:`edgegen.converters.quantization.psnr_gate.quantize_graphs` after validation; ``auto``: the
+    family default for ``target`` (:mod:`edgegen.converters.quantization.defaults`), kept in fp32 when the
+    quality gate is not met instead of failing."""
+    from edgegen.converters.versions import library_versions, quiet_libraries
+
+    quiet_libraries()
+    torch.manual_seed(0)
+    sampler = _sampler_section(model)
+    defaults = {"scheduler": "ddim", "steps": 50, **model.defaults}
+    if model.conditioning == "text":
+        defaults.setdefault("guidance", 7.5)
+    source = Source(model_class=model.model_class, converter=f"torch.onnx.export (torch {torch.__version__}, "
+                    f"opset {OPSET})", opset=OPSET, checkpoint_sha256=model.checkpoint_sha256,
+                    libraries={**library_versions(), **_diffusers_version()})
+    with ArtifactWriter(output, overwrite=overwrite) as writer:
+        if model.tokenizer_json is not None:
+            writer.add_asset("tokenizer", "tokenizer.json", model.tokenizer_json)
+        figures: dict[str, Any] = {"graphs": {}}
+        for graph in _graphs(model):
+            started = time.perf_counter()
+            file = f"{graph.role}.onnx"
+            exported = export_graph(graph, writer.path(file))
+            if exported.noise:
+                raise ConversionError(f"the {graph.role} draws random numbers inside its forward "
+                                      f"({len(exported.noise)} draws); a diffusion denoiser must be deterministic: "
+                                      "the sampling loop adds the noise")
+            error = max(exported.errors.values())
+            figures["graphs"][graph.role] = {"max_abs_error": error, "batches": sorted(exported.errors)}
+            report(f"export: {graph.role} ({type(graph.module).__name__}) max |error| vs PyTorch {error:.1e} "
+                   f"(relative) at batch 1 and 3 ({time.perf_counter() - started:.1f} s)")
+            if graph.role == "denoiser" and optimize:
+                figures["optimizer"] = _optimize(graph, writer.path(file), report)
+            writer.add_graph_file(graph.role, file, precision="fp32")
+        writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults))
+
+        started = time.perf_counter()
+        figures["sample"] = _compare_sample(model, writer.stage)
+        s = figures["sample"]
+        report(f"validate: {s['steps']}-step DDIM sample from the same noise, PSNR {s['psnr_db']:.1f} dB vs "
+               f"PyTorch + diffusers ({time.perf_counter() - started:.1f} s)")
+        if not s["psnr_db"] >= MIN_PSNR:
+            raise ConversionError(f"the artifact's sample differs from PyTorch's (PSNR {s['psnr_db']:.1f} dB < "
+                                  f"{MIN_PSNR} dB); this is a bug in edgegen's scheduler or export")
+        required = True
+        if quantize == "auto":
+            from edgegen.converters.quantization.defaults import graph_params, resolve
+
+            quantize, why = resolve(FAMILY, target, graph_params(writer.path("denoiser.onnx")))
+            figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
+            report(f"quantize auto: {quantize} ({why})")
+            required = False
+        if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
+            from edgegen.converters.quantization.psnr_gate import quantize_graphs
+
+            figures["quantization"] = quantize_graphs(writer, quantize, min_psnr=min_psnr, required=required,
+                                                      report=report)
+        writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults,
+                                     validation=figures))
+        return writer.commit()
+
+
+def _optimize(graph: GraphExport, path: Path, report: Any) -> dict[str, Any]:
+    """The unet fusions on the exported denoiser, timed at the sampling loop's batch (2: CFG)."""
+    from edgegen.converters.diffusion.unet_optimize import optimize_denoiser
+
+    started = time.perf_counter()
+    example = graph.example(2, torch.Generator().manual_seed(2))
+    result = optimize_denoiser(path, {name: t.numpy() for name, t in zip(graph.inputs, example)})
+    if result["used"]:
+        ms = result["ms_per_run"]
+        report(f"optimize: denoiser fused {result['fusions']}, {ms['exported']:.1f} -> {ms['optimized']:.1f} "
+               f"ms per run, max |error| {result['max_abs_error']:.1e} ({time.perf_counter() - started:.1f} s)")
+    else:
+        report(f"optimize: denoiser kept as exported ({result.get('reason') or 'fused graph not faster'})")
+    return result
+
+
+def _diffusers_version() -> dict[str, str]:
+    import diffusers
+
+    return {"diffusers": diffusers.__version__}
+
+
+def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
+    config = {k: v for k, v in model.scheduler_config.items() if not k.startswith("_") or k == "_class_name"}
+    section: dict[str, Any] = {
+        "scheduler_config": config, "sample_shape": list(model.sample_shape),
+        "image_shape": list(model.image_shape), "value_range": list(model.value_range),
+        "conditioning": model.conditioning}
+    if model.conditioning == "class":
+        section.update(num_classes=model.num_classes, null_label=model.null_label)
+    if model.conditioning == "text":
+        section["text"] = {"max_length": model.max_length, "pad_token_id": model.pad_token_id}
+    if model.vae_decoder is not None:
+        section["vae"] = {"scaling_factor": model.vae_scaling_factor, "shift_factor": model.vae_shift_factor}
+    return section
+
+
+def _compare_sample(model: DiffusionModel, stage: Path) -> dict[str, Any]:
+    """The runtime's whole DDIM loop against PyTorch's, from the same noise (batch 2)."""
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.diffusion.diffusion import Diffusion
+    from edgegen.runtimes.session import SessionConfig
+
+    runtime = Diffusion.from_artifact(open_artifact(stage), SessionConfig(provider="cpu"))
+    noise = np.random.default_rng(0).standard_normal((2, *model.sample_shape)).astype(np.float32)
+    guidance = float(runtime.defaults.guidance)
+    options: dict[str, Any] = {"guidance": guidance} if guidance != 1.0 else {}
+    labels = None
+    if model.conditioning == "text":
+        options["prompt"] = VALIDATION_PROMPT
+    elif model.conditioning == "class":
+        labels = [i % model.num_classes for i in range(2)]
+        options["label"] = labels
+    expected = torch_sample(model, noise, steps=VALIDATION_STEPS, guidance=guidance, prompt=VALIDATION_PROMPT,
+                            labels=labels)
+    got = runtime.generate(2, noise=noise, steps=VALIDATION_STEPS, scheduler="ddim", **options)
+    return {"steps": VALIDATION_STEPS, "scheduler": "ddim", "guidance": guidance,
+            "psnr_db": min(psnr(got, expected, model.value_range), 999.0),
+            "max_abs_error": float(np.abs(got - expected).max())}

@@ -1,0 +1,1 @@
+"""Normalizing flows (FlowSpec) to flow_inverse and flow_forward graphs."""

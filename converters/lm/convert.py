@@ -1,0 +1,295 @@
+"""The causal-LM conversion pipeline, the same for every source.
+
+1. PyTorch reference figures on fixed prompts (logits, 32 greedy tokens, NLL of a text).
+2. Export the decoder with its KV cache into the staging directory; release the torch
+   model (so the weights are never held three times).
+3. Candidates: the exported graph, and ONNX Runtime's transformer-optimizer output.
+4. Each candidate is validated by running the staged artifact with the real runtime;
+   the optimized graph is kept only if it passes and is not slower.
+5. The manifest records the figures; the writer publishes the directory atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edgegen.converters.lm.quantize import PRECISION
+from edgegen.converters.lm.source import LMSource
+from edgegen.converters.lm.validate import compare, reference_figures
+from edgegen.converters.text.spec import special_tokens
+from edgegen.converters.versions import library_versions, quiet_libraries
+from edgegen.converters.writer import ArtifactWriter
+from edgegen.errors import ConversionError, EdgegenError
+from edgegen.manifest import Source
+
+if TYPE_CHECKING:
+    from edgegen.converters.lm.quant_gate import GateResult
+
+log = logging.getLogger("edgegen.convert")
+#: ONNX files over this size are saved with external data (protobuf's limit is 2 GB).
+LARGE_MODEL_BYTES = 1_800_000_000
+#: Final graphs with more weight bytes than this keep them in decoder.onnx.data (memory-mapped).
+EXTERNAL_WEIGHTS_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Candidate:
+    file: str
+    label: str                     # "exported" | "optimized"
+    fusions: dict[str, int]
+
+
+def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False, optimize: bool = True,
+               quantize: str = "none", target: str = "cpu", max_ppl_increase: float | None = None,
+               lm_head: str = "auto", report: Any = print) -> Path:
+    """Convert ``source`` into a causal-lm artifact at ``output``; returns its path.
+    ``quantize="auto"``: the family default for ``target`` (:mod:`edgegen.converters.quantization.defaults`), kept
+    in fp32 when it misses the quality gate; an explicit scheme that misses it is an error.  The gate
+    (``max_ppl_increase``, % perplexity over fp32; default per scheme) and ``lm_head`` ("auto": 8 bits for
+    int8 and int4): :mod:`edgegen.converters.lm.quant_gate`."""
+    import tokenizers
+
+    from edgegen.converters.lm.quant_gate import check_options
+
+    check_options(quantize, lm_head, max_ppl_increase)
+    tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
+    with ArtifactWriter(output, overwrite=overwrite) as writer:
+        writer.add_asset("tokenizer", "tokenizer.json", source.tokenizer_json)
+        sampler = {**source.sampler, "special_tokens": special_tokens(tokenizer, source.sampler)}
+        started = time.perf_counter()
+        quiet_libraries()
+        reference = reference_figures(source, tokenizer, sampler.get("context_length"))
+        report(f"reference: PyTorch logits, {len(reference.greedy[0])} greedy tokens x {len(reference.prompts)} prompts, "
+               f"NLL over {reference.nll_tokens} tokens ({time.perf_counter() - started:.1f} s)")
+
+        started = time.perf_counter()
+        export_dir = writer.path("export")
+        export_dir.mkdir()
+        with warnings.catch_warnings():  # tracer and exporter chatter about code we do not own
+            warnings.simplefilter("ignore")
+            exported = source.export(export_dir)
+        source.release()
+        plain = _adopt(writer, exported, "decoder_exported.onnx")
+        keeps = _add_logits_to_keep(writer.path(plain))
+        shutil.rmtree(export_dir)
+        report(f"export: {source.converter} ({time.perf_counter() - started:.1f} s)"
+               + ("; logits_to_keep added before the LM head" if keeps else ""))
+
+        candidates = [Candidate(plain, "exported", {})]
+        if optimize and source.optimizer_model_type:
+            optimized = optimize_graph(writer.path(plain), writer.path("decoder_optimized.onnx"), source)
+            if optimized is not None:
+                candidates.append(optimized)
+
+        manifest_source = Source(model_class=source.model_class, converter=source.converter, opset=source.opset,
+                                 checkpoint_sha256=source.checkpoint_sha256, libraries=library_versions())
+        results = []
+        for cand in candidates:
+            writer.add_graph_file("decoder", cand.file, precision="fp32")
+            writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
+                                         defaults=source.defaults))
+            figures = compare(writer.stage, reference)
+            results.append((cand, figures))
+            report(f"validate {cand.label}: max |logits error| {figures['max_abs_logits_error']:.2e}, greedy "
+                   f"{figures['greedy_matching_tokens']}/{figures['greedy_tokens']} identical, NLL "
+                   f"{figures['nll_artifact']:.4f} vs PyTorch {figures['nll_torch']:.4f}, "
+                   f"{figures['decode_ms_per_token']:.2f} ms/token" + ("" if figures["passed"] else
+                                                                         f"  FAILED: {figures['failure']}"))
+        chosen, figures = choose(results)
+        final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
+        figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
+        precision = "fp32"
+        required = True
+        if quantize == "auto":
+            from edgegen.converters.quantization.defaults import graph_params, resolve
+
+            quantize, why = resolve("causal-lm", target, graph_params(writer.path(final)))
+            figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
+            report(f"quantize auto: {quantize} ({why})")
+            required = False
+        if quantize != "none":
+            gated = _quantize(writer, final, quantize, sampler, reference, lm_head=lm_head,
+                              max_ppl_increase=max_ppl_increase, report=report)
+            if gated.failure is None:
+                final, precision, figures["quantization"] = gated.files[0], PRECISION[quantize], gated.figures
+                q = figures["quantization"]
+                report(f"quantize {quantize}: greedy agreement with fp32 {q['greedy_agreement']:.0%}, top-1 "
+                       f"{q['top1_agreement']:.0%}, perplexity {q['perplexity_delta_pct']:+.2f}%, size "
+                       f"{q['size_ratio']:.2f}x, decode {q['decode_speedup']:.2f}x fp32")
+            elif required:
+                raise ConversionError(f"{gated.failure}; raise --max-ppl-increase (max_ppl_increase) or choose "
+                                      "another --quantize scheme")
+            else:   # auto: the default scheme did not pay here; fp32 stays, and the manifest says why
+                figures["quantization_default"] |= {"used": False, "kept_fp32": gated.failure,
+                                                    "attempts": gated.figures["attempts"]}
+                report(f"quantize {quantize}: {gated.failure}; the decoder stays fp32")
+        writer.add_graph_file("decoder", final, precision=precision)
+        writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
+                                     defaults=source.defaults, validation=figures))
+        return writer.commit()
+
+
+def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str, Any], reference: Any, *,
+              lm_head: str, max_ppl_increase: float | None, report: Any) -> GateResult:
+    """Quantize the validated fp32 graph under the quality gate, measuring each attempt against fp32;
+    when it is met the chosen graph replaces fp32 in the stage (a ``GateResult``)."""
+    from edgegen.converters.lm.quant_fidelity import quantization_fidelity
+    from edgegen.converters.lm.quant_gate import DEFAULT_MAX_PPL_INCREASE, run_gate
+    from edgegen.converters.lm.quantize import quantize_decoder
+
+    # int8/int4: the LM head in 8 bits (float: 0.32x -> int8: 0.52x ORT GenAI's tok/s on a 100M Llama,
+    # where the 32k-vocabulary head is a quarter of the weights; benchmarks/lm_genai.py), embeddings too
+    head = ("float" if scheme == "fp16" else "int8") if lm_head == "auto" else lm_head
+
+    def quantize(src: Path, dst: Path, scheme: str, **options: Any) -> dict[str, Any]:
+        try:
+            return quantize_decoder(src, dst, scheme, **options)
+        except EdgegenError:
+            raise
+        except Exception as exc:  # noqa: BLE001  (ONNX Runtime's quantizers raise bare RuntimeErrors)
+            raise ConversionError(f"{scheme} quantization failed: {str(exc).splitlines()[0][:300]}; try "
+                                  "--no-optimize (quantize the exported graph) or another --quantize scheme") from exc
+
+    gated = run_gate(writer.path(fp32), writer.stage, scheme, lm_head=head,
+                     embeddings="float" if scheme == "fp16" else "int8",
+                     gate=DEFAULT_MAX_PPL_INCREASE[scheme] if max_ppl_increase is None else max_ppl_increase,
+                     nll_ids=reference.nll_ids, quantize=quantize,
+                     measure=lambda graph: quantization_fidelity(writer.path(fp32), graph, sampler, reference),
+                     report=report)
+    if gated.failure is None:
+        _remove_graph(writer, fp32)
+    return gated
+
+
+#: the optimized graph is kept unless clearly slower: at 1.05 the choice flipped with machine load
+#: (a 100M Llama's int4 artifact kept the unfused graph under load, the fused one when quiet)
+KEEP_OPTIMIZED_IF_WITHIN = 1.10
+
+
+def choose(results: list[tuple[Candidate, dict[str, Any]]]) -> tuple[Candidate, dict[str, Any]]:
+    """The exported graph, or the optimized one if it passed validation and is not slower."""
+    plain, plain_figures = results[0]
+    if not plain_figures["passed"]:
+        raise ConversionError(f"the converted model does not match PyTorch: {plain_figures['failure']} "
+                              f"(figures: {_brief(plain_figures)}); please report this model's config")
+    for cand, figures in results[1:]:
+        if figures["passed"] and figures["decode_ms_per_token"] <= KEEP_OPTIMIZED_IF_WITHIN * plain_figures[
+                "decode_ms_per_token"]:
+            return cand, figures
+    return plain, plain_figures
+
+
+def _brief(figures: dict[str, Any]) -> str:
+    keys = ("max_abs_logits_error", "greedy_matching_tokens", "greedy_tokens", "nll_delta")
+    return ", ".join(f"{k}={figures[k]}" for k in keys if k in figures)
+
+
+def _optimizer_summary(results: list[tuple[Candidate, dict[str, Any]]], source: LMSource) -> dict[str, Any]:
+    if len(results) < 2:
+        return {"used": False, "reason": "not applicable" if not source.optimizer_model_type else "no fusion found"}
+    (_, pf), (opt, of) = results[0], results[1]
+    return {"used": of["passed"] and of["decode_ms_per_token"] <= KEEP_OPTIMIZED_IF_WITHIN * pf["decode_ms_per_token"],
+            "model_type": source.optimizer_model_type, "fusions": opt.fusions, "passed": of["passed"],
+            "decode_ms_per_token": {"exported": pf["decode_ms_per_token"], "optimized": of["decode_ms_per_token"]}}
+
+
+def optimize_graph(path: Path, out: Path, source: LMSource) -> Candidate | None:
+    """ONNX Runtime's transformer optimizer (offline fusions); None if it fused nothing or failed."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        model = optimize_model(str(path), model_type=source.optimizer_model_type, num_heads=source.num_heads,
+                               hidden_size=source.hidden_size, opt_level=0, use_gpu=False)
+        fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+        if not fusions:
+            return None
+        model.save_model_to_file(str(out), use_external_data_format=path.stat().st_size > LARGE_MODEL_BYTES)
+    except Exception as exc:  # noqa: BLE001  (the optimizer is best effort; the exported graph stays)
+        log.warning("transformer optimizer skipped: %s", exc)
+        return None
+    return Candidate(out.name, "optimized", fusions)
+
+
+def _adopt(writer: ArtifactWriter, exported: Path, name: str) -> str:
+    """Move an exported .onnx (and its external data files) to the stage's top level."""
+    import onnx
+
+    from edgegen.converters.writer import external_data_files
+
+    model = onnx.load_model(str(exported), load_external_data=False)
+    for data in external_data_files(model):
+        (exported.parent / data).rename(writer.path(data))
+    exported.rename(writer.path(name))
+    return name
+
+
+def _add_logits_to_keep(path: Path) -> bool:
+    """Give the exported graph a ``logits_to_keep`` [1] int64 input (transformers' name; 0 = every position):
+    ``Slice(x, -k, end, axis 1)`` on the LM head's input, so generation computes the head for the last position
+    only (a prompt's prefill otherwise runs it per position: 50257 x 768 x T multiply-adds for GPT-2, and a
+    [B, T, V] logits tensor).  Only where that is certainly right: the head is a MatMul (then maybe an
+    Add of a 1-D bias, Casts) writing the graph output ``logits`` declared [batch, sequence, vocab] (a
+    MatMul keeps a 3-D input's sequence axis 1).  The graph's weights stay where they are (external data
+    is not loaded).  Returns whether it was added."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load_model(str(path), load_external_data=False)
+    graph = model.graph
+    out = next((o for o in graph.output if o.name == "logits"), None)
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    biases = {t.name for t in graph.initializer if len(t.dims) == 1}
+    head = producer.get("logits")
+    while head is not None and graph.node[head].op_type in ("Add", "Cast"):   # elementwise: a bias [V], a Cast
+        operands = list(graph.node[head].input)
+        rest = [x for x in operands if x not in biases] if graph.node[head].op_type == "Add" else operands[:1]
+        head = producer.get(rest[0]) if len(rest) == 1 else None
+    if out is None or head is None or graph.node[head].op_type != "MatMul" \
+            or len(out.type.tensor_type.shape.dim) != 3 or any(i.name == "logits_to_keep" for i in graph.input):
+        return False
+    x = graph.node[head].input[0]
+    graph.initializer.extend([numpy_helper.from_array(np.array([2**63 - 1], np.int64), "logits_to_keep_end"),
+                              numpy_helper.from_array(np.array([1], np.int64), "logits_to_keep_axis")])
+    nodes = [helper.make_node("Neg", ["logits_to_keep"], ["logits_to_keep_start"], name="/logits_to_keep/Neg"),
+             helper.make_node("Slice", [x, "logits_to_keep_start", "logits_to_keep_end", "logits_to_keep_axis"],
+                              ["logits_to_keep_hidden"], name="/logits_to_keep/Slice")]        # [B, k or T, H]
+    graph.node[head].input[0] = "logits_to_keep_hidden"
+    for offset, node in enumerate(nodes):
+        graph.node.insert(head + offset, node)
+    graph.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
+    out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
+    onnx.save_model(model, str(path))
+    return True
+
+
+def _finalize(writer: ArtifactWriter, chosen: str, candidates: list[str]) -> str:
+    """Keep only the chosen graph, as ``decoder.onnx``; weights over EXTERNAL_WEIGHTS_BYTES go
+    to ``decoder.onnx.data``, which ONNX Runtime memory-maps instead of copying through a
+    protobuf: loading then peaks at about the model's size, not twice it."""
+    import onnx
+
+    model = onnx.load_model(str(writer.path(chosen)))  # the torch model is gone: one copy in memory
+    for file in candidates:
+        _remove_graph(writer, file)
+    external = model.ByteSize() > EXTERNAL_WEIGHTS_BYTES if model.ByteSize() >= 0 else True
+    onnx.save_model(model, str(writer.path("decoder.onnx")), save_as_external_data=external,
+                    all_tensors_to_one_file=True, location="decoder.onnx.data", size_threshold=1024)
+    return "decoder.onnx"
+
+
+def _remove_graph(writer: ArtifactWriter, file: str) -> None:
+    import onnx
+
+    from edgegen.converters.writer import external_data_files
+
+    model = onnx.load_model(str(writer.path(file)), load_external_data=False)
+    for data in external_data_files(model):
+        writer.path(data).unlink(missing_ok=True)
+    writer.path(file).unlink()

@@ -1,0 +1,357 @@
+"""The diffusion runtime: DDPM-style and Stable-Diffusion-style sampling loops in numpy.
+
+Graphs (written by :mod:`edgegen.converters.diffusion.convert`)::
+
+    denoiser      sample [B, C, h, w], timestep float32 [B]
+                  [, encoder_hidden_states [B, T, D] | class_labels int64 [B]] -> out_sample [B, C, h, w]
+    text_encoder  input_ids int64 [B, T] -> last_hidden_state [B, T, D]          (text-to-image)
+    vae_decoder   latent_sample [B, C, h, w] -> sample [B, 3, H, W] in [-1, 1]    (latent models)
+    vae_encoder   sample [B, 3, H, W] -> latent_parameters [B, 2C, h, w]          (img2img: mean, logvar)
+
+The loop is diffusers' pipelines, step for step: initial noise scaled by the scheduler's
+``init_noise_sigma``; per timestep ``scale_model_input``, one denoiser call (the
+unconditional and conditional halves batched together under classifier-free guidance:
+``uncond + g * (cond - uncond)``, skipped when g <= 1 as diffusers does), ``step``; then
+the VAE decoder on ``latents / scaling_factor + shift_factor``.  img2img encodes the image
+(a draw from the VAE's posterior), noises it to the timestep that ``strength`` selects, and
+runs the remaining steps.  Every random draw comes from one ``numpy.random.Generator``
+seeded by ``seed``, in a fixed order, so a seed always gives the same images.
+
+The schedulers are :mod:`edgegen.runtimes.diffusion.schedulers` (numpy; tested against diffusers).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
+from edgegen.runtimes.artifact import Artifact, open_sessions
+from edgegen.runtimes.images import from_uint8, load_image, to_uint8
+from edgegen.runtimes.latents import check_count, rng_for, slerp
+from edgegen.runtimes.session import SessionConfig
+
+__all__ = ["Diffusion", "DiffusionSampler"]
+
+Progress = Callable[[int, int], Any]
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    max_length: int
+    pad_token_id: int
+
+
+@dataclass(frozen=True)
+class VAESettings:
+    scaling_factor: float
+    shift_factor: float = 0.0
+
+
+#: graphs run one after another, activations large next to weights (see session_options)
+LEAN = {"memory_pattern": False, "shared_cpu_arena": True}
+
+
+@dataclass(frozen=True)
+class DiffusionSampler:
+    """The ``sampler`` section of a diffusion manifest."""
+
+    scheduler_config: dict[str, Any]          # diffusers scheduler_config.json keys
+    sample_shape: tuple[int, ...]             # what the denoiser denoises, without the batch axis
+    image_shape: tuple[int, ...]              # the final image [C, H, W]
+    value_range: tuple[float, float]
+    conditioning: Literal["none", "text", "class"] = "none"
+    num_classes: int | None = None
+    null_label: int | None = None
+    text: TextSettings | None = None
+    vae: VAESettings | None = None
+
+    @classmethod
+    def from_manifest(cls, section: object) -> DiffusionSampler:
+        from edgegen.strict import from_json
+
+        s = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
+        problems = []
+        if len(s.sample_shape) != 3 or len(s.image_shape) != 3 or min(*s.sample_shape, *s.image_shape) < 1:
+            problems.append("sample_shape and image_shape must be [C, H, W] of positive integers")
+        if s.conditioning == "text" and s.text is None:
+            problems.append("a text-conditioned model needs a 'text' section")
+        if s.conditioning == "class" and not s.num_classes:
+            problems.append("a class-conditioned model needs num_classes")
+        if problems:
+            raise ManifestError(f"edgegen.json.sampler: {'; '.join(problems)}; re-convert the model")
+        return s
+
+
+@dataclass(frozen=True)
+class DiffusionDefaults:
+    scheduler: str = "ddim"
+    steps: int = 50
+    guidance: float = 1.0
+
+
+class Diffusion:
+    """A loaded diffusion artifact (unconditional, class-conditional or text-to-image)."""
+
+    family = "diffusion"
+
+    def __init__(self, artifact: Artifact, sessions: dict[str, ort.InferenceSession], provider: str,
+                 config: SessionConfig | None = None) -> None:
+        self.artifact, self.sessions, self.provider = artifact, sessions, provider
+        self._config = replace(config or SessionConfig(), provider=provider)
+        self._open_lock = threading.Lock()
+        self.sampler = DiffusionSampler.from_manifest(artifact.manifest.sampler)
+        from edgegen.strict import from_json
+
+        self.defaults = from_json(DiffusionDefaults, artifact.manifest.defaults, where="edgegen.json.defaults",
+                                  error=ManifestError)
+        self.tokenizer = None
+        if self.sampler.conditioning == "text":
+            import tokenizers
+
+            self.tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
+            t = self.sampler.text
+            self.tokenizer.enable_truncation(t.max_length)
+            self.tokenizer.enable_padding(length=t.max_length, pad_id=t.pad_token_id)
+        self._cond_input = {"text": "encoder_hidden_states", "class": "class_labels"}.get(self.sampler.conditioning)
+        #: run the loop with the latents in device memory (:mod:`edgegen.runtimes.diffusion.device_loop`); on by
+        #: default where a step's host round trip costs (CUDA, DirectML), off on the CPU (no copy to save)
+        self.latents_on_device = provider in ("cuda", "dml")
+        self._latent_loop = None
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> Diffusion:
+        m = artifact.manifest
+        sampler = DiffusionSampler.from_manifest(m.sampler)   # a bad section fails before any session opens
+        need = ["denoiser"] + (["text_encoder"] if sampler.conditioning == "text" else []) + \
+               (["vae_decoder"] if sampler.vae is not None else [])
+        missing = [g for g in need if g not in m.graphs]
+        if sampler.conditioning == "text" and "tokenizer" not in m.assets:
+            missing.append("the 'tokenizer' asset")
+        if missing:
+            raise ManifestError(f"{artifact.root}: this diffusion artifact lacks {', '.join(missing)} (it has graphs "
+                                f"{sorted(m.graphs)}); re-convert the model")
+        # the vae_encoder (img2img only) opens on first use; memory settings: see session_options
+        provider, sessions = open_sessions(artifact, config, tuple(r for r in m.graphs if r != "vae_encoder"),
+                                           **LEAN)
+        return cls(artifact, sessions, provider, config)
+
+    def _session(self, role: str) -> ort.InferenceSession:
+        """The session of ``role``, opened now if it was left for later (the vae_encoder)."""
+        with self._open_lock:
+            if role not in self.sessions:
+                _, opened = open_sessions(self.artifact, self._config, (role,), **LEAN)
+                self.sessions.update(opened)
+            return self.sessions[role]
+
+    # -- the public API ----------------------------------------------------------------------
+    def sample(self, n: int = 1, *, seed: int | None = None, steps: int | None = None, scheduler: str | None = None,
+               prompt: str | None = None, negative_prompt: str | None = None, guidance: float | None = None,
+               label: int | Sequence[int] | None = None, image: Any = None, strength: float | None = None,
+               progress: Progress | None = None) -> np.ndarray:
+        """Draw ``n`` images; uint8 ``[n, H, W, C]``.
+
+        ``label`` (class-conditional models): one class for all, one per image, or None for
+        random classes.
+        ``image`` (a path, or uint8 ``[H, W, C]`` / ``[n, H, W, C]``) with ``strength`` in [0, 1]
+        runs img2img.  ``progress(done, total)`` is called after every step; returning
+        ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).
+        """
+        images = self.generate(n, seed=seed, steps=steps, scheduler=scheduler, prompt=prompt,
+                               negative_prompt=negative_prompt, guidance=guidance, label=label, image=image,
+                               strength=strength, progress=progress)
+        return to_uint8(images, self.sampler.value_range)
+
+    def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
+        """Images along the spherical path between two seeds' initial noise; uint8 ``[frames, H, W, C]``."""
+        a, b = (rng_for(s).standard_normal(self.sampler.sample_shape, dtype=np.float32) for s in (seed_a, seed_b))
+        noise = slerp(a, b, frames)                                                    # [frames, *sample_shape]
+        return to_uint8(self.generate(frames, seed=seed_a, noise=noise, **options), self.sampler.value_range)
+
+    def generate(self, n: int = 1, *, seed: int | None = None, steps: int | None = None,
+                 scheduler: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
+                 guidance: float | None = None, label: int | Sequence[int] | None = None, image: Any = None,
+                 strength: float | None = None, noise: np.ndarray | None = None, progress: Progress | None = None,
+                 force_guidance_batch: bool = False) -> np.ndarray:
+        """Like :meth:`sample`, as floats ``[n, C, H, W]`` in the model's value range.
+
+        ``noise`` replaces the initial noise draw (``[n, *sample_shape]``, before scaling by
+        ``init_noise_sigma``): the same noise gives diffusers' pipeline result.
+        """
+        from edgegen.runtimes.diffusion.schedulers import make_scheduler
+
+        s = self.sampler
+        n = check_count(n)
+        steps = self.defaults.steps if steps is None else steps
+        if not isinstance(steps, int) or steps < 1:
+            raise InvalidArgumentError(f"steps must be an integer of at least 1, got {steps!r}")
+        guidance = self._guidance(guidance, prompt, negative_prompt)
+        if strength is not None and image is None:
+            raise InvalidArgumentError("strength applies to img2img; give an image (--image) too")
+        if strength is not None and not 0.0 <= strength <= 1.0:
+            raise InvalidArgumentError(f"strength must be between 0 and 1 (0 keeps the image, 1 ignores it), got "
+                                       f"{strength}")
+        rng = rng_for(seed)
+        sched = make_scheduler(scheduler or self.defaults.scheduler, s.scheduler_config)
+        sched.set_timesteps(steps)
+        timesteps = np.asarray(sched.timesteps)
+        cfg = self._can_guide() and (guidance > 1.0 or force_guidance_batch)
+        cond, uncond = self._conditioning(n, prompt, negative_prompt, label, cfg, rng)
+
+        if image is not None:
+            init = self._encode_image(image, n, rng)                                      # [n, C, h, w]
+            strength = 0.8 if strength is None else strength
+            timesteps = sched.timesteps_for_strength(strength)
+            start_noise = self._noise(noise, n, rng)
+            latents = sched.add_noise(init, start_noise, timesteps[:1]) if len(timesteps) else init
+        else:
+            latents = self._noise(noise, n, rng) * np.float32(sched.init_noise_sigma)   # [n, C, h, w]
+
+        total = len(timesteps)
+        fixed = {} if self._cond_input is None else {                                 # the same every step
+            self._cond_input: np.concatenate([uncond, cond]) if cfg else cond}
+        if total and self._on_device(sched) and (loop := self._device_loop()) is not None:
+            latents = loop.run(sched, timesteps, latents, guided=cfg, guidance=guidance,
+                               cond=fixed.get(self._cond_input), rng=rng, progress=progress)
+            return self.decode(latents)
+        denoiser = self.sessions["denoiser"]
+        for i, t in enumerate(timesteps):
+            model_in = np.concatenate([latents, latents]) if cfg else latents           # [(2)n, C, h, w]
+            model_in = sched.scale_model_input(model_in, t)
+            feed = {"sample": np.ascontiguousarray(model_in, dtype=np.float32),
+                    "timestep": np.full((model_in.shape[0],), t, dtype=np.float32), **fixed}
+            out = denoiser.run(None, feed)[0]
+            if cfg:
+                out_u, out_c = out[:n], out[n:]
+                out = out_u + np.float32(guidance) * (out_c - out_u)
+            latents = sched.step(out, t, latents, rng=rng)
+            if progress is not None and progress(i + 1, total) is False:
+                raise CancelledError(f"sampling cancelled by the progress callback after {i + 1} of {total} steps")
+        return self.decode(latents)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Denoised samples -> images ``[n, C, H, W]`` (the VAE decoder for latent models)."""
+        vae = self.sampler.vae
+        if vae is None:
+            return latents.astype(np.float32, copy=False)
+        z = latents / np.float32(vae.scaling_factor) + np.float32(vae.shift_factor)
+        return self.sessions["vae_decoder"].run(None, {"latent_sample": z.astype(np.float32)})[0]
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _on_device(self, scheduler: Any) -> bool:
+        """Whether this run takes the device loop: asked for, an affine scheduler, a denoiser output it can read."""
+        if not self.latents_on_device or not scheduler.affine:
+            return False
+        graph = self.artifact.manifest.graphs["denoiser"]
+        sample = next(t for t in graph.inputs if t.name == "sample")
+        if sample.dtype != "float32" or graph.outputs[0].dtype != "float32":   # the step graphs are float32
+            return False
+        channels, out = self.sampler.sample_shape[0], graph.outputs[0].shape[1]
+        return out == channels or (out == 2 * channels and scheduler.variance_channels)
+
+    def _device_loop(self) -> Any:
+        """The device loop, made on first use; None (with a warning, and the numpy loop from then on) where
+        this onnxruntime build cannot run it on the provider."""
+        from edgegen.errors import ProviderError
+        from edgegen.runtimes.diffusion.device_loop import LatentLoop
+
+        with self._open_lock:
+            if self._latent_loop is None:
+                try:
+                    self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config,
+                                                   self._cond_input)
+                except ProviderError as exc:
+                    warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
+                    self.latents_on_device = False
+            return self._latent_loop
+
+    def _guidance(self, guidance: float | None, prompt: str | None, negative_prompt: str | None) -> float:
+        s = self.sampler
+        if s.conditioning != "text" and (prompt is not None or negative_prompt is not None):
+            raise InvalidArgumentError("this diffusion model is not text-conditioned: it takes no prompt "
+                                       "(drop --prompt/--negative-prompt)")
+        if guidance is None:
+            return self.defaults.guidance
+        if not self._can_guide() and guidance != 1.0:
+            raise InvalidArgumentError("classifier-free guidance needs a text- or class-conditioned model with an "
+                                       "unconditional embedding; this one has none (drop --guidance)")
+        if not np.isfinite(guidance) or guidance < 0:
+            raise InvalidArgumentError(f"guidance must be a finite number >= 0, got {guidance}")
+        return float(guidance)
+
+    def _can_guide(self) -> bool:
+        s = self.sampler
+        return s.conditioning == "text" or (s.conditioning == "class" and s.null_label is not None)
+
+    def _conditioning(self, n: int, prompt: str | None, negative_prompt: str | None, label: Any, cfg: bool,
+                      rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(cond, uncond) inputs of the denoiser for ``n`` images; uncond only under guidance."""
+        s = self.sampler
+        if s.conditioning == "text":
+            texts = [prompt or ""] + ([negative_prompt or ""] if cfg else [])       # each encoded once
+            ids = np.asarray([e.ids for e in self.tokenizer.encode_batch(texts)], dtype=np.int64)   # [1|2, T]
+            hidden = self.sessions["text_encoder"].run(None, {"input_ids": ids})[0]                 # [1|2, T, D]
+            rows = np.repeat(hidden, n, axis=0)                                                      # [(2)n, T, D]
+            return rows[:n], (rows[n:] if cfg else None)
+        if label is not None and s.conditioning != "class":
+            raise InvalidArgumentError("this diffusion model is not class-conditional: it takes no label (drop --label)")
+        if s.conditioning == "class":
+            assert s.num_classes is not None
+            if label is None:
+                labels = rng.integers(0, s.num_classes, n)
+            else:
+                given = np.asarray(label, dtype=np.int64)
+                if given.ndim > 1 or (given.ndim == 1 and len(given) != n):
+                    raise InvalidArgumentError(f"{given.size} labels for {n} images; give one label or {n}")
+                labels = np.broadcast_to(given, (n,))
+            bad = sorted({int(x) for x in labels if not 0 <= x < s.num_classes})
+            if bad:
+                raise InvalidArgumentError(f"label {bad[0]} is out of range: this model has classes 0.."
+                                           f"{s.num_classes - 1}")
+            uncond = np.full((n,), s.null_label, dtype=np.int64) if cfg else None
+            return labels.astype(np.int64), uncond
+        return None, None
+
+    def _noise(self, noise: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+        shape = (n, *self.sampler.sample_shape)
+        if noise is None:
+            return rng.standard_normal(shape, dtype=np.float32)
+        if noise.shape != shape:
+            raise InvalidArgumentError(f"noise has shape {noise.shape}; this model needs {shape}")
+        return noise.astype(np.float32, copy=False)
+
+    def _encode_image(self, image: Any, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The start image as clean latents ``[n, C, h, w]``."""
+        s = self.sampler
+        c, h, w = s.image_shape
+        if isinstance(image, (str, os.PathLike)):
+            pixels = load_image(image, (h, w), c)                                     # [1, H, W, C] uint8
+        else:
+            pixels = np.asarray(image)
+            pixels = pixels[None] if pixels.ndim == 3 else pixels
+            if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[1:] != (h, w, c):
+                raise InvalidArgumentError(f"image must be uint8 [H, W, C] = [{h}, {w}, {c}] (or a batch of them), "
+                                           f"got {pixels.dtype} {list(pixels.shape)}")
+        if len(pixels) not in (1, n):
+            raise InvalidArgumentError(f"{len(pixels)} start images for {n} samples; give one image or {n}")
+        x = np.broadcast_to(from_uint8(pixels, s.value_range), (n, c, h, w))              # [n, C, H, W]
+        if s.vae is None:
+            return np.ascontiguousarray(x)
+        if "vae_encoder" not in self.artifact.manifest.graphs:
+            raise InvalidArgumentError("this artifact has no vae_encoder graph, so it cannot do img2img; re-convert "
+                                       "it from a pipeline directory that has a VAE encoder")
+        lo, hi = s.value_range
+        moments = self._session("vae_encoder").run(None, {"sample": np.ascontiguousarray(
+            (x - lo) / (hi - lo) * 2 - 1, dtype=np.float32)})[0]                        # [n, 2C, h, w]
+        mean, logvar = np.split(moments, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        latent = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
+        return ((latent - np.float32(s.vae.shift_factor)) * np.float32(s.vae.scaling_factor)).astype(np.float32)
+

@@ -1,0 +1,1 @@
+"""The normalizing-flow runtime: sampling with temperature and exact log-likelihood."""

@@ -1,0 +1,3 @@
+"""The GAN, VAE and VQ-VAE runtimes: latent sampling, class labels, truncation, reconstruction and
+interpolation.
+"""

@@ -1,0 +1,246 @@
+"""The text conveniences shared by every language-model runtime (causal-lm, rnn-lm).
+
+A runtime supplies a tokenizer, its artifact defaults, ``_prompt_ids`` (checks and
+encodes one prompt) and ``_new_generator`` (a step generator: ``append_tokens``,
+``generate_next_token``, ``is_done``, ``finished``, ``finish_reasons``, ``tokens``); this
+class turns that loop into text: ``complete`` (with finish reasons and timings),
+``generate``, ``generate_batch``, ``stream`` and ``stream_batch``, streaming through a
+UTF-8-safe incremental detokenizer and stop-string matching.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tokenizers
+
+from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
+from edgegen.runtimes.text.settings import GenerationSettings, Resolved, resolve
+from edgegen.runtimes.text.sampling import sample
+from edgegen.runtimes.text.decoding import IncrementalDecoder, StopStringMatcher
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The result of generating from one prompt."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    prompt_tokens: int
+    finish_reason: str            # "eos" | "stop" | "length" | "cancelled"
+    time_to_first_token_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+
+
+class StepGenerator:
+    """What every LM generator shares: per-run random state, stop ids, finish bookkeeping, and
+    ``generate_next_token`` (check, sample, record).  Subclasses own the graph calls and the
+    history: ``_ids`` [B, L], ``_real()``, ``next_logits()`` and ``_advance(tokens)``."""
+
+    def __init__(self, eos_token_ids: Sequence[int], settings: Resolved, batch: int,
+                 cancel: threading.Event | None) -> None:
+        if batch < 1:
+            raise InvalidArgumentError(f"batch must be >= 1, got {batch}")
+        self.settings, self.batch = settings, batch
+        self.rng = np.random.default_rng(settings.seed)
+        self.cancel_event = cancel or threading.Event()
+        self._eos = frozenset() if settings.ignore_eos else frozenset(eos_token_ids)
+        self._stop_ids = self._eos | settings.stop_token_ids
+        self._new: list[list[int]] = [[] for _ in range(batch)]   # generated ids per row
+        self._budget = settings.max_new_tokens                    # subclasses may bound it further
+        self._ids = np.zeros((batch, 0), dtype=np.int64)          # [B, L] all tokens, left-padded
+        self.finished = np.zeros(batch, dtype=bool)
+        self.finish_reasons: list[str | None] = [None] * batch
+
+    def _check_rows(self, rows: Sequence[Sequence[int]]) -> None:
+        if len(rows) != self.batch:
+            raise InvalidArgumentError(f"append_tokens got {len(rows)} rows for a batch of {self.batch}")
+        if min(len(r) for r in rows) == 0:
+            raise InvalidArgumentError("a prompt is empty: give at least one token of text")
+
+    def next_logits(self) -> np.ndarray:
+        """The logits [B, V] the next token will be sampled from."""
+        raise NotImplementedError
+
+    def _real(self) -> np.ndarray:
+        """[B, L] bool: which history positions are real tokens (False = left padding)."""
+        raise NotImplementedError
+
+    def _advance(self, tokens: np.ndarray) -> None:
+        """Append the sampled tokens [B] to the history and prepare the next logits."""
+        raise NotImplementedError
+
+    def generate_next_token(self) -> np.ndarray:
+        """Sample one token per row [B] (finished rows repeat their last token and are ignored)."""
+        if self.is_done():
+            raise InvalidArgumentError("generation is done; check is_done() before stepping")
+        if self.cancel_event.is_set():
+            self.finished[:] = True
+            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
+            raise CancelledError("generation was cancelled")
+        logits, history = self.next_logits(), self._ids                            # [B, V], [B, L]
+        tokens = sample(logits, self.settings.sampling, self.rng, history=history, history_mask=self._real())
+        tokens = np.where(self.finished, history[:, -1], tokens).astype(np.int64)   # [B] finished rows repeat
+        for b in np.flatnonzero(~self.finished):
+            token = int(tokens[b])
+            self._new[b].append(token)
+            if token in self._stop_ids:
+                self.finish(b, "eos" if token in self._eos else "stop")
+            elif len(self._new[b]) >= self._budget:
+                self.finish(b, "length")
+        self._advance(tokens)
+        return tokens
+
+    def is_done(self) -> bool:
+        return bool(self.finished.all())
+
+    def finish(self, row: int, reason: str) -> None:
+        """Mark a row finished (the caller does this for stop strings it detects in text)."""
+        if not self.finished[row]:
+            self.finished[row] = True
+            self.finish_reasons[row] = reason
+
+    def cancel(self) -> None:
+        """Stop from any thread: the next step raises CancelledError."""
+        self.cancel_event.set()
+
+    def tokens(self, row: int) -> list[int]:
+        """The generated token ids of a row (a stop token id is included)."""
+        return list(self._new[row])
+
+
+def require_parts(artifact: Any, family: str, graph: str) -> None:
+    """A clear ManifestError when an LM artifact lacks its graph or its tokenizer."""
+    m = artifact.manifest
+    missing = ([] if graph in m.graphs else [f"a {graph!r} graph"]) + \
+              ([] if "tokenizer" in m.assets else ["a 'tokenizer' asset"])
+    if missing:
+        raise ManifestError(f"{artifact.root}: this {family} artifact lacks {' and '.join(missing)} "
+                            f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
+
+
+def load_tokenizer(artifact: Any) -> tokenizers.Tokenizer:
+    return tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
+
+
+class TextModel:
+    """Text in, text out, on top of a runtime's step generator."""
+
+    tokenizer: Any
+    defaults: GenerationSettings
+
+    def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
+        raise NotImplementedError
+
+    def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Any:
+        raise NotImplementedError
+
+    def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
+                  cancel: threading.Event | None = None) -> Any:
+        """A step generator for one run (the caller owns the loop)."""
+        return self._new_generator(resolve(settings or GenerationSettings(), self.defaults), batch, cancel)
+
+    def encode(self, text: str) -> list[int]:
+        if not isinstance(text, str):
+            raise InvalidArgumentError(f"a prompt must be a string, got {type(text).__name__}")
+        return self.tokenizer.encode(text).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def _encode_prompt(self, prompt: str) -> list[int]:
+        if not isinstance(prompt, str) or not prompt:
+            raise InvalidArgumentError("the prompt is empty: give some text to continue")
+        ids = self.encode(prompt)
+        if not ids:
+            raise InvalidArgumentError("the prompt encodes to no tokens: give some text to continue")
+        return ids
+
+    def stream_batch(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
+                     cancel: threading.Event | None = None) -> Iterator[tuple[int, str]]:
+        """Yield (row, text) pieces as they become final; the last state is in ``self`` of the run."""
+        yield from self._run(prompts, settings, cancel, results=None)
+
+    def complete(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
+                 cancel: threading.Event | None = None,
+                 on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+        """Generate for each prompt (batched); texts with finish reasons and timings.
+
+        ``on_text(row, piece)`` is called with each piece of text as it becomes final.
+        """
+        results: list[Completion] = []
+        for row, piece in self._run(prompts, settings, cancel, results=results):
+            if on_text is not None:
+                on_text(row, piece)
+        return results
+
+    def generate(self, prompt: str, settings: GenerationSettings | None = None, *, max_new_tokens: int | None = None,
+                 temperature: float | None = None, seed: int | None = None) -> str:
+        """The continuation of ``prompt`` as text."""
+        merged = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).over(
+            settings or GenerationSettings())
+        return self.complete([prompt], merged)[0].text
+
+    def generate_batch(self, prompts: Sequence[str], settings: GenerationSettings | None = None) -> list[str]:
+        return [c.text for c in self.complete(prompts, settings)]
+
+    def stream(self, prompt: str, settings: GenerationSettings | None = None, *, max_new_tokens: int | None = None,
+               temperature: float | None = None, seed: int | None = None,
+               cancel: threading.Event | None = None) -> Iterator[str]:
+        """Yield the continuation piece by piece, never splitting a character."""
+        merged = GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed).over(
+            settings or GenerationSettings())
+        for _row, piece in self._run([prompt], merged, cancel, results=None):
+            yield piece
+
+    def _run(self, prompts: Sequence[str], settings: GenerationSettings | None, cancel: threading.Event | None,
+             results: list[Completion] | None) -> Iterator[tuple[int, str]]:
+        if isinstance(prompts, str) or not prompts:
+            raise InvalidArgumentError("prompts must be a non-empty list of strings")
+        resolved = resolve(settings or GenerationSettings(), self.defaults)
+        prompt_ids = [self._prompt_ids(p, resolved) for p in prompts]
+        gen = self._new_generator(resolved, len(prompts), cancel)
+        decoders = [IncrementalDecoder(self.tokenizer, ids) for ids in prompt_ids]
+        stops = [StopStringMatcher(resolved.stop) for _ in prompts]
+        texts = [""] * len(prompts)
+        start = time.perf_counter()
+        gen.append_tokens(prompt_ids)
+        first_token_at = None
+        while not gen.is_done():
+            live = np.flatnonzero(~gen.finished)
+            tokens = gen.generate_next_token()
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            for b in live:
+                token = int(tokens[b])
+                is_stop_token = gen.finish_reasons[b] in ("eos", "stop") and gen.finished[b]
+                piece = decoders[b].add([] if is_stop_token else [token])
+                if gen.finished[b]:
+                    piece += decoders[b].flush()
+                out, stopped = stops[b].push(piece)
+                if not stopped and gen.finished[b]:
+                    out += stops[b].flush()
+                    stopped = stops[b].stopped   # a stop string settled only at the end
+                if stopped:  # the text was cut at a stop string, even if the length ran out at this token
+                    gen.finished[b], gen.finish_reasons[b] = True, "stop"
+                if out:
+                    texts[b] += out
+                    yield int(b), out
+        end = time.perf_counter()
+        if results is not None:
+            first_token_at = first_token_at or end
+            prefill = first_token_at - start
+            for b, ids in enumerate(prompt_ids):
+                new = gen.tokens(b)
+                decode_n = max(len(new) - 1, 0)
+                results.append(Completion(
+                    text=texts[b], token_ids=tuple(new), prompt_tokens=len(ids),
+                    finish_reason=gen.finish_reasons[b] or "length", time_to_first_token_s=prefill,
+                    prefill_tokens_per_s=len(ids) / prefill if prefill > 0 else float("inf"),
+                    decode_tokens_per_s=decode_n / (end - first_token_at) if end > first_token_at else 0.0))
