@@ -22,10 +22,8 @@ path (tests do): nothing runs on import.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import math
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,19 +33,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package and need not be on sys.path)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-charlstm = _sibling("charlstm")
-train_pycode = _sibling("train_pycode")
+charlstm = training.sibling("charlstm")
+train_pycode = training.sibling("train_pycode")
 CharLSTM, LSTMConfig = charlstm.CharLSTM, charlstm.LSTMConfig
 split_sources, HELDOUT_PERCENT, SKIP_DIRS = (train_pycode.split_sources, train_pycode.HELDOUT_PERCENT,
                                              train_pycode.SKIP_DIRS)
@@ -204,9 +197,7 @@ def lr_at(step: int, opts: Options) -> float:
 
 
 def train(opts: Options, log=print) -> Result:
-    started = time.perf_counter()
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(opts.seed)
+    started = training.start(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
 
     train_docs, heldout_docs = split_sources(max_files=opts.max_files)
@@ -287,6 +278,11 @@ def model_card(r: Result, opts: Options, checkpoint: Path) -> str:
     size_mb = checkpoint.stat().st_size / 1e6
     scope = "the whole held-out stream" if opts.eval_chars is None else f"the first {opts.eval_chars:,} held-out bytes"
     fence = "`" * 4
+    data = training.stdlib_data_lines(SKIP_DIRS, HELDOUT_PERCENT, EOS, (r.train_files, r.heldout_files),
+                                      (r.train_chars, r.heldout_chars), "bytes",
+                                      licence_note="; the same files and split as `models/train_pycode.py`.",
+                                      generated="`pydoc_data/`, the gencodec charmap tables, `_sysconfigdata*`, "
+                                                "`config-*/`")
     return f"""# charlstm: edgegen's bundled character-level LSTM
 
 A {r.parameters / 1e6:.2f} M-parameter character-level LSTM (`models/charlstm.py`) that
@@ -301,14 +297,7 @@ Load it with `models/charlstm_bundled.py`: `model, tokenizer = load()`, or conve
 
 ## Data
 
-- The `.py` files of the CPython {platform.python_version()} standard library (`Lib/`), under the
-  Python Software Foundation License (PSF-2.0); the same files and split as `models/train_pycode.py`.
-- Left out: test folders ({", ".join(sorted(SKIP_DIRS - {"site-packages", "__pycache__", "pydoc_data"}))}),
-  site-packages, and generated data (`pydoc_data/`, the gencodec charmap tables, `_sysconfigdata*`, `config-*/`).
-- Split by file: a file is held out when the SHA-256 of its relative path, read as a number,
-  is below {HELDOUT_PERCENT} mod 100.  {r.train_files} training files ({r.train_chars:,} bytes),
-  {r.heldout_files} held-out files ({r.heldout_chars:,} bytes).
-- Each file is followed by `{EOS}`.
+{data}
 
 ## Tokenizer
 
@@ -336,13 +325,7 @@ File: `tokenizer.json`.  "Per character" below means per byte (the stdlib is nea
 | batch | {opts.batch_size} contiguous lanes x {opts.seq_len} bytes, truncated BPTT (state carried, detached) |
 | bytes seen | {r.chars_seen:,} ({r.chars_seen / max(1, r.train_chars):.2f} epochs) |
 | optimizer | AdamW, betas (0.9, 0.99), weight decay {opts.weight_decay} |
-| learning rate | {opts.lr:g}, linear warmup {opts.warmup} steps, cosine decay to {opts.lr * opts.min_lr_ratio:g} |
-| gradient clipping | {opts.grad_clip} |
-| seed | {opts.seed} (torch.manual_seed; lane order from its own generator) |
-| threads | {opts.threads} (torch.set_num_threads) |
-| training time | {r.train_seconds:.0f} s wall for the steps ({r.total_seconds:.0f} s in all, with data and evaluation), {platform.machine()} CPU |
-| median step | {r.median_step_seconds:.3f} s, i.e. {r.median_step_seconds * r.steps:.0f} s for the steps when the cores are not shared |
-| torch | {torch.__version__} |
+{training.lm_training_rows(opts, r, order='lane', setup='data')}
 
 ## Results
 
@@ -373,23 +356,13 @@ Temperature 0.8, seed 0 (`torch.Generator().manual_seed(0)`, full distribution),
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    d = Options()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=d.out, help="output folder (default: models/charlstm/)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--n-layer", type=int, default=d.n_layer)
-    p.add_argument("--hidden", type=int, default=d.hidden)
-    p.add_argument("--n-embd", type=int, default=d.n_embd)
-    p.add_argument("--seq-len", type=int, default=d.seq_len)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(50, steps // 10))")
-    p.add_argument("--max-files", type=int, default=None, help="use only the first N training files (smoke runs)")
-    p.add_argument("--eval-chars", type=int, default=d.eval_chars,
-                   help="evaluate on the first N held-out bytes (0: all)")
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    d, flag = Options(), training.flag
+    p = training.argument_parser(
+        __doc__, out=flag(d.out, "output folder (default: models/charlstm/)"), steps=d.steps, seed=d.seed,
+        threads=d.threads, n_layer=d.n_layer, hidden=d.hidden, n_embd=d.n_embd, seq_len=d.seq_len,
+        batch_size=d.batch_size, lr=d.lr, warmup=flag(None, "warmup steps (default: min(50, steps // 10))", int),
+        max_files=flag(None, "use only the first N training files (smoke runs)", int),
+        eval_chars=flag(d.eval_chars, "evaluate on the first N held-out bytes (0: all)"), log_every=d.log_every)
     a = p.parse_args(argv)
     if a.steps < 1:
         p.error("--steps must be >= 1")

@@ -17,7 +17,6 @@ and ``MODEL_CARD.md`` into --out.  Loadable by path (tests do): nothing runs on 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import json
@@ -30,19 +29,14 @@ import numpy as np
 import torch
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-digits = _sibling("digits")
-digits_ddpm = _sibling("digits_ddpm")
+digits = training.sibling("digits")
+digits_ddpm = training.sibling("digits_ddpm")
 
 
 def alphas_cumprod() -> torch.Tensor:
@@ -88,19 +82,11 @@ def heldout_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, acp: 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=digits_ddpm.DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=200, help="samples scored (a multiple of 10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = training.argument_parser(__doc__, out=digits_ddpm.DEFAULT_DIR, steps=5000, batch_size=128, lr=2e-3,
+                                      channels=32, samples=training.flag(200, "samples scored (a multiple of 10)"),
+                                      seed=0, threads=2)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
+    started = training.start(args)
 
     images, labels = digits.load_data()
     x_train, y_train = (torch.from_numpy(a) for a in digits.split(images, labels, heldout=False))
@@ -153,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
 A {params:,}-parameter UNet (`models/digits_ddpm.py`) that denoises 8x8 greyscale digits, conditioned
 on the digit (label 10 = none, for classifier-free guidance).  edgegen's reference `diffusion` model.
 
-- Data: scikit-learn's digits (`load_digits`: the UCI optical digits set, CC BY 4.0), training split of
-  models/digits.py (1,617 images), pixels scaled to [-1, 1].
+{training.digits_data_line('pixels scaled to [-1, 1].')}
 - Objective: epsilon MSE, DDPM linear schedule (1000 steps), labels dropped 10% of the time.
 - Training: {args.steps} steps of batch {args.batch_size}, AdamW lr {args.lr} (warmup, cosine), grad clip 1,
   EMA 0.999 (the checkpoint), seed {args.seed}, {args.threads} CPU threads, {train_s:.0f} s

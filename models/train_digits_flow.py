@@ -32,19 +32,14 @@ import numpy as np
 import torch
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-digits = _sibling("digits")
-digits_flow = _sibling("digits_flow")
+digits = training.sibling("digits")
+digits_flow = training.sibling("digits_flow")
 TEMPERATURE = 0.8
 
 
@@ -81,25 +76,14 @@ def score(model: torch.nn.Module, heldout: torch.Tensor, samples: int, seed: int
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=digits_flow.DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--hidden", type=int, default=48)
-    parser.add_argument("--samples", type=int, default=200, help="samples scored")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    parser = training.argument_parser(__doc__, out=digits_flow.DEFAULT_DIR, steps=3000, batch_size=64, lr=1e-3,
+                                      hidden=48, samples=training.flag(200, "samples scored"), seed=0, threads=2)
+    return training.parse_command_line(parser, argv, __file__)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = " ".join(["python models/train_digits_flow.py", *argv])
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
+    started = training.start(args)
 
     images, labels = digits.load_data()
     levels = {part: torch.from_numpy(np.round(digits.split(images, labels, heldout=part)[0] * 16))   # [N, 1, 8, 8]
@@ -140,19 +124,20 @@ def write_card(args: argparse.Namespace, figures: dict, model: torch.nn.Module, 
     params = sum(p.numel() for p in model.parameters())
     t, u = figures["trained"], figures["untrained"]
     c = model.config
+    a = digits_flow.ALPHA
+    levels = (f"levels 0..16 -> logit({a} + {1 - 2 * a:g} (k + u) / 17)\n"
+              f"  (FlowSpec: num_bins 17, data_range ({a}, {1 - a}), logit).")
+    training_line = training.digits_training_line(args, figures["train_seconds"],
+                                                  f"Adam lr {args.lr} (cosine decay), grad clip 10")
     (args.out / "MODEL_CARD.md").write_text(f"""# digits_flow: edgegen's bundled RealNVP
 
 A {params:,}-parameter RealNVP (`models/digits_flow.py`: {c.checker} checkerboard couplings on 1x8x8, squeeze,
 {c.channel} channel-mask and {c.checker} checkerboard couplings on 4x4x4, coupling nets of {c.hidden} channels, a learned
 diagonal affine last) on the digits' 17 grey levels.  edgegen's reference `flow` model.
 
-- Data: scikit-learn's digits (`load_digits`: the UCI optical digits set, CC BY 4.0), training split of
-  models/digits.py (1,617 images), levels 0..16 -> logit({digits_flow.ALPHA} + {1 - 2 * digits_flow.ALPHA:g} (k + u) / 17)
-  (FlowSpec: num_bins 17, data_range ({digits_flow.ALPHA}, {1 - digits_flow.ALPHA}), logit).
+{training.digits_data_line(levels)}
 - Objective: dequantized bits/dim (u ~ U(0, 1)), including the logit's log-Jacobian.
-- Training: {args.steps} steps of batch {args.batch_size}, Adam lr {args.lr} (cosine decay), grad clip 10, seed {args.seed},
-  {args.threads} CPU thread{'s' * (args.threads != 1)}, {figures['train_seconds']:.0f} s (`{args.command}`; bit-for-bit
-  reproducible at the same thread count).  Final training bits/dim {last:.4f}.
+{training_line}  Final training bits/dim {last:.4f}.
 - Checkpoint: `model.safetensors` (float32, config in the metadata).
 
 | figure | trained | untrained twin |

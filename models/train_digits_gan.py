@@ -31,19 +31,14 @@ import torch
 from torch import nn
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-digits = _sibling("digits")
-digits_gan = _sibling("digits_gan")
+digits = training.sibling("digits")
+digits_gan = training.sibling("digits_gan")
 
 
 class Discriminator(nn.Module):
@@ -95,26 +90,16 @@ def recalibrate(generator: nn.Module, batches: int, batch_size: int, seed: int) 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=digits_gan.DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--latent", type=int, default=32)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=200, help="samples scored (a multiple of 10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    parser = training.argument_parser(__doc__, out=digits_gan.DEFAULT_DIR, steps=4000, batch_size=64, lr=2e-4,
+                                      latent=32, channels=32,
+                                      samples=training.flag(200, "samples scored (a multiple of 10)"),
+                                      seed=0, threads=2)
+    return training.parse_command_line(parser, argv, __file__)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = " ".join(["python models/train_digits_gan.py", *argv])
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
+    started = training.start(args)
 
     images, labels = digits.load_data()
     x_train, y_train = (torch.from_numpy(a) for a in digits.split(images, labels, heldout=False))
@@ -169,18 +154,17 @@ def main(argv: list[str] | None = None) -> dict:
 def write_card(args: argparse.Namespace, figures: dict, model: nn.Module, last: np.ndarray) -> None:
     params = sum(p.numel() for p in model.parameters())
     t, u = figures["trained"], figures["untrained"]
+    training_line = training.digits_training_line(args, figures["train_seconds"],
+                                                  f"Adam lr {args.lr} (betas 0.5, 0.999)")
     (args.out / "MODEL_CARD.md").write_text(f"""# digits_gan: edgegen's bundled class-conditional DCGAN
 
 A {params:,}-parameter DCGAN generator (`models/digits_gan.py`): z ({args.latent} dims) and a
 digit embedding -> 8x8 greyscale digit in [-1, 1].  edgegen's reference `gan` model.  Only the
 generator is shipped; its discriminator is in the training script.
 
-- Data: scikit-learn's digits (`load_digits`: the UCI optical digits set, CC BY 4.0), training split of
-  models/digits.py (1,617 images), pixels scaled to [-1, 1].
+{training.digits_data_line('pixels scaled to [-1, 1].')}
 - Objective: hinge loss against a spectrally normalised projection discriminator.
-- Training: {args.steps} steps of batch {args.batch_size}, Adam lr {args.lr} (betas 0.5, 0.999), seed {args.seed},
-  {args.threads} CPU thread{'s' * (args.threads != 1)}, {figures['train_seconds']:.0f} s (`{args.command}`; bit-for-bit
-  reproducible at the same thread count).  Final losses:
+{training_line}  Final losses:
   discriminator {last[0]:.3f}, generator {last[1]:.3f}.  The checkpoint is the EMA (0.999) of the generator's
   weights with BatchNorm statistics re-estimated over 10,240 samples.
 - Checkpoint: `model.safetensors` (float32, config in the metadata).

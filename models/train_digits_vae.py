@@ -29,19 +29,14 @@ import numpy as np
 import torch
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-digits = _sibling("digits")
-digits_vae = _sibling("digits_vae")
+digits = training.sibling("digits")
+digits_vae = training.sibling("digits_vae")
 
 
 def neg_elbo(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -84,27 +79,16 @@ def heldout_neg_elbo(model: torch.nn.Module, x: np.ndarray, draws: int = 10) -> 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=digits_vae.DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--latent", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--sigma", type=float, default=0.3, help="the decoder Gaussian's standard deviation")
-    parser.add_argument("--samples", type=int, default=200, help="prior samples scored")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    parser = training.argument_parser(__doc__, out=digits_vae.DEFAULT_DIR, steps=8000, batch_size=128, lr=1e-3,
+                                      latent=8, hidden=256,
+                                      sigma=training.flag(0.3, "the decoder Gaussian's standard deviation"),
+                                      samples=training.flag(200, "prior samples scored"), seed=0, threads=2)
+    return training.parse_command_line(parser, argv, __file__)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = " ".join(["python models/train_digits_vae.py", *argv])
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
+    started = training.start(args)
 
     images, labels = digits.load_data()
     x_train = torch.from_numpy(digits.split(images, labels, heldout=False)[0])         # [N, 1, 8, 8] in [0, 1]
@@ -145,18 +129,16 @@ def main(argv: list[str] | None = None) -> dict:
 def write_card(args: argparse.Namespace, figures: dict, model: torch.nn.Module, last: float) -> None:
     params = sum(p.numel() for p in model.parameters())
     t, u = figures["trained"], figures["untrained"]
+    training_line = training.digits_training_line(args, figures["train_seconds"], f"Adam lr {args.lr} (cosine decay)")
     (args.out / "MODEL_CARD.md").write_text(f"""# digits_vae: edgegen's bundled VAE
 
 A {params:,}-parameter MLP VAE (`models/digits_vae.py`, latent {args.latent} dims, hidden {args.hidden}) on 8x8
 greyscale digits in [0, 1], with a Gaussian decoder (sigma {args.sigma}; the artifact's decoder returns its
 mean, `decoder_output="values"`).  edgegen's reference `vae` model.
 
-- Data: scikit-learn's digits (`load_digits`: the UCI optical digits set, CC BY 4.0), training split of
-  models/digits.py (1,617 images), pixels scaled to [0, 1].
+{training.digits_data_line('pixels scaled to [0, 1].')}
 - Objective: negative ELBO, |x - mean|^2 / (2 sigma^2) + KL(q(z|x) || N(0, I)).
-- Training: {args.steps} steps of batch {args.batch_size}, Adam lr {args.lr} (cosine decay), seed {args.seed},
-  {args.threads} CPU thread{'s' * (args.threads != 1)}, {figures['train_seconds']:.0f} s (`{args.command}`; bit-for-bit
-  reproducible at the same thread count).  Final training
+{training_line}  Final training
   -ELBO {last:.3f} nats per image (without the Gaussian's normalising constant); held-out
   {figures['heldout_neg_elbo']:.3f} (10 draws of z per image).
 - Checkpoint: `model.safetensors` (float32, config in the metadata).

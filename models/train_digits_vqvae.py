@@ -32,19 +32,14 @@ import numpy as np
 import torch
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-digits = _sibling("digits")
-digits_vqvae = _sibling("digits_vqvae")
+digits = training.sibling("digits")
+digits_vqvae = training.sibling("digits_vqvae")
 
 COMMITMENT, DECAY, DEAD = 0.25, 0.99, 0.1
 
@@ -82,27 +77,15 @@ def score(model: torch.nn.Module, x_held: np.ndarray, y_held: np.ndarray, sample
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=digits_vqvae.DEFAULT_DIR)
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--codes", type=int, default=64)
-    parser.add_argument("--code-dim", type=int, default=16)
-    parser.add_argument("--channels", type=int, default=32)
-    parser.add_argument("--samples", type=int, default=200, help="uniform code grids scored")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    return parser.parse_args(argv)
+    parser = training.argument_parser(__doc__, out=digits_vqvae.DEFAULT_DIR, steps=4000, batch_size=64, lr=2e-3,
+                                      codes=64, code_dim=16, channels=32,
+                                      samples=training.flag(200, "uniform code grids scored"), seed=0, threads=2)
+    return training.parse_command_line(parser, argv, __file__)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    args.command = " ".join(["python models/train_digits_vqvae.py", *argv])
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    started = time.perf_counter()
+    started = training.start(args)
 
     images, labels = digits.load_data()
     x_train = torch.from_numpy(digits.split(images, labels, heldout=False)[0])         # [N, 1, 8, 8] in [0, 1]
@@ -148,19 +131,17 @@ def main(argv: list[str] | None = None) -> dict:
 def write_card(args: argparse.Namespace, figures: dict, model: torch.nn.Module, last: float) -> None:
     params = sum(p.numel() for p in model.parameters()) + model.codebook.numel()
     t, u = figures["trained"], figures["untrained"]
+    training_line = training.digits_training_line(args, figures["train_seconds"], f"Adam lr {args.lr} (cosine decay)")
     (args.out / "MODEL_CARD.md").write_text(f"""# digits_vqvae: edgegen's bundled VQ-VAE
 
 A {params:,}-parameter VQ-VAE (`models/digits_vqvae.py`): conv encoder 8x8 -> 4x4 grid of
 {args.code_dim}-dim vectors, codebook of {args.codes} codes, conv decoder back to 8x8 pixels in [0, 1].
 edgegen's reference `vq-vae` model.
 
-- Data: scikit-learn's digits (`load_digits`: the UCI optical digits set, CC BY 4.0), training split of
-  models/digits.py (1,617 images), pixels scaled to [0, 1].
+{training.digits_data_line('pixels scaled to [0, 1].')}
 - Objective: reconstruction MSE (straight-through) + {COMMITMENT} x commitment; EMA codebook (decay {DECAY}),
   unused codes restarted.
-- Training: {args.steps} steps of batch {args.batch_size}, Adam lr {args.lr} (cosine decay), seed {args.seed},
-  {args.threads} CPU thread{'s' * (args.threads != 1)}, {figures['train_seconds']:.0f} s (`{args.command}`; bit-for-bit
-  reproducible at the same thread count).  Final training
+{training_line}  Final training
   reconstruction MSE {last:.5f}.
 - Checkpoint: `model.safetensors` (float32, config in the metadata; the codebook is the `codebook` tensor).
 

@@ -20,12 +20,10 @@ the metadata) and ``MODEL_CARD.md``.  Loadable by path (tests do): nothing runs 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import math
 import os
-import platform
 import sys
 import sysconfig
 import time
@@ -36,18 +34,13 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 
-def _sibling(name: str):
-    """Import models/<name>.py by path (models/ is not a package and need not be on sys.path)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+if "training" not in sys.modules:  # models/ is not a package: the scripts' shared helper, loaded by path
+    _spec = importlib.util.spec_from_file_location("training", Path(__file__).with_name("training.py"))
+    _spec.loader.exec_module(sys.modules.setdefault("training", importlib.util.module_from_spec(_spec)))
+training = sys.modules["training"]
 
 
-nanogpt = _sibling("nanogpt")
+nanogpt = training.sibling("nanogpt")
 GPT, GPTConfig = nanogpt.GPT, nanogpt.GPTConfig
 
 EOS = "<|endoftext|>"
@@ -226,9 +219,7 @@ def make_optimizer(model: GPT, opts: Options) -> torch.optim.AdamW:
 
 
 def train(opts: Options, log=print) -> Result:
-    started = time.perf_counter()
-    torch.set_num_threads(opts.threads)
-    torch.manual_seed(opts.seed)
+    started = training.start(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
 
     train_docs, heldout_docs = split_sources(max_files=opts.max_files)
@@ -299,6 +290,10 @@ def model_card(r: Result, opts: Options, checkpoint: Path) -> str:
     c = r.config
     size_mb = checkpoint.stat().st_size / 1e6
     eval_scope = "all held-out windows" if opts.eval_windows is None else f"the first {opts.eval_windows} windows"
+    data = training.stdlib_data_lines(SKIP_DIRS, HELDOUT_PERCENT, EOS, (r.train_files, r.heldout_files),
+                                      (r.train_tokens, r.heldout_tokens), "tokens", licence_note=".",
+                                      generated="`pydoc_data/`, the gencodec charmap tables in `encodings/`,\n"
+                                                "  `_sysconfigdata*`, `config-*/`")
     return f"""# pycode: edgegen's bundled code-completion model
 
 A {r.parameters / 1e6:.2f} M-parameter nanoGPT-style decoder (`models/nanogpt.py`) that completes
@@ -311,15 +306,7 @@ Load it with `models/pycode.py`: `model, tokenizer = load()`.  Retrain with
 
 ## Data
 
-- The `.py` files of the CPython {platform.python_version()} standard library (`Lib/`), under the
-  Python Software Foundation License (PSF-2.0).
-- Left out: test folders ({", ".join(sorted(SKIP_DIRS - {"site-packages", "__pycache__", "pydoc_data"}))}),
-  site-packages, and generated data (`pydoc_data/`, the gencodec charmap tables in `encodings/`,
-  `_sysconfigdata*`, `config-*/`).
-- Split by file: a file is held out when the SHA-256 of its relative path, read as a number,
-  is below {HELDOUT_PERCENT} mod 100.  {r.train_files} training files ({r.train_tokens:,} tokens),
-  {r.heldout_files} held-out files ({r.heldout_tokens:,} tokens).
-- Each file is followed by `{EOS}`.
+{data}
 
 ## Tokenizer
 
@@ -348,13 +335,7 @@ Pre-LN blocks, learned position embeddings, GELU MLP, no dropout.
 | batch | {opts.batch_size} x {c.block_size} tokens, windows at random offsets |
 | tokens seen | {r.tokens_seen:,} ({r.tokens_seen / max(1, r.train_tokens):.2f} epochs) |
 | optimizer | AdamW, betas (0.9, 0.95), weight decay {opts.weight_decay} on matrices and embeddings |
-| learning rate | {opts.lr:g}, linear warmup {opts.warmup} steps, cosine decay to {opts.lr * opts.min_lr_ratio:g} |
-| gradient clipping | {opts.grad_clip} |
-| seed | {opts.seed} (torch.manual_seed; data order from its own generator) |
-| threads | {opts.threads} (torch.set_num_threads) |
-| training time | {r.train_seconds:.0f} s wall for the steps ({r.total_seconds:.0f} s in all, with tokenizer and evaluation), {platform.machine()} CPU |
-| median step | {r.median_step_seconds:.3f} s, i.e. {r.median_step_seconds * r.steps:.0f} s for the steps when the cores are not shared |
-| torch | {torch.__version__} |
+{training.lm_training_rows(opts, r, order='data', setup='tokenizer')}
 
 ## Results
 
@@ -380,23 +361,14 @@ Greedy completion of `{SAMPLE_PROMPT}` (at most 80 new tokens):
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
-    d = Options()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=d.out, help="output folder (default: models/pycode/)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--n-layer", type=int, default=d.n_layer)
-    p.add_argument("--n-head", type=int, default=d.n_head)
-    p.add_argument("--n-embd", type=int, default=d.n_embd)
-    p.add_argument("--block-size", type=int, default=d.block_size)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: min(100, steps // 10))")
-    p.add_argument("--max-files", type=int, default=None, help="use only the first N training files (smoke runs)")
-    p.add_argument("--eval-windows", type=int, default=None, help="evaluate on at most N held-out windows")
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    d, flag = Options(), training.flag
+    p = training.argument_parser(
+        __doc__, out=flag(d.out, "output folder (default: models/pycode/)"), steps=d.steps, seed=d.seed,
+        threads=d.threads, vocab_size=d.vocab_size, n_layer=d.n_layer, n_head=d.n_head, n_embd=d.n_embd,
+        block_size=d.block_size, batch_size=d.batch_size, lr=d.lr,
+        warmup=flag(None, "warmup steps (default: min(100, steps // 10))", int),
+        max_files=flag(None, "use only the first N training files (smoke runs)", int),
+        eval_windows=flag(None, "evaluate on at most N held-out windows", int), log_every=d.log_every)
     a = p.parse_args(argv)
     if a.steps < 1:
         p.error("--steps must be >= 1")
