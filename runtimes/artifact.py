@@ -1,9 +1,12 @@
 """Opening an artifact directory safely: paths, files, checksums, sessions.
 
 Checksums: every file named by the manifest is hashed (sha256) before its graph is
-opened.  A hash is remembered for the life of the process, keyed by the file's resolved
-path, size and modification time (ns), so loading the same artifact twice hashes once; a
-file changed in place gets a new mtime and is hashed again.
+opened.  A hash is remembered for the life of the process, so loading the same artifact twice
+hashes once.  The cache trusts a file unchanged only while its path, device, inode, size,
+modification time and status-change time (ctime, ns) are all unchanged: a user-level
+``os.utime`` can restore the mtime after swapping bytes, but writing the file or calling
+``utime`` moves its ctime, which only the system clock can set, and replacing the file changes
+its inode.
 """
 
 from __future__ import annotations
@@ -16,20 +19,22 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from edgegen.errors import ArtifactError, IntegrityError
+from edgegen.errors import ArtifactError, GraphLoadError, IntegrityError
 from edgegen.manifest import Manifest, read_manifest
+from edgegen.runtimes.onnx_refs import OnnxRefsError, external_references, vet_references
 from edgegen.runtimes.session import (ProviderName, SessionConfig, check_free_dimensions, check_io, create_session,
                                       resolve_provider)
 
 _CHUNK = 1 << 20
-_hash_cache: dict[tuple[str, int, int], str] = {}
+_hash_cache: dict[tuple[str, int, int, int, int, int, int], str] = {}
 _hash_lock = threading.Lock()
 
 
 def sha256_file(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime_ns) for this process."""
+    """sha256 of a file, remembered for this process while its (path, device, inode, size, mtime, ctime)
+    stay the same (see the module docstring for why ctime)."""
     stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
     with _hash_lock:
         cached = _hash_cache.get(key)
     if cached is not None:
@@ -77,11 +82,33 @@ def open_artifact(path: str | os.PathLike[str]) -> Artifact:
 
 
 def verify_checksums(artifact: Artifact) -> None:
-    """Compare every file with its recorded sha256; name each file that differs."""
+    """Compare every file with its recorded sha256, naming each file that differs; then check that every
+    graph reads external data only from files the manifest lists (and so hashes) for that graph."""
     bad = [ref.file for ref in artifact.manifest.files() if sha256_file(artifact.path(ref.file)) != ref.sha256]
     if bad:
         raise IntegrityError(f"{artifact.root}: {', '.join(bad)} do{'es' * (len(bad) == 1)} not match the "
                              "sha256 in edgegen.json (truncated, corrupted or swapped); re-convert or re-copy the artifact")
+    check_external_data_references(artifact)
+
+
+def check_external_data_references(artifact: Artifact) -> None:
+    """Refuse a graph whose tensors keep their bytes anywhere but in a regular file inside the artifact that the
+    manifest lists for that graph (absolute or ``..`` locations, symlinks, unlisted files, ranges past the end).
+    ONNX Runtime would open those files itself, and releases before 1.24 follow ``../`` and symlinks out of the
+    directory: edgegen decides, before any session exists (:mod:`edgegen.runtimes.onnx_refs`)."""
+    problems = []
+    for role, spec in artifact.manifest.graphs.items():
+        try:
+            refs = external_references(artifact.path(spec.file))
+        except (OnnxRefsError, OSError) as exc:
+            raise GraphLoadError(f"graph {role!r} ({spec.file}): cannot load it: {exc}; the file is corrupt or not "
+                                 "ONNX: re-convert the model or re-copy the artifact") from None
+        listed = {ref.file for ref in spec.external_data}
+        problems += vet_references(refs, artifact.path(spec.file), artifact.root, listed)
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        raise IntegrityError(f"{artifact.root}: {shown}; a graph may read only the files edgegen.json lists for it: "
+                             "the artifact is corrupt or hostile, re-convert it from its source")
 
 
 def open_sessions(artifact: Artifact, config: SessionConfig, roles: tuple[str, ...] | None = None, *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import textwrap
 
@@ -66,6 +67,24 @@ def test_hash_cache_notices_changes(tmp_path):
     os.utime(path, ns=(1, 1))  # a new mtime, as any rewrite gets
     assert sha256_file(path) != first
     assert len(artifact_mod._hash_cache) >= 2
+
+
+def test_hash_cache_is_not_fooled_by_restoring_size_and_mtime(tmp_path):
+    """Swap a file's bytes in place, then put its size and mtime back with os.utime: still hashed again
+    (the ctime moved); and a file replaced by another with the same size and mtime (new inode) too."""
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"a" * 10)
+    before = path.stat()
+    first = sha256_file(path)
+    path.write_bytes(b"b" * 10)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
+    assert sha256_file(path) == hashlib.sha256(b"b" * 10).hexdigest() != first
+    other = tmp_path / "g.bin"
+    other.write_bytes(b"c" * 10)
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    os.replace(other, path)
+    assert sha256_file(path) == hashlib.sha256(b"c" * 10).hexdigest()
 
 
 def test_symlink_leading_outside_is_refused(tiny_artifact, tmp_path):
