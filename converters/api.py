@@ -10,12 +10,13 @@ A source is one of:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from edgegen.converters.image.spec import GANSpec, VAESpec, VQVAESpec
 from edgegen.converters.lm.spec import CausalLMSpec
 from edgegen.converters.quantization.defaults import check_target
 from edgegen.converters.rnn.spec import RNNLMSpec
-from edgegen.errors import InvalidArgumentError, UnsupportedModelError
+from edgegen.errors import EdgegenError, InvalidArgumentError, UnsupportedModelError
 
 
 def _no_gate(options: dict[str, Any], family: str) -> dict[str, Any]:
@@ -81,11 +82,11 @@ def _no_attention(options: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def _convert_hf_transformers(model_dir: Path, output: Path, **options: Any) -> Path:
+    attention = options.pop("attention", "auto")
+    options = _lm_options(options)   # before torch and transformers load (seconds) and the model (minutes)
     from edgegen.converters.lm.hf import HFLMSource
     from edgegen.converters.lm.convert import convert_lm
 
-    attention = options.pop("attention", "auto")
-    options = _lm_options(options)   # before the model loads
     if attention == "auto":
         attention = _auto_attention(model_dir, options.get("target", "cpu"), options["report"])
     return convert_lm(HFLMSource(model_dir, attention=attention), output, **options)
@@ -131,17 +132,35 @@ def _convert_diffusion_spec(spec: DiffusionSpec, output: Path, **options: Any) -
 
 
 def _convert_diffusers(model_dir: Path, output: Path, **options: Any) -> Path:
+    options = _diffusion_options(options)   # before the pipeline loads
     from edgegen.converters.diffusion.convert import convert_diffusion, from_directory
 
-    return convert_diffusion(from_directory(model_dir), output, **_diffusion_options(options))
+    return convert_diffusion(from_directory(model_dir), output, **options)
+
+
+def _refuse_diffusers_component(model_dir: Path, name: str) -> None:
+    if name in ("AutoencoderKL", "VQModel", "AsymmetricAutoencoderKL", "AutoencoderTiny"):
+        within = (": a Stable Diffusion pipeline directory (model_index.json) converts with its VAE"
+                  if name == "AutoencoderKL" else "")
+        raise UnsupportedModelError(f"{model_dir} holds a diffusers {name} on its own; standalone diffusers "
+                                    f"autoencoders (AutoencoderKL, VQModel) are not supported yet{within}")
+    raise UnsupportedModelError(f"{model_dir} holds a diffusers {name}; edgegen converts diffusers UNet2DModel "
+                                "directories (with scheduler_config.json) and DDPM, DDIM and Stable Diffusion "
+                                "pipeline directories (model_index.json)")
 
 
 def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
-    """config.json: a diffusers UNet2DModel (its ``_class_name`` says so) or a transformers model."""
-    from edgegen.converters.diffusion.convert import is_diffusers_unet_dir
+    """config.json: a diffusers UNet2DModel (its ``_class_name`` says so) or a transformers model; what its
+    fields refuse is refused before torch loads."""
+    from edgegen.converters.lm.hf_config import check_lm_config, read_config_json
 
-    if is_diffusers_unet_dir(model_dir):
+    config = read_config_json(model_dir)
+    diffusers_class = config.get("_class_name")
+    if diffusers_class == "UNet2DModel":
         return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
+    if diffusers_class is not None and "model_type" not in config:
+        _refuse_diffusers_component(model_dir, str(diffusers_class))
+    check_lm_config(model_dir, config, options.get("attention", "auto"))
     return _convert_hf_transformers(model_dir, output, **options)
 
 
@@ -162,7 +181,7 @@ def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, qu
     from edgegen.converters.quantization.psnr_gate import check_scheme
     import torch
 
-    from edgegen.converters.quantization.defaults import resolve
+    from edgegen.converters.quantization.defaults import report_lines, resolve
 
     family = {GANSpec: "gan", VAESpec: "vae", VQVAESpec: "vq-vae"}[type(spec)]
     _no_lm_gate(options, family)
@@ -172,7 +191,8 @@ def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, qu
                    for p in m.parameters()}
         quantize, why = resolve(family, target, sum(weights.values()))
         default = {"target": target, "scheme": quantize, "reason": why}
-        options["report"](f"quantize auto: {quantize} ({why})")
+        for line in report_lines(quantize, why):
+            options["report"](line)
     if quantize != "none":
         check_scheme(quantize, family)  # before export
     options.pop("optimize", None)
@@ -228,6 +248,9 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         options["max_ppl_increase"] = max_ppl_increase
     if lm_head != "auto":
         options["lm_head"] = lm_head
+    from edgegen.converters.writer import check_destination
+
+    check_destination(output, overwrite=overwrite)   # now, not after minutes of loading and exporting
     if isinstance(source, str) and ":" in source and source.rsplit(":", 1)[0].endswith(".py"):
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():
@@ -251,6 +274,20 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
                                "a spec (e.g. CausalLMSpec) or 'file.py:function'")
 
 
+@contextlib.contextmanager
+def _user_code(what: str) -> Iterator[None]:
+    """A failure of the user's own code (their file.py:function) as one line that says it is theirs; the
+    exception stays chained (``EDGEGEN_DEBUG=1`` shows its traceback in the CLI).  edgegen's errors pass."""
+    try:
+        yield
+    except EdgegenError:
+        raise
+    except Exception as exc:
+        lines = str(exc).strip().splitlines()
+        raise InvalidArgumentError(f"{what} raised {type(exc).__name__}: {lines[0][:300] if lines else '(no message)'}; "
+                                   "fix that code (set EDGEGEN_DEBUG=1 to see its traceback)") from exc
+
+
 def load_spec(target: str) -> Any:
     """Call ``function`` of ``file.py`` (``"file.py:function"``) and return the spec it builds."""
     file, _, name = target.rpartition(":")
@@ -259,16 +296,19 @@ def load_spec(target: str) -> Any:
         raise InvalidArgumentError(f"{file} does not exist; expected file.py:function")
     module_name = f"edgegen_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
-    assert spec is not None and spec.loader is not None
+    if spec is None or spec.loader is None:
+        raise InvalidArgumentError(f"{file} is not a Python file Python can import; expected file.py:function")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module   # registered before it runs: dataclasses look their module up
-    spec.loader.exec_module(module)
+    with _user_code(f"importing {file}"):
+        spec.loader.exec_module(module)
     function = getattr(module, name, None)
     if not callable(function):
         public = sorted(n for n, v in vars(module).items()
                         if inspect.isfunction(v) and v.__module__ == module_name and not n.startswith("_"))
         raise InvalidArgumentError(f"{file} has no function {name!r} (it has: {', '.join(public) or 'none'})")
-    result = function()
+    with _user_code(f"{target}()"):
+        result = function()
     if not any(isinstance(result, t) for t in SPEC_CONVERTERS):
         raise InvalidArgumentError(f"{target} returned a {type(result).__name__}; it must return an edgegen spec "
                                    "such as edgegen.CausalLMSpec")

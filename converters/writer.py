@@ -13,23 +13,31 @@ load) and renames the directory into place.  An exception, or a killed process, 
 ``dest`` untouched: absent, or the previous complete artifact.  Staging directories of
 killed conversions are named ``.<dest>.edgegen-tmp-*`` and removed by the next
 conversion to the same destination.
+
+``overwrite`` replaces only an edgegen artifact (its manifest reads back) holding nothing but the
+files its manifest lists: a folder with anything else in it is refused, naming those files, since
+replacing it would delete them.  Committed files get the user's umask like any other file (tools
+such as onnx's external-data writer create theirs 0600).  A disk that fails (full, read-only, no
+permission), in whatever step of the conversion, is reported as such, not as the model's failure.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import tempfile
 import uuid
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import Any
 
 import onnx
 
-from edgegen.errors import ArtifactError, ConversionError
-from edgegen.manifest import (MANIFEST_NAME, FileRef, GraphSpec, Manifest, Source, TensorSpec,
+from edgegen.errors import ArtifactError, ConversionError, EdgegenError, find_os_error, write_error_line
+from edgegen.manifest import (MANIFEST_NAME, FileRef, GraphSpec, Manifest, Source, TensorSpec, read_manifest,
                               write_manifest)
-from edgegen.runtimes.artifact import open_artifact, sha256_file
+from edgegen.runtimes.artifact import check_external_data_references, open_artifact, sha256_file
 
 #: ONNX graphs over this size keep their weights in a separate file (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
@@ -75,20 +83,97 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _unlisted(dest: Path, manifest: Manifest) -> list[str]:
+    """Paths under ``dest`` (relative, sorted) that are not the manifest or a file it lists: what replacing
+    ``dest`` would delete besides the artifact.  Folders holding listed files are the artifact's; symlinks
+    are not followed."""
+    listed = {MANIFEST_NAME, *(PurePosixPath(ref.file).as_posix() for ref in manifest.files())}
+    folders = {parent.as_posix() for name in listed for parent in PurePosixPath(name).parents}
+    found = []
+    for root, dirs, files in os.walk(dest):
+        rel = PurePosixPath(Path(root).relative_to(dest).as_posix())
+        names = [*files, *(d for d in dirs if (Path(root) / d).is_symlink())]
+        if not names and not dirs and rel.as_posix() not in folders:
+            found.append(f"{rel.as_posix()}/")                       # an empty folder of the user's
+        found += [(rel / name).as_posix() for name in names if (rel / name).as_posix() not in listed]
+    return sorted(found)
+
+
+def check_destination(dest: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Refuse, before any work, an output path the artifact could not replace; returns it absolute.
+
+    ``dest`` must be absent, or (with ``overwrite``) an edgegen artifact whose folder holds only the files its
+    manifest lists; the nearest existing folder above it must be a folder.
+    """
+    dest = Path(dest).absolute()
+    above = next((p for p in dest.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ArtifactError(f"cannot write {dest}: {above} is a file, not a folder; choose another output path")
+    if above is not None and not os.access(above, os.W_OK):   # the stage goes next to dest: its folder must take it
+        readonly = hasattr(os, "statvfs") and bool(os.statvfs(above).f_flag & os.ST_RDONLY)
+        number = errno.EROFS if readonly else errno.EACCES
+        raise ArtifactError(write_error_line(OSError(number, os.strerror(number)), dest))
+    if not (dest.exists() or dest.is_symlink()):
+        return dest
+    if not dest.is_dir():
+        raise ArtifactError(f"{dest} is a file, not an artifact folder; refusing to replace it: "
+                            "choose another output path")
+    if not overwrite:
+        raise ArtifactError(f"{dest} already exists; pass --overwrite (overwrite=True) to replace it")
+    refused = f"{dest} exists and is not an edgegen artifact; refusing to replace it: choose another output path"
+    if not (dest / MANIFEST_NAME).is_file():
+        raise ArtifactError(refused)
+    try:
+        manifest = read_manifest(dest)
+    except (EdgegenError, OSError):
+        raise ArtifactError(f"{refused} (its {MANIFEST_NAME} is not a manifest this edgegen reads)") from None
+    unlisted = _unlisted(dest, manifest)
+    if unlisted:
+        shown = ", ".join(unlisted[:3]) + (f" and {len(unlisted) - 3} more" if len(unlisted) > 3 else "")
+        raise ArtifactError(f"{dest} holds files its {MANIFEST_NAME} does not list ({shown}); --overwrite would "
+                            "delete them: move them out or choose another output path")
+    return dest
+
+
+def _umask() -> int:
+    """The process's umask, read from /proc where it can be (``os.umask`` can only set it: set and restore)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _apply_umask(root: Path) -> None:
+    """Files 0o666 and folders 0o777 less the umask, as if the user had written them (symlinks untouched)."""
+    mask = _umask()
+    os.chmod(root, 0o777 & ~mask)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            if not (Path(folder) / name).is_symlink():
+                os.chmod(Path(folder) / name, 0o777 & ~mask)
+        for name in files:
+            if not (Path(folder) / name).is_symlink():
+                os.chmod(Path(folder) / name, 0o666 & ~mask)
+
+
 class ArtifactWriter:
     """Stage an artifact next to ``dest`` and publish it atomically on :meth:`commit`."""
 
     def __init__(self, dest: str | os.PathLike[str], *, overwrite: bool = False) -> None:
-        self.dest = Path(dest).absolute()
-        if self.dest.exists() and not overwrite:
-            raise ArtifactError(f"{self.dest} already exists; pass --overwrite (overwrite=True) to replace it")
-        if self.dest.exists() and not (self.dest / MANIFEST_NAME).is_file():
-            raise ArtifactError(f"{self.dest} exists and is not an edgegen artifact; refusing to replace it: "
-                                "choose another output path")
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_stages()
-        self.stage = self.dest.parent / f".{self.dest.name}.edgegen-tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self.stage.mkdir()
+        self.dest = check_destination(dest, overwrite=overwrite)
+        self.overwrite = overwrite
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_stale_stages()
+            self.stage = self.dest.parent / f".{self.dest.name}.edgegen-tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            self.stage.mkdir()
+        except OSError as exc:
+            raise ArtifactError(write_error_line(exc, self.dest)) from None
         self._graphs: dict[str, GraphSpec] = {}
         self._assets: dict[str, FileRef] = {}
         self._committed = False
@@ -110,8 +195,27 @@ class ArtifactWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if not self._committed:
-            shutil.rmtree(self.stage, ignore_errors=True)
+        if self._committed:
+            return
+        shutil.rmtree(self.stage, ignore_errors=True)
+        line = self._disk_failure(exc) if exc is not None and not isinstance(exc, ArtifactError) else None
+        if line is not None:   # whatever step failed and however it wrapped it: the disk's reason, not the model's
+            raise ArtifactError(line) from exc
+
+    def _disk_failure(self, exc: BaseException) -> str | None:
+        """One line when ``exc`` came from a disk refusing a write (in the stage, or a temporary folder)."""
+        found = find_os_error(exc)
+        if found is None:
+            return None
+        name = os.fsdecode(found.filename) if found.filename else None
+        inside = name is not None and Path(name).absolute().is_relative_to(self.stage)
+        if found.errno in (errno.EACCES, errno.EPERM) and not inside:
+            return None   # maybe a file the conversion read: the error's own message says which
+        if name is None or inside:
+            return write_error_line(found, self.dest)
+        if Path(name).absolute().is_relative_to(Path(tempfile.gettempdir())):
+            return write_error_line(found, name, option="TMPDIR")   # the quantizers' scratch files
+        return write_error_line(found, name)
 
     def path(self, file: str) -> Path:
         """Where a file of the artifact is staged (for tools that write files themselves)."""
@@ -159,14 +263,25 @@ class ArtifactWriter:
     def commit(self) -> Path:
         """Check the staged artifact opens, then move it into place; returns ``dest``."""
         try:
-            open_artifact(self.stage)
+            artifact = open_artifact(self.stage)
+            check_external_data_references(artifact)   # the graphs read only files the manifest lists (and hashes)
+            unlisted = _unlisted(self.stage, artifact.manifest)
+            if unlisted:
+                raise ConversionError(f"the stage holds files the manifest does not list: {', '.join(unlisted[:5])}")
         except Exception as exc:
             raise ConversionError(f"the converted artifact failed its own checks ({exc}); this is a bug in edgegen") from exc
+        check_destination(self.dest, overwrite=self.overwrite)   # again: files may have appeared since __init__
         old = None
-        if self.dest.exists():
-            old = self.dest.parent / f".{self.dest.name}.edgegen-tmp-{os.getpid()}-old{uuid.uuid4().hex[:9]}"
-            os.replace(self.dest, old)
-        os.replace(self.stage, self.dest)
+        try:
+            _apply_umask(self.stage)
+            if self.dest.exists():
+                old = self.dest.parent / f".{self.dest.name}.edgegen-tmp-{os.getpid()}-old{uuid.uuid4().hex[:9]}"
+                os.replace(self.dest, old)
+            os.replace(self.stage, self.dest)
+        except OSError as exc:
+            if old is not None and not self.dest.exists():
+                os.replace(old, self.dest)   # the previous artifact stays where it was
+            raise ArtifactError(write_error_line(exc, self.dest)) from None
         self._committed = True
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

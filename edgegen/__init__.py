@@ -7,14 +7,16 @@ imported by :func:`load`, the converters (which need the ``[convert]`` extra) by
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edgegen.errors import (ArtifactError, CancelledError, ContextOverflowError, ConversionError, EdgegenError,
                             GraphLoadError, GraphMismatchError, IntegrityError, InvalidArgumentError, ManifestError,
-                            ProviderError, UnknownFamilyError, UnsupportedFormatError, UnsupportedModelError)
+                            ProviderError, RunTimeoutError, UnknownFamilyError, UnsupportedFormatError,
+                            UnsupportedModelError)
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,7 @@ __version__ = "0.1.0"
 #: (their converters do), and GenerationSettings needs only numpy.
 _LAZY = {
     "GenerationSettings": "edgegen.runtimes.text.settings",
+    "cancel_on": "edgegen.runtimes.run_control",      # a function, not a type: it loads onnxruntime
     "CausalLMSpec": "edgegen.converters.lm.spec",
     "RNNLMSpec": "edgegen.converters.rnn.spec",
     "DiffusionSpec": "edgegen.converters.diffusion.spec",
@@ -34,8 +37,8 @@ _LAZY = {
 
 __all__ = ["ArtifactError", "CancelledError", "ContextOverflowError", "ConversionError", "EdgegenError",
            "GraphLoadError", "GraphMismatchError", "IntegrityError", "InvalidArgumentError", "ManifestError",
-           "ProviderError", "UnknownFamilyError", "UnsupportedFormatError", "UnsupportedModelError", "__version__",
-           "convert", "load", *_LAZY]
+           "ProviderError", "RunTimeoutError", "UnknownFamilyError", "UnsupportedFormatError", "UnsupportedModelError",
+           "__version__", "convert", "load", *_LAZY]
 
 if TYPE_CHECKING:
     from edgegen.converters.diffusion.spec import DiffusionSpec
@@ -63,7 +66,8 @@ def __dir__() -> list[str]:
 
 
 def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int | None = None, device_id: int = 0,
-         free_dimensions: Mapping[str, int] | None = None, gpu_memory_limit: int | None = None) -> FamilyRuntime:
+         free_dimensions: Mapping[str, int] | None = None, gpu_memory_limit: int | None = None,
+         timeout: float | None = None) -> FamilyRuntime:
     """Open the artifact at ``path`` and return its family's runtime object.
 
     ``provider`` is ``"auto"`` (CUDA, then DirectML, then CPU), ``"cpu"``, ``"cuda"`` or
@@ -71,12 +75,15 @@ def load(path: str | os.PathLike[str], provider: str = "auto", *, threads: int |
     ``device_id`` picks the GPU (CUDA, DirectML); ``free_dimensions`` fixes symbolic input
     dimensions for apps that always call with the same sizes (``{"batch": 1}``, or per graph
     ``{"denoiser.batch": 2}``: DirectML plans static shapes faster); ``gpu_memory_limit`` caps
-    the CUDA arena (bytes).  Every graph's checksum and inputs/outputs are verified before this returns.
+    the CUDA arena (bytes); ``timeout`` is the most seconds one graph run may take (a run past it is
+    stopped and raises :class:`RunTimeoutError`; default: no limit).  Every graph's checksum and
+    inputs/outputs are verified before this returns.  To cancel a call from another thread, also in the
+    middle of a graph run: ``with edgegen.cancel_on(event): model.sample(4)``, then ``event.set()``.
     """
     from edgegen.runtimes.registry import load_runtime
 
     return load_runtime(path, provider=provider, threads=threads, device_id=device_id,
-                        free_dimensions=free_dimensions or {}, gpu_memory_limit=gpu_memory_limit)
+                        free_dimensions=free_dimensions or {}, gpu_memory_limit=gpu_memory_limit, timeout=timeout)
 
 
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
@@ -92,11 +99,28 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     ``attention``: auto (gqa where it applies and the
     target is cpu), standard, or gqa (Hugging Face llama, mistral, qwen2 with a head size that is a
     multiple of 16: ONNX Runtime GroupQueryAttention layers).  Needs the ``[convert]`` extra."""
-    try:
+    with _needs_convert_extra():   # the converters import torch & co. as they go, not all up front
         from edgegen.converters.api import convert as _convert
-    except ImportError as exc:
-        raise EdgegenError(f"converting needs the [convert] extra ({exc.name} is missing): "
-                           "pip install -c constraints.txt 'edgegen[convert]'") from exc
-    return _convert(source, output, overwrite=overwrite, optimize=optimize, quantize=quantize, target=target,
-                    min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head, report=report,
-                    attention=attention)
+
+        return _convert(source, output, overwrite=overwrite, optimize=optimize, quantize=quantize, target=target,
+                        min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head, report=report,
+                        attention=attention)
+
+
+#: the top-level modules of the ``[convert]`` extra (pyproject.toml)
+_CONVERT_EXTRA = ("torch", "onnx", "onnxscript", "optimum", "transformers", "diffusers", "safetensors")
+
+
+@contextlib.contextmanager
+def _needs_convert_extra() -> Iterator[None]:
+    """Turn the import error of a runtime-only install (``pip install edgegen``, no ``[convert]``) into one
+    line naming the extra to install; any other import error stays what it is."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        name = (exc.name or "").partition(".")[0]
+        if name not in _CONVERT_EXTRA:
+            raise
+        raise EdgegenError(f"converting needs the [convert] extra ({name} is not installed): "
+                           "pip install -c constraints.txt -e '.[convert]' in the edgegen checkout (or its wheel with "
+                           "the [convert] extra)") from exc

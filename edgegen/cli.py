@@ -3,19 +3,24 @@
 Each command checks its options with click types, imports its implementation inside the
 callback (so ``edgegen --help`` stays fast and torch-free) and calls library functions.
 :class:`_Group` is the one place that turns a library error into a one-line message and
-a non-zero exit code; anything else is a bug and keeps its traceback.
+a non-zero exit code; anything else is a bug, which :func:`main` (the ``edgegen`` script) still
+reports in one line, and tests (which call :func:`cli`) or ``EDGEGEN_DEBUG=1`` see with its traceback.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import sys
+import time
 from typing import Any
 
 import click
 
 from edgegen import __version__
-from edgegen.errors import EdgegenError, InvalidArgumentError
+from edgegen.errors import EdgegenError, InvalidArgumentError, describe_os_error
+from edgegen.runtimes.limits import MAX_DEVICE_ID, MAX_FREE_DIMENSION, MAX_THREADS
 
 PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "dml"])
 
@@ -24,8 +29,12 @@ def _free_dims(_ctx: click.Context, _param: click.Parameter, values: tuple[str, 
     out = {}
     for value in values:
         name, sep, size = value.partition("=")
-        if not sep or not name or not (size.isascii() and size.isdigit()) or int(size) < 1:
+        digits = size.lstrip("0")
+        if not sep or not name or not (size.isascii() and size.isdigit()) or not digits:
             raise click.BadParameter(f"{value!r} is not NAME=SIZE (like batch=1 or denoiser.batch=2)")
+        if len(digits) > 10 or int(digits) > MAX_FREE_DIMENSION:   # length first: Python refuses int() of 4300+ digits
+            shown = value if len(value) <= 40 else f"{value[:30]}...({len(size)} digits)"
+            raise click.BadParameter(f"{shown!r}: a dimension size must be at most {MAX_FREE_DIMENSION}")
         out[name] = int(size)
     return out
 
@@ -36,18 +45,23 @@ def runtime_options(command: Any) -> Any:
 
     @functools.wraps(command)
     def wrapper(*args: Any, provider: str, threads: int | None, device_id: int, free_dims: dict[str, int],
-                **kwargs: Any) -> Any:
+                timeout: float | None, **kwargs: Any) -> Any:
         return command(*args, runtime={"provider": provider, "threads": threads, "device_id": device_id,
-                                       "free_dimensions": free_dims}, **kwargs)
+                                       "free_dimensions": free_dims, "timeout": timeout}, **kwargs)
 
     for option in reversed([
-            click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True),
-            click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads."),
-            click.option("--device-id", type=click.IntRange(min=0), default=0, show_default=True,
+            click.option("--provider", type=PROVIDER_CHOICE, default="auto", show_default=True,
+                         help="Where to run (auto: CUDA, then DirectML, then CPU)."),
+            click.option("--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None,
+                         help="ONNX Runtime intra-op threads."),
+            click.option("--device-id", type=click.IntRange(min=0, max=MAX_DEVICE_ID), default=0, show_default=True,
                          help="Which GPU (cuda, dml)."),
             click.option("--free-dim", "free_dims", multiple=True, metavar="NAME=SIZE", callback=_free_dims,
-                         help="Fix a symbolic input dimension, e.g. batch=1 or denoiser.batch=2 (repeatable; "
-                              "DirectML plans static shapes faster).")]):
+                         help="Fix a symbolic input dimension by its name (edgegen info lists them), e.g. "
+                              "batch_size=1 for a language model, batch=1 for an image model, denoiser.batch=2 "
+                              "for one graph (repeatable; DirectML plans static shapes faster)."),
+            click.option("--timeout", type=float, default=None, metavar="SECONDS",
+                         help="Stop a graph run that takes longer than this [default: no limit].")]):
         wrapper = option(wrapper)
     return wrapper
 
@@ -63,6 +77,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgegenError as exc:
+            if os.environ.get("EDGEGEN_DEBUG") and exc.__cause__ is not None:
+                raise      # the traceback of what caused it (say, an exception in the user's own spec code)
             raise _UserError(str(exc), exc.exit_code) from None
 
 
@@ -72,11 +88,20 @@ def cli() -> None:
     """Convert PyTorch generative models to ONNX artifacts and run them anywhere."""
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _echo_plain(line: str) -> None:
+    """A line built from a manifest's strings, with control characters shown as escapes: an artifact from
+    anywhere must not send a terminal escape sequence (or a fake second line) to the user's screen."""
+    click.echo(_CONTROL.sub(lambda m: repr(m.group())[1:-1], line))
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
 
-@cli.command()
+@cli.command(short_help="Show the execution providers and what 'auto' picks.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def providers(as_json: bool) -> None:
     """Show the execution providers this onnxruntime build offers, and what 'auto' picks."""
@@ -115,7 +140,7 @@ def providers(as_json: bool) -> None:
                    f"uninstall all of them and install exactly one", err=True)
 
 
-@cli.command()
+@cli.command(short_help="Describe an artifact: graphs, sizes, defaults, validation.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("--verify", is_flag=True,
               help="Also check every file's sha256 and open every graph (as load does).")
@@ -141,25 +166,35 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
     if as_json:
         _echo_json({**manifest_to_json(m), "sizes": sizes, "verified": verify})
         return
-    click.echo(f"{art.root}")
-    click.echo(f"  family     {m.family}  ({m.format})")
-    click.echo(f"  source     {m.source.model_class}, {m.source.converter}"
-               + (f", opset {m.source.opset}" if m.source.opset else ""))
+    _echo_plain(f"{art.root}")
+    _echo_plain(f"  family     {m.family}  ({m.format})")
+    opset = f"opset {m.source.opset}" if m.source.opset else ""   # converters name it in their own text too
+    _echo_plain(f"  source     {m.source.model_class}, {m.source.converter}"
+               + (f", {opset}" if opset and opset not in m.source.converter else ""))
     for role, graph in m.graphs.items():
         size = sum(sizes[ref.file] for ref in graph.files())
-        click.echo(f"  graph      {role:<14} {graph.file:<24} {graph.precision:<13} {_mib(size)}")
+        _echo_plain(f"  graph      {role:<14} {graph.file:<24} {graph.precision:<13} {_mib(size)}")
     for name, ref in m.assets.items():
-        click.echo(f"  asset      {name:<14} {ref.file:<24} {'':<13} {_mib(sizes[ref.file])}")
-    click.echo(f"  total      {_mib(sum(sizes.values()))}")
+        _echo_plain(f"  asset      {name:<14} {ref.file:<24} {'':<13} {_mib(sizes[ref.file])}")
+    _echo_plain(f"  total      {_mib(sum(sizes.values()))}")
+    dims = sorted({d for g in m.graphs.values() for t in g.inputs for d in t.shape if isinstance(d, str)})
+    if dims:
+        _echo_plain(f"  free dims  {', '.join(dims)}  (--free-dim NAME=SIZE fixes one)")
+    if m.defaults:   # what generate/sample use for every option not given
+        _echo_plain(f"  defaults   {_short(m.defaults)}  (options override them)")
     for key, value in m.validation.items():
+        if value is None:   # a figure that does not apply (no failure, no divergence)
+            continue
         if key == "quantization" and isinstance(value, dict):  # the price of quantizing, vs the fp32 graph
             value = {k: value[k] for k in _QUANT_FIGURES if k in value}
-        click.echo(f"  validation {key}: {_short(value)}")
+        _echo_plain(f"  validation {key}: {_short(value)}")   # one line per figure: grep finds it
+        if key == "quantization" and isinstance(value, dict) and "greedy_agreement" in value:
+            _echo_plain(f"             ({_AGREEMENT})")
     if verify:
-        click.echo("  verified   checksums, graphs load, inputs/outputs match, family checks")
+        _echo_plain("  verified   checksums, graphs load, inputs/outputs match, family checks")
 
 
-@cli.command()
+@cli.command(short_help="Convert a model into a validated artifact.")
 @click.argument("source")
 @click.option("-o", "--output", type=click.Path(file_okay=False),
               help="Artifact directory to write (written atomically); required unless --check.")
@@ -194,9 +229,10 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
     from edgegen.runtimes.artifact import open_artifact
 
     if check:
-        from edgegen.converters.api import check_source
+        with edgegen._needs_convert_extra():   # a runtime-only install: one line naming the extra
+            from edgegen.converters.api import check_source
 
-        problems = check_source(source)
+            problems = check_source(source)
         for problem in problems:
             click.echo(f"blocks conversion: {problem}")
         if problems:
@@ -206,10 +242,10 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
     if output is None:
         raise click.UsageError("Missing option '-o' / '--output'.")
 
-    report = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
-                           target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head,
-                           report=report, attention=attention)
+    with _StageClock((lambda line: click.echo(line, err=True)) if as_json else click.echo) as report:
+        path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
+                               target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase,
+                               lm_head=lm_head, report=report, attention=attention)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -225,71 +261,164 @@ def _read_prompts(prompts: tuple[str, ...]) -> list[str]:
         raise click.UsageError("give a prompt with -p/--prompt or on standard input")
     data = stdin.read()
     try:
-        return [data.decode("utf-8")]
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise click.UsageError(f"standard input is not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
-                               "convert it to UTF-8 first, e.g. with iconv") from None
+        raise click.UsageError(f"standard input is not UTF-8 text (byte {exc.start}: "
+                               f"{data[exc.start:exc.start + 1]!r}); convert it to UTF-8 first, e.g. with iconv"
+                               ) from None
+    # `echo PROMPT |` and an editor's file end in a newline that is no part of the prompt (left on, it would
+    # start every continuation on a fresh line): exactly one is dropped, as --help and the README say
+    return [text.removesuffix("\r\n") if text.endswith("\r\n") else text.removesuffix("\n")]
 
 
-@cli.command()
+def _setting_text(name: str, value: Any) -> str:
+    if isinstance(value, tuple):
+        value = json.dumps(list(value), ensure_ascii=False)
+    return f"{name} {_short(value)}" + (" = greedy" if name == "temperature" and value == 0 else "")
+
+
+def _clamped(asked: int, results: list[Any], context: int | None) -> list[dict[str, Any]]:
+    """What the context cut from max_new_tokens, as --json and the stderr line give it."""
+    budget = results[0].token_budget
+    if budget is None or budget >= asked:
+        return []
+    longest = max(r.prompt_tokens for r in results)
+    prompt = "the longest prompt" if len(results) > 1 else "the prompt"
+    return [{"setting": "max_new_tokens", "asked": asked, "used": budget,
+             "reason": f"the context is {context} tokens and {prompt} takes {longest}"}]
+
+
+@cli.command(short_help="Generate text from a causal-lm or rnn-lm artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("-p", "--prompt", "prompts", multiple=True,
-              help="Text to continue (repeat for a batch; default: standard input).")
+              help="Text to continue (repeat for a batch; default: standard input, less one final newline).")
 @click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Most tokens to generate [default: the artifact's, else 128].")
-@click.option("-t", "--temperature", type=float, default=None, help="0 = greedy.")
-@click.option("--top-k", type=int, default=None)
-@click.option("--top-p", type=float, default=None)
-@click.option("--min-p", type=float, default=None)
-@click.option("--typical-p", type=float, default=None)
-@click.option("--repetition-penalty", type=float, default=None)
-@click.option("--presence-penalty", type=float, default=None)
-@click.option("--frequency-penalty", type=float, default=None)
+              help="Most tokens to generate, cut to what the context leaves [default: the artifact's, else 128].")
+@click.option("-t", "--temperature", type=float, default=None,
+              help="Randomness: 0 = greedy (the likeliest token every time), 1 = the model's own distribution.")
+@click.option("--top-k", type=int, default=None, help="Sample among the K likeliest tokens only (0 = all).")
+@click.option("--top-p", type=float, default=None,
+              help="Nucleus sampling: among the likeliest tokens that hold this much probability (1 = all).")
+@click.option("--min-p", type=float, default=None,
+              help="Drop tokens less likely than this fraction of the likeliest one (0 = off).")
+@click.option("--typical-p", type=float, default=None,
+              help="Typical sampling: keep the tokens of most typical surprise holding this much probability "
+                   "(1 = off).")
+@click.option("--repetition-penalty", type=float, default=None,
+              help="Make tokens already in the prompt or text less likely (1 = off; 1.1 to 1.3 curbs loops).")
+@click.option("--presence-penalty", type=float, default=None,
+              help="Lower the logit of every token already seen by this, -2 to 2 (0 = off).")
+@click.option("--frequency-penalty", type=float, default=None,
+              help="Lower each token's logit by this times its count so far, -2 to 2 (0 = off).")
 @click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
 @click.option("--stop-token-id", "stop_token_ids", type=int, multiple=True, help="Stop at this token id (repeatable).")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same text.")
-@click.option("--truncate", "truncate_prompt", is_flag=True, default=None, help="Keep the end of a prompt longer than the context.")
+@click.option("--truncate", "truncate_prompt", is_flag=True, default=None,
+              help="Keep the end of a prompt longer than the context.")
 @click.option("--ignore-eos", is_flag=True, default=None, help="Keep going after end-of-sequence.")
 @runtime_options
-@click.option("--json", "as_json", is_flag=True, help="Print completions and timings as JSON (no streaming).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print completions, the settings used (and where each came from) and timings as JSON (no "
+                   "streaming).")
 def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: dict[str, Any],
              stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
-    """Generate text from a causal-lm or rnn-lm ARTIFACT, streaming it to standard output."""
+    """Generate text from a causal-lm or rnn-lm ARTIFACT.
+
+    Standard output gets each prompt followed by its continuation, ending in a newline: one prompt
+    streams as it is generated; several are generated as a batch and each block is headed by a line
+    "== i/N: P prompt tokens, K new (finish reason) ==".  A prompt read from standard input loses one
+    final newline.  Standard error gets the settings that came from the artifact, what the context
+    clamped, and the token counts and speed.
+
+    Sampling options left out take the artifact's defaults (edgegen info lists them), else built-in ones
+    (128 tokens, temperature 1, no top-k, top-p, min-p or typical-p, no penalties).
+    """
     import edgegen
-    from edgegen.runtimes.artifact import open_artifact
     from edgegen import GenerationSettings
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.text.settings import check_text, resolve
 
     texts = _read_prompts(prompts)
     settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
                                   **sampling)
+    resolve(settings, GenerationSettings())   # bad settings and prompts fail before the model loads
+    for text in texts:
+        check_text(text, "the prompt")   # a shell's bytes that are not UTF-8 arrive as lone surrogates
     family = open_artifact(artifact).manifest.family
     if family not in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm and rnn-lm "
                                    "artifacts")
     lm = edgegen.load(artifact, **runtime)
+    used = lm.settings_sources(settings)
+    from_artifact = [_setting_text(name, value) for name, (value, origin) in used.items() if origin == "artifact"]
     stream = not as_json and len(texts) == 1
-    on_text = (lambda _row, piece: click.echo(piece, nl=False)) if stream else None
+    bar = _progress_bar() if len(texts) > 1 and not as_json and sys.stderr.isatty() else None
+    begun = []
+
+    def begin() -> None:
+        """Once the prompts passed the model's checks (a refused prompt is one error line, nothing else):
+        the artifact defaults in use (temperature 0 changes what comes), then a streamed prompt."""
+        if begun or as_json:
+            return
+        begun.append(True)
+        if from_artifact:
+            several = len(from_artifact) > 1
+            click.echo(f"settings: {', '.join(from_artifact)} (artifact default{'s' * several}; options override "
+                       f"{'them' if several else 'it'})", err=True)
+        if stream:
+            click.echo(texts[0], nl=False)
+
+    def on_text(_row: int, piece: str) -> None:
+        begin()
+        if stream:
+            click.echo(piece, nl=False)
+
+    def progress(steps: int, budget: int) -> None:
+        begin()
+        if bar is not None:
+            bar(steps, budget)
+
     try:
-        results = lm.complete(texts, settings, on_text=on_text)
+        results = lm.complete(texts, settings, on_text=on_text, progress=progress)
     except KeyboardInterrupt:
         click.echo("", err=True)
         raise SystemExit(130) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    begin()   # a run that gave no text at all
+    clamped = _clamped(used["max_new_tokens"][0], results, getattr(lm.sampler, "context_length", None))
     if as_json:
-        _echo_json({"provider": lm.provider, "completions": [{
+        _echo_json({"provider": lm.provider,
+                    "settings": {name: list(v) if isinstance(v, tuple) else v for name, (v, _) in used.items()},
+                    "settings_from": {name: origin for name, (_, origin) in used.items()},   # caller/artifact/built-in
+                    "clamped": clamped, "completions": [{
             "prompt": prompt, "text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
-            "new_tokens": len(r.token_ids), "time_to_first_token_s": r.time_to_first_token_s,
+            "new_tokens": len(r.token_ids), "token_budget": r.token_budget,
+            "time_to_first_token_s": r.time_to_first_token_s,
             "prompt_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s}
             for prompt, r in zip(texts, results, strict=True)]})
         return
     if stream:
-        click.echo()
+        if not (texts[0] + results[0].text).endswith("\n"):
+            click.echo()
     else:
-        for i, r in enumerate(results):
-            click.echo(f"--- [{i}] {r.finish_reason}\n{texts[i]}{r.text}")
-    r = results[0]
-    click.echo(f"[{lm.provider}: {r.prompt_tokens} prompt tokens, {sum(len(x.token_ids) for x in results)} new "
-               f"({r.finish_reason}); first token {1000 * r.time_to_first_token_s:.0f} ms, "
-               f"{r.decode_tokens_per_s:.1f} tokens/s]", err=True)
+        for i, (prompt, r) in enumerate(zip(texts, results, strict=True)):
+            click.echo(f"== {i + 1}/{len(texts)}: {_count(r.prompt_tokens, 'prompt token')}, {len(r.token_ids)} new "
+                       f"({r.finish_reason}) ==")
+            click.echo((prompt + r.text).removesuffix("\n"))   # a newline ends each block, never two
+    for c in clamped:
+        click.echo(f"clamped: {c['setting']} {c['asked']} -> {c['used']}: {c['reason']}", err=True)
+    first_ms = 1000 * results[0].time_to_first_token_s
+    if len(results) == 1:
+        r = results[0]
+        click.echo(f"[{lm.provider}: {_count(r.prompt_tokens, 'prompt token')}, {len(r.token_ids)} new "
+                   f"({r.finish_reason}); first token {first_ms:.0f} ms, {r.decode_tokens_per_s:.1f} tokens/s]",
+                   err=True)
+    else:   # the rows share one run: totals, each labelled as such (per-row counts head the blocks)
+        click.echo(f"[{lm.provider}: {len(results)} prompts, {sum(r.prompt_tokens for r in results)} prompt tokens "
+                   f"and {sum(len(r.token_ids) for r in results)} new in all; first token {first_ms:.0f} ms, "
+                   f"{sum(r.decode_tokens_per_s for r in results):.1f} tokens/s in all]", err=True)
 
 
 #: ``edgegen sample`` options -> the keyword each image family's ``sample``/``interpolate`` takes.
@@ -297,7 +426,7 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
                    "truncation", "label", "temperature")
 
 
-@cli.command()
+@cli.command(short_help="Draw images from an image-model artifact into a PNG.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="PNG to write (a grid when -n > 1, unless --separate).")
@@ -345,6 +474,8 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     if method is None:
         raise InvalidArgumentError(f"{family} artifacts do not support {'--interpolate' if interpolate else 'sample'}")
     accepted = inspect.signature(method).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in accepted.values()):   # diffusion's interpolate passes them on
+        accepted = inspect.signature(model.generate).parameters
     given = {k: v for k, v in family_options.items() if v is not None}
     refused = [k for k in given if k not in accepted]
     if refused:
@@ -354,6 +485,13 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
                                    f"(its options: {takes})")
     if "progress" in accepted and not as_json and sys.stderr.isatty():
         given["progress"] = _progress_bar()
+    count, (c, h, w) = (frames if interpolate else num), model.sampler.image_shape
+    if count > 1 and not separate:   # the grid, upscaled, and Pillow's copy of it
+        from edgegen.runtimes.memory import check_fits, count_text
+
+        check_fits(count * 2 * (h + 2) * (w + 2) * c * upscale**2, f"a grid PNG of {count_text(count)} images",
+                   f"write them one by one with --separate{', use a smaller --upscale' * (upscale > 1)}, or ask "
+                   "for fewer")
     started = time.perf_counter()
     if interpolate:
         images = method(interpolate[0], interpolate[1], frames=frames, **given)
@@ -376,7 +514,7 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
 _RECONSTRUCT_FAMILIES = ("vae", "vq-vae")
 
 
-@cli.command()
+@cli.command(short_help="Encode and decode an image with a vae or vq-vae artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG to write.")
@@ -417,20 +555,82 @@ def reconstruct(artifact: str, image: str, output: str, seed: int | None, compar
     click.echo(f"[{model.provider}: reconstructed in {seconds:.3f} s]", err=True)
 
 
-def _progress_bar() -> Any:
-    """A progress callback ``(done, total)`` that redraws one line on standard error."""
-    def show(done: int, total: int) -> None:
+class _ProgressBar:
+    """A progress callback ``(done, total)`` that redraws one line on standard error (the one progress
+    display: diffusion steps, a batch's tokens); ``close`` ends a line a run left short of ``total``
+    (every row of a text batch stopped before the token budget)."""
+
+    def __init__(self) -> None:
+        self.open = False
+
+    def __call__(self, done: int, total: int) -> None:
         width = 30
-        filled = width * done // max(total, 1)
+        filled = width * min(done, total) // max(total, 1)
         click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}", err=True, nl=done >= total)
-    return show
+        self.open = done < total
+
+    def close(self) -> None:
+        if self.open:
+            click.echo("", err=True)
+            self.open = False
+
+
+def _progress_bar() -> _ProgressBar:
+    return _ProgressBar()
+
+
+class _StageClock:
+    """The report callback of a conversion (``with _StageClock(echo) as report``): each line goes to ``echo``;
+    on a terminal, a stage that runs for seconds with no line yet (PyTorch's reference run, an export)
+    shows them on one standard-error line ("  ... 12 s"), erased when its line comes.  Not a terminal: quiet."""
+
+    SHOW_AFTER_S = 3.0
+
+    def __init__(self, echo: Any) -> None:
+        import threading
+
+        self.echo, self.lock, self.stop = echo, threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._tick, daemon=True) if sys.stderr.isatty() else None
+        self.last, self.shown = 0.0, False
+
+    def __enter__(self) -> Any:
+        self.last = time.monotonic()
+        if self.thread is not None:
+            self.thread.start()
+        return self.line
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+        with self.lock:
+            self._erase()
+
+    def line(self, text: str) -> None:
+        with self.lock:
+            self._erase()
+            self.echo(text)
+            self.last = time.monotonic()
+
+    def _erase(self) -> None:
+        if self.shown:
+            click.echo("\r\033[K", err=True, nl=False)
+            self.shown = False
+
+    def _tick(self) -> None:
+        while not self.stop.wait(1.0):
+            with self.lock:
+                idle = time.monotonic() - self.last
+                if idle >= self.SHOW_AFTER_S:
+                    click.echo(f"\r  ... {idle:.0f} s", err=True, nl=False)
+                    self.shown = True
 
 
 #: Families whose runtime gives exact likelihoods (``bits_per_dim``).
 _SCORE_FAMILIES = ("flow",)
 
 
-@cli.command()
+@cli.command(short_help="Bits per dimension of images under a flow artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @runtime_options
@@ -458,7 +658,7 @@ def score(artifact: str, images: tuple[str, ...], runtime: dict[str, Any], as_js
         click.echo(f"{b:.4f}  {path}")
 
 
-@cli.command()
+@cli.command(short_help="Convert the bundled models and generate from them, offline.")
 @click.option("-o", "--out", type=click.Path(file_okay=False), default="edgegen-demo", show_default=True,
               help="Folder for the artifacts and the generated outputs (artifacts are reused next time).")
 @click.option("--models", type=click.Path(exists=True, file_okay=False), default=None,
@@ -473,8 +673,8 @@ def demo(out: str, models: str | None, provider: str, as_json: bool) -> None:
     from edgegen.demo import run_demo
 
     started = time.perf_counter()
-    say = (lambda line: click.echo(line, err=True)) if as_json else click.echo
-    report = run_demo(Path(out), Path(models) if models else None, provider=provider, say=say)
+    with _StageClock((lambda line: click.echo(line, err=True)) if as_json else click.echo) as say:
+        report = run_demo(Path(out), Path(models) if models else None, provider=provider, say=say)
     total = time.perf_counter() - started
     if as_json:
         _echo_json({"total_s": round(total, 2), "models": report})
@@ -488,17 +688,44 @@ _QUANT_FIGURES = ("scheme", "used", "reason", "greedy_agreement", "top1_agreemen
                   "float_nodes", "excluded_nodes", "attempts", "warning")
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
 def _mib(size: int) -> str:
     return f"{size / 2**20:8.2f} MiB"
+
+
+#: what the agreement figures of an LM's quantization mean, next to where they are printed
+_AGREEMENT = "agreement: share of tokens chosen as fp32 chooses them; low on random weights, whose logits are near ties"
 
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_short(v)}" for k, v in value.items())
+    if isinstance(value, dict):   # None: a figure that does not apply
+        return ", ".join(f"{k}={_short(v)}" for k, v in value.items() if v is not None)
     return str(value)
 
 
 def main() -> None:
-    cli(prog_name="edgegen")
+    """The ``edgegen`` script: :func:`cli` with a last guard, so that not even a bug shows a user a traceback
+    (``EDGEGEN_DEBUG=1`` shows it; tests call :func:`cli`, which keeps it)."""
+    if os.environ.get("EDGEGEN_DEBUG"):
+        cli(prog_name="edgegen")
+        return
+    try:
+        cli(prog_name="edgegen")
+    except Exception as exc:  # noqa: BLE001  (the last guard: EdgegenErrors and click's never get here)
+        click.echo(f"edgegen: {_unexpected_error_line(exc)}", err=True)
+        sys.exit(1)
+
+
+def _unexpected_error_line(exc: Exception) -> str:
+    described = describe_os_error(exc, option="output path") if isinstance(exc, OSError) else None
+    if described is not None:
+        where = f": {os.fsdecode(exc.filename)}" if exc.filename else ""
+        return f"{described[0]}{where}; {described[1]}"
+    lines = str(exc).strip().splitlines()
+    return (f"internal error: {type(exc).__name__}: {lines[0][:300] if lines else '(no message)'} "
+            "(please report it; set EDGEGEN_DEBUG=1 for the traceback)")

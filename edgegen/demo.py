@@ -9,13 +9,14 @@ in the artifact's manifest); outputs go to ``<out>/``.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgegen.errors import EdgegenError
+from edgegen.errors import ArtifactError, EdgegenError, write_error_line
 
 REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 
@@ -122,6 +123,13 @@ BUNDLED = (
 )
 
 
+#: how the summary line words each figure of a run (--json keeps the keys)
+_FIGURE_TEXT = {"prompt_tokens": "{} prompt tokens", "new_tokens": "{} new tokens",
+                "time_to_first_token_ms": "first token {} ms", "decode_tokens_per_s": "{} tokens/s",
+                "batch_of_3_decode_tokens_per_s": "{} tokens/s in all for a batch of 3", "images": "{} images",
+                "sample_s": "sampled in {} s"}
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -140,7 +148,10 @@ def run_demo(out: Path, models: Path | None = None, provider: str = "auto", say:
     if not models.is_dir():
         raise EdgegenError(f"the demo needs the repository's models/ folder ({models} is missing); "
                            "run it from a clone of the edgegen repository or pass --models DIR")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(write_error_line(exc, out)) from None
     report: dict[str, Any] = {}
     for item in BUNDLED:
         checkpoint = models / item.checkpoint
@@ -150,7 +161,11 @@ def run_demo(out: Path, models: Path | None = None, provider: str = "auto", say:
         artifact = out / "artifacts" / item.name
         sha = _sha256(checkpoint)
         started = time.perf_counter()
-        reused = (artifact / "edgegen.json").is_file() and read_manifest(artifact).source.checkpoint_sha256 == sha
+        try:
+            reused = (artifact / "edgegen.json").is_file() and read_manifest(artifact).source.checkpoint_sha256 == sha
+        except EdgegenError as exc:   # converting over it would be refused too: say what to do
+            raise EdgegenError(f"{artifact} holds a damaged artifact ({exc}); remove that folder and run the demo "
+                               "again") from None
         if reused:
             say(f"{item.name}: reusing {artifact}")
         else:
@@ -161,9 +176,15 @@ def run_demo(out: Path, models: Path | None = None, provider: str = "auto", say:
         started = time.perf_counter()
         runtime = edgegen.load(artifact, provider=provider)
         load_s = time.perf_counter() - started
-        figures = item.run(runtime, out, say)
+        try:
+            figures = item.run(runtime, out, say)
+        except ArtifactError:
+            raise
+        except OSError as exc:   # writing the sample text or images: full disk, read-only folder
+            raise ArtifactError(write_error_line(exc, os.fsdecode(exc.filename) if exc.filename else out)) from None
         report[item.name] = {"artifact": str(artifact), "reused": reused, "convert_s": round(convert_s, 2),
                              "load_s": round(load_s, 3), "provider": runtime.provider, **figures}
         say(f"{item.name}: {'reused' if reused else f'converted in {convert_s:.1f} s'}, loaded in {load_s:.2f} s "
-            f"on {runtime.provider}; " + ", ".join(f"{k} {v}" for k, v in figures.items() if k != "output"))
+            f"on {runtime.provider}; " + ", ".join(_FIGURE_TEXT.get(k, f"{k} {{}}").format(v)
+                                                   for k, v in figures.items() if k != "output"))
     return report

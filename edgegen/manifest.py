@@ -30,14 +30,16 @@ family parses them strictly into its own frozen dataclass with :func:`edgegen.st
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edgegen.errors import ArtifactError, ManifestError, UnsupportedFormatError
-from edgegen.strict import from_json, to_json
+from edgegen.strict import JSONValueError, from_json, parse_json, short, to_json
 
 MANIFEST_NAME = "edgegen.json"
 FORMAT_PREFIX = "edgegen/"
@@ -53,15 +55,59 @@ DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16"
           "uint8", "bool")
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+#: An edgegen.json larger than this is refused unread (real ones are a few KiB; a StyleGAN's w_avg adds ~10).
+MAX_MANIFEST_BYTES = 16 << 20
+#: The longest file name (one path component, in UTF-8 bytes: Linux's and macOS's NAME_MAX) and the longest
+#: relative path a manifest may name; longer ones fail in the operating system with errors about other things.
+MAX_NAME_BYTES = 255
+MAX_PATH_CHARS = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# -- bounds of the family sections -----------------------------------------------------------------------
+#: What a family's ``sampler`` section may declare: far above any real model, low enough that a hostile
+#: manifest cannot make a runtime allocate terabytes or loop for days before a graph ever runs.
+MAX_DIMENSION = 1 << 16       # one axis of a latent, image, sample or state shape
+MAX_VALUES = 1 << 28          # the values of one sample or state without the batch axis (1 GiB of float32)
+MAX_COUNT = 1 << 24           # a vocabulary, context length, number of classes, codes or train timesteps
+
+
+def shape_problem(shape: Sequence[Any], rank: int | None = None) -> str | None:
+    """What is wrong with a declared shape without its batch axis (None: nothing): positive, bounded axes."""
+    dims = list(shape)
+    if rank is not None and len(dims) != rank:
+        return f"must have {rank} axes, got {short(dims)}"
+    if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+        return f"must be a non-empty list of positive integers, got {short(dims)}"
+    if max(dims) > MAX_DIMENSION:
+        return f"{short(dims)} has an axis over {MAX_DIMENSION:,}"
+    if math.prod(dims) > MAX_VALUES:
+        return f"{short(dims)} holds {math.prod(dims):,} values per sample, more than {MAX_VALUES:,}"
+    return None
+
+
+def count_problem(value: Any, low: int = 1, high: int = MAX_COUNT) -> str | None:
+    """What is wrong with a declared integer that must lie in ``low..high`` (None: nothing)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"must be an integer from {low:,} to {high:,}, got {short(value)}"
+    return None
 
 
 def _check_relative_path(path: str) -> None:
-    """A file named by a manifest must stay inside the artifact directory."""
+    """A file named by a manifest must stay inside the artifact directory, and be a name the OS can open."""
+    if _CONTROL.search(path):
+        raise ValueError(f"file {short(path)} holds a control character (NUL, newline...); file names are plain text")
+    try:
+        parts = [len(part.encode("utf-8")) for part in path.split("/")]
+    except UnicodeEncodeError:   # a lone surrogate ("\ud800"): no file system can name it
+        raise ValueError(f"file {short(path)} is not valid Unicode") from None
+    if len(path) > MAX_PATH_CHARS or max(parts) > MAX_NAME_BYTES:
+        raise ValueError(f"file {short(path)} is too long ({len(path):,} characters): at most {MAX_NAME_BYTES} "
+                         f"bytes per name and {MAX_PATH_CHARS:,} characters in all")
     pure = Path(path)
     if not path or pure.is_absolute() or path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", path):
-        raise ValueError(f"file {path!r} must be a path relative to the artifact directory")
+        raise ValueError(f"file {short(path)} must be a path relative to the artifact directory")
     if ".." in pure.parts or "\\" in path:
-        raise ValueError(f"file {path!r} must not contain '..' or backslashes")
+        raise ValueError(f"file {short(path)} must not contain '..' or backslashes")
 
 
 @dataclass(frozen=True)
@@ -90,7 +136,12 @@ class TensorSpec:
             raise ValueError(f"dtype {self.dtype!r} of {self.name!r} is not one of {', '.join(DTYPES)}")
         for dim in self.shape:
             if isinstance(dim, int) and dim < 0:
-                raise ValueError(f"shape of {self.name!r} has a negative dimension {dim}")
+                raise ValueError(f"shape of {short(self.name)} has a negative dimension {dim}")
+
+    def fits(self, tail: Sequence[int]) -> bool:
+        """Whether the axes after the batch axis can be ``tail`` (a symbolic axis fits any size)."""
+        return len(self.shape) == len(tail) + 1 and all(
+            not isinstance(d, int) or d == t for d, t in zip(self.shape[1:], tail))
 
 
 @dataclass(frozen=True)
@@ -117,6 +168,10 @@ class GraphSpec:
 
     def files(self) -> tuple[FileRef, ...]:
         return (FileRef(self.file, self.sha256), *self.external_data)
+
+    def tensor(self, name: str) -> TensorSpec | None:
+        """The declared input or output ``name``, if the graph has one."""
+        return next((t for t in (*self.inputs, *self.outputs) if t.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -184,7 +239,8 @@ def parse_manifest(data: Any) -> Manifest:
         raise UnsupportedFormatError(
             f"artifact format {data['format']!r} is older than this edgegen reads "
             f"({FORMAT_PREFIX}{MIN_FORMAT}..{MAX_FORMAT}); re-convert the model with: edgegen convert")
-    return from_json(Manifest, data, where="edgegen.json")
+    return from_json(Manifest, data, where="edgegen.json",
+                     fix="the artifact is corrupt or was edited: re-convert it")
 
 
 def manifest_to_json(manifest: Manifest) -> dict[str, Any]:
@@ -199,14 +255,21 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         raise ArtifactError(f"{root} is not a directory; pass the artifact directory written by 'edgegen convert'")
     if not path.is_file():
         raise ArtifactError(f"{root} has no {MANIFEST_NAME}; pass a directory written by 'edgegen convert'")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path} is {size:,} bytes, more than any manifest ({MAX_MANIFEST_BYTES:,} at most); "
+                            "the artifact is corrupt, re-convert it")
     try:
         text = path.read_text(encoding="utf-8")
-        data = json.loads(text)
+        data = parse_json(text)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path} is not UTF-8 text ({exc.reason}); the artifact is corrupt, re-convert it") from None
     except json.JSONDecodeError as exc:
         raise ManifestError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg}); "
                             "the artifact is corrupt, re-convert it") from None
+    except JSONValueError as exc:
+        raise ManifestError(f"{path} is not an edgegen manifest: {exc}; the artifact is corrupt, "
+                            "re-convert it") from None
     return parse_manifest(data)
 
 

@@ -3,17 +3,23 @@
 Runtimes hand images around as float arrays ``[N, C, H, W]`` in a stated value range
 (``[-1, 1]`` for diffusion, GANs and most VAEs; ``[0, 1]`` for some), and users get
 ``uint8`` arrays ``[N, H, W, C]`` (C = 1 or 3) that Pillow writes as PNG.
+
+Reading checks an image's size from its header before decoding a pixel (a decompression bomb is
+refused, not decoded) and scales 16-bit greys to 8 bits; writing goes through temporary names
+renamed into place, so a failed write (full disk, read-only folder) leaves no partial PNG.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from edgegen.errors import InvalidArgumentError
+from edgegen.errors import ArtifactError, InvalidArgumentError, write_error_line
 
 
 def to_uint8(images: np.ndarray, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
@@ -68,10 +74,37 @@ def save_images(images: np.ndarray, path: str | os.PathLike[str], *, as_grid: bo
     if path.suffix.lower() != ".png":
         raise InvalidArgumentError(f"{path}: images are written as PNG; give a path ending in .png")
     if len(images) == 1:
-        return [save_png(images[0], path, upscale)]
+        return _write_pngs([(images[0], path)], upscale)
     if as_grid:
-        return [save_png(grid(images, columns), path, upscale)]
-    return [save_png(img, path.with_name(f"{path.stem}-{i}{path.suffix}"), upscale) for i, img in enumerate(images)]
+        return _write_pngs([(grid(images, columns), path)], upscale)
+    return _write_pngs([(img, path.with_name(f"{path.stem}-{i}{path.suffix}")) for i, img in enumerate(images)],
+                       upscale)
+
+
+def _write_pngs(targets: list[tuple[np.ndarray, Path]], upscale: int) -> list[Path]:
+    """Write each image under a temporary name beside its target, then rename them all into place: a write
+    that fails leaves none of them written (nor half-written) and no existing file replaced."""
+    staged: list[tuple[Path, Path]] = []
+    target = targets[0][1]
+    try:
+        for image, target in targets:
+            above = next((p for p in target.absolute().parents if p.exists()), None)
+            if above is not None and not above.is_dir():
+                raise ArtifactError(f"cannot write {target}: {above} is a file, not a folder; choose another -o")
+            staged.append((target.with_name(f".{target.name}.edgegen-tmp-{os.getpid()}"), target))
+            save_png(image, staged[-1][0], upscale)
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except OSError as exc:
+        for tmp, _ in staged:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass   # the folder refuses writes: it holds no temporary file either
+        if isinstance(exc, ArtifactError):
+            raise
+        raise ArtifactError(write_error_line(exc, target)) from None
+    return [target for _, target in staged]
 
 
 def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: int) -> np.ndarray:
@@ -83,19 +116,38 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int], channels: in
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    h, w = size
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            array = np.asarray(img, dtype=np.uint8)
+        with warnings.catch_warnings():   # Pillow warns of a decompression bomb and decodes it anyway: refuse it
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.size != (w, h):     # from the header: nothing is decoded yet
+                    raise InvalidArgumentError(f"{path} is {img.size[0]}x{img.size[1]} pixels but the model takes "
+                                               f"{w}x{h}; resize it first (e.g. PIL.Image.resize)")
+                array = _eight_bit(img, channels)
     except FileNotFoundError:
         raise InvalidArgumentError(f"{path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidArgumentError(f"{path} is refused as a possible decompression bomb ({exc}); the model takes "
+                                   f"{w}x{h} images: resize it first") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise InvalidArgumentError(f"{path} is not an image Pillow can read ({exc})") from None
-    h, w = size
-    if array.shape[:2] != (h, w):
-        raise InvalidArgumentError(f"{path} is {array.shape[1]}x{array.shape[0]} pixels but the model takes "
-                                   f"{w}x{h}; resize it first (e.g. PIL.Image.resize)")
     return (array[:, :, None] if channels == 1 else array)[None]
+
+
+#: Pillow's modes of 16-bit greys (a 16-bit PNG opens as "I;16", or "I" in older Pillows)
+_WIDE_GREYS = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _eight_bit(img: Any, channels: int) -> np.ndarray:
+    """``[H, W]`` (channels 1) or ``[H, W, 3]`` uint8 pixels of a Pillow image; 16-bit greys are scaled to 8 bits
+    (Pillow's own conversion clips them at 255: every pixel brighter than 255/65535 comes out white)."""
+    from PIL import Image
+
+    if img.mode in _WIDE_GREYS:
+        wide = np.clip(np.asarray(img).astype(np.int64), 0, 65535)                     # [H, W]
+        img = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))        # rounded, 65535 -> 255
+    return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
 
 
 def check_images(images: np.ndarray, image_shape: tuple[int, ...]) -> np.ndarray:

@@ -16,6 +16,13 @@ def check_count(n: int) -> int:
     return int(n)
 
 
+def check_frames(frames: int) -> int:
+    """The number of frames of an interpolation: an integer >= 2 (checked before anything is drawn)."""
+    if isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise InvalidArgumentError(f"frames must be an integer >= 2, got {frames!r}")
+    return int(frames)
+
+
 def rng_for(seed: int | None) -> np.random.Generator:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
         raise InvalidArgumentError(f"seed must be a non-negative integer or None, got {seed!r}")

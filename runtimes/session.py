@@ -23,6 +23,8 @@ import onnxruntime as ort
 
 from edgegen.errors import GraphLoadError, GraphMismatchError, InvalidArgumentError, ProviderError
 from edgegen.manifest import GraphSpec, TensorSpec
+from edgegen.runtimes.limits import MAX_DEVICE_ID, MAX_FREE_DIMENSION, MAX_THREADS
+from edgegen.runtimes.run_control import check_timeout, explain_failure, watched_run
 
 ProviderName = Literal["cpu", "cuda", "dml"]
 
@@ -131,6 +133,9 @@ class SessionConfig:
     #: CUDA only: the most device memory each session's arena may take, in bytes (default: no limit); a
     #: pipeline opens one session per graph, each with its own arena
     gpu_memory_limit: int | None = None
+    #: the most seconds one graph run may take (default: no limit); a run past it is stopped and raises
+    #: RunTimeoutError (a graph that loops forever, a model far too big for the device)
+    timeout: float | None = None
 
     def dimensions_for(self, role: str | None) -> dict[str, int]:
         """The overrides that apply to the graph of ``role``: the plain names, then ``role.name`` ones."""
@@ -140,13 +145,16 @@ class SessionConfig:
         return out
 
     def __post_init__(self) -> None:
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise InvalidArgumentError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or not 1 <= self.threads <= MAX_THREADS):
+            raise InvalidArgumentError(f"threads must be a positive integer up to {MAX_THREADS}, got {self.threads!r}")
         if self.optimization not in _OPTIMIZATION:
             raise InvalidArgumentError(
                 f"optimization {self.optimization!r} is not one of {', '.join(_OPTIMIZATION)}")
-        if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or self.device_id < 0:
-            raise InvalidArgumentError(f"device_id must be an integer >= 0, got {self.device_id!r}")
+        if isinstance(self.device_id, bool) or not isinstance(self.device_id, int) or \
+                not 0 <= self.device_id <= MAX_DEVICE_ID:
+            raise InvalidArgumentError(f"device_id must be an integer >= 0 (at most {MAX_DEVICE_ID}), got "
+                                       f"{self.device_id!r}")
         if not isinstance(self.free_dimensions, Mapping):
             raise InvalidArgumentError(f"free_dimensions must map dimension names to sizes, like {{'batch': 1}}; "
                                        f"got {type(self.free_dimensions).__name__}")
@@ -155,12 +163,14 @@ class SessionConfig:
             if not isinstance(name, str) or not name.strip(".") or name.count(".") > 1:
                 raise InvalidArgumentError(f"free_dimensions key {name!r} must be a dimension name ('batch') or "
                                            "role.name ('denoiser.batch')")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidArgumentError(f"free_dimensions[{name!r}] must be a positive integer, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_FREE_DIMENSION:
+                raise InvalidArgumentError(f"free_dimensions[{name!r}] must be a positive integer up to "
+                                           f"{MAX_FREE_DIMENSION}, got {value!r}")
         if self.gpu_memory_limit is not None and (isinstance(self.gpu_memory_limit, bool) or not isinstance(
                 self.gpu_memory_limit, int) or self.gpu_memory_limit < 1):
             raise InvalidArgumentError(f"gpu_memory_limit must be a positive number of bytes, got "
                                        f"{self.gpu_memory_limit!r}")
+        object.__setattr__(self, "timeout", check_timeout(self.timeout))
 
 
 _shared_arena_lock = threading.Lock()
@@ -194,7 +204,8 @@ def session_options(config: SessionConfig, provider: ProviderName, memory_patter
         opts.add_session_config_entry("session.use_env_allocators", "1")
     opts.graph_optimization_level = _OPTIMIZATION[config.optimization]
     opts.intra_op_num_threads = config.threads or default_threads()
-    opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise here
+    opts.log_severity_level = 4  # fatal only: ORT's warnings are noise here, and its errors are raised (and
+    #                             explained in one line) as exceptions, so a log line would say them twice
     for name, value in config.dimensions_for(role).items():
         opts.add_free_dimension_override_by_name(name, value)
     providers: list = []
@@ -226,15 +237,18 @@ class GuardedSession(ort.InferenceSession):
       those calls takes the session's lock; other sessions run unhindered.
     - ``free_dimensions`` (the overrides the session was opened with): ONNX Runtime's refusal of a
       feed of another size becomes an InvalidArgumentError that names the override.
+    - ``timeout`` and the calling thread's ``cancel_on`` events (:mod:`edgegen.runtimes.run_control`): a
+      run in progress is stopped through its RunOptions and raises RunTimeoutError or CancelledError.
     """
 
     def __init__(self, *args: Any, serialize: bool = False, free_dimensions: Mapping[str, int] | None = None,
-                 label: str = "graph", **kwargs: Any) -> None:
+                 label: str = "graph", timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.run_lock: threading.Lock | contextlib.nullcontext[None] = \
             threading.Lock() if serialize else contextlib.nullcontext()
         self.free_dimensions = dict(free_dimensions or {})
         self._label = label
+        self.timeout = check_timeout(timeout)
 
     def _explain(self, exc: Exception) -> None:
         if self.free_dimensions and (m := _BAD_DIMS.search(str(exc))):
@@ -243,22 +257,28 @@ class GuardedSession(ort.InferenceSession):
                 f"breaks them ({' '.join(m.group(2).split())}); call it with those sizes, or load the artifact "
                 "without free_dimensions") from None
 
-    def _guarded(self, run: Any, *args: Any, **kwargs: Any) -> Any:
+    def _guarded(self, run: Any, run_options: ort.RunOptions | None) -> Any:
+        """``run(options)`` under the lock, the time limit and the cancel events."""
         with self.run_lock:
             try:
-                return run(*args, **kwargs)
+                return watched_run(run, label=self._label, timeout=self.timeout, run_options=run_options)
             except Exception as exc:  # noqa: BLE001  (onnxruntime raises its own pybind types)
                 self._explain(exc)
+                explain_failure(exc, self._label)
                 raise
 
-    def run(self, *args: Any, **kwargs: Any) -> Any:
-        return self._guarded(super().run, *args, **kwargs)
+    def run(self, output_names: Any, input_feed: Any, run_options: ort.RunOptions | None = None) -> Any:
+        return self._guarded(lambda options: super(GuardedSession, self).run(output_names, input_feed, options),
+                             run_options)
 
-    def run_with_iobinding(self, *args: Any, **kwargs: Any) -> Any:
-        return self._guarded(super().run_with_iobinding, *args, **kwargs)
+    def run_with_iobinding(self, iobinding: Any, run_options: ort.RunOptions | None = None) -> Any:
+        return self._guarded(lambda options: super(GuardedSession, self).run_with_iobinding(iobinding, options),
+                             run_options)
 
-    def run_with_ort_values(self, *args: Any, **kwargs: Any) -> Any:
-        return self._guarded(super().run_with_ort_values, *args, **kwargs)
+    def run_with_ort_values(self, output_names: Any, input_dict_ort_values: Any,
+                            run_options: ort.RunOptions | None = None) -> Any:
+        return self._guarded(lambda options: super(GuardedSession, self).run_with_ort_values(
+            output_names, input_dict_ort_values, options), run_options)
 
 
 def check_free_dimensions(config: SessionConfig, graphs: Mapping[str, GraphSpec]) -> None:
@@ -291,17 +311,14 @@ def create_session(path: Path | bytes, config: SessionConfig, provider: Provider
                    opset: int | None = None, memory_pattern: bool = True,
                    shared_cpu_arena: bool = False, role: str | None = None) -> ort.InferenceSession:
     """Open one graph (a file, or a serialized model) in the artifact role ``role``; a graph ONNX Runtime
-    refuses is a GraphLoadError naming op and opset.  DirectML sessions, and sessions with free-dimension
-    overrides, are :class:`GuardedSession`."""
+    refuses is a GraphLoadError naming op and opset.  Every session is a :class:`GuardedSession` (time
+    limit and cancellation; DirectML's serialized)."""
     opts, providers = session_options(config, provider, memory_pattern, shared_cpu_arena, role=role)
     source = path if isinstance(path, bytes) else str(path)
-    free = config.dimensions_for(role)
     try:
-        if provider in SERIALIZED_PROVIDERS or free:
-            session = GuardedSession(source, sess_options=opts, providers=providers, label=label,
-                                     serialize=provider in SERIALIZED_PROVIDERS, free_dimensions=free)
-        else:
-            session = ort.InferenceSession(source, sess_options=opts, providers=providers)
+        session = GuardedSession(source, sess_options=opts, providers=providers, label=label,
+                                 serialize=provider in SERIALIZED_PROVIDERS,
+                                 free_dimensions=config.dimensions_for(role), timeout=config.timeout)
     except Exception as exc:  # onnxruntime raises its own pybind exception types
         raise GraphLoadError(explain_load_failure(label, str(exc), opset)) from None
     used = session.get_providers()[0]

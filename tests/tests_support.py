@@ -118,18 +118,9 @@ def torch_greedy(hf_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
 
 
 def load_models_file(name: str):
-    """Import ``models/<name>.py`` by path (models/ is not a package and is never put on sys.path)."""
-    import importlib.util
-    import sys
-
-    module_name = name  # the name models/pycode.py's own loader uses, so each file is imported once
-    if module_name in sys.modules:
-        return sys.modules[module_name]
-    spec = importlib.util.spec_from_file_location(module_name, MODELS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
+    """Import ``models/<name>.py`` by path (models/ is not a package and is never put on sys.path), under the
+    name models/pycode.py's own loader uses, so each file is imported once."""
+    return load_by_path(name, MODELS_DIR / f"{name}.py")
 
 
 def fake_model(x: np.ndarray, t: float, variance: str | None = None) -> np.ndarray:
@@ -142,3 +133,45 @@ def fake_model(x: np.ndarray, t: float, variance: str | None = None) -> np.ndarr
     elif variance == "learned":                                    # a positive variance
         out = np.concatenate([out, 1e-3 * (1.5 + np.tanh(x))], axis=1)
     return out.astype(np.float32)
+
+
+# -- the CLI and the malformed corpus -------------------------------------------------------------------------
+
+def run_cli(*args: object):
+    """``edgegen ARGS`` through click's runner, exceptions raised (a traceback is a test failure)."""
+    from click.testing import CliRunner
+
+    from edgegen.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *parts: str) -> None:
+    """Exit code 1, exactly one line ``Error: ...`` holding every one of ``parts``, no traceback."""
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
+    for part in parts:
+        assert part in lines[0], lines[0]
+
+
+MALFORMED_DIR = Path(__file__).resolve().parent / "malformed"
+
+
+def load_make_corpus():
+    """tests/malformed/make_corpus.py, loaded by path once (tests/ is not a package)."""
+    return load_by_path("edgegen_tests_make_corpus", MALFORMED_DIR / "make_corpus.py")
+
+
+def load_by_path(name: str, path: Path):
+    """The module at ``path``, imported once as ``name`` (registered before it runs: dataclasses look their
+    module up while the file runs)."""
+    import importlib.util
+    import sys
+
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

@@ -139,13 +139,30 @@ def is_diffusers_unet_dir(path: Path) -> bool:
         return False
 
 
+#: weight files that are Python pickles: loading one runs whatever code it holds
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _safetensors_only(component: Path) -> None:
+    """Refuse a diffusers component folder whose weights are only pickled, before diffusers loads it."""
+    if not component.is_dir() or any(component.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLED for p in component.glob(pattern))
+    if pickled:
+        raise UnsupportedModelError(f"{component} holds only pickled weights ({', '.join(pickled)}); edgegen loads "
+                                    "safetensors only: save the model again with diffusers' "
+                                    "save_pretrained(safe_serialization=True)")
+    raise ConversionError(f"{component} has no weights (no *.safetensors file); save the model there with "
+                          "save_pretrained")
+
+
 def from_directory(path: Path) -> DiffusionModel:
     """Load a diffusers pipeline (model_index.json) or UNet2DModel directory."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()    # e.g. "install accelerate": not the user's concern here
     if (path / "model_index.json").is_file():
-        index = json.loads((path / "model_index.json").read_text())
+        index = _read_json(path / "model_index.json")
         name = index.get("_class_name")
         kind = PIPELINES.get(name)
         if kind is None:
@@ -162,14 +179,29 @@ def _read_scheduler(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConversionError(f"{path} is missing: a diffusion model needs its scheduler_config.json (the noise "
                               "schedule it was trained with)")
-    return json.loads(path.read_text())
+    return _read_json(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A diffusers JSON file as a dict, or one line saying what is wrong with it."""
+    fix = "restore it, e.g. by saving the model again with save_pretrained"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConversionError(f"cannot read {path}: {exc.strerror or exc}; check that it is a readable file") from None
+    except ValueError as exc:   # JSONDecodeError and UnicodeDecodeError
+        raise ConversionError(f"{path} is not valid JSON ({str(exc).splitlines()[0][:120]}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ConversionError(f"{path} holds a JSON {type(data).__name__}, not an object; {fix}")
+    return data
 
 
 def _unet_model(unet_dir: Path, scheduler_path: Path, pipeline: str) -> DiffusionModel:
     from diffusers import UNet2DModel
 
     config = _read_scheduler(scheduler_path)
-    unet = UNet2DModel.from_pretrained(unet_dir).eval()
+    _safetensors_only(unet_dir)
+    unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True).eval()
     if unet.config.num_class_embeds or unet.config.class_embed_type:
         raise UnsupportedModelError(f"{unet_dir}: class-conditional UNet2DModel (class_embed_type) is not supported "
                                     "from a directory yet; wrap it in a DiffusionSpec with num_classes")
@@ -196,6 +228,8 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
             raise ConversionError(f"{path} has no {part}/ folder; a Stable Diffusion pipeline directory needs "
                                   "text_encoder, tokenizer, unet, vae and scheduler (save it with save_pretrained)")
     config = _read_scheduler(path / "scheduler" / "scheduler_config.json")
+    for part in ("text_encoder", "unet", "vae"):
+        _safetensors_only(path / part)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
     tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
@@ -361,11 +395,12 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
                                   f"{MIN_PSNR} dB); this is a bug in edgegen's scheduler or export")
         required = True
         if quantize == "auto":
-            from edgegen.converters.quantization.defaults import graph_params, resolve
+            from edgegen.converters.quantization.defaults import graph_params, report_lines, resolve
 
             quantize, why = resolve(FAMILY, target, graph_params(writer.path("denoiser.onnx")))
             figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
-            report(f"quantize auto: {quantize} ({why})")
+            for line in report_lines(quantize, why):
+                report(line)
             required = False
         if quantize != "none":   # replaces graph files in the stage; measured against the fp32 artifact
             from edgegen.converters.quantization.psnr_gate import quantize_graphs

@@ -71,6 +71,27 @@ def _num_heads_fix() -> Iterator[None]:
             cls.get_num_heads = original
 
 
+@contextlib.contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """Keep the unet optimizer's tqdm bar ("fusion: 0%| ... 18/18") off the conversion's output: it draws one
+    whenever tqdm is installed (onnx_model_unet asks ``is_installed("tqdm")``), terminal or not, between the
+    report's own lines.  That one question is answered "no" while the optimizer runs."""
+    modules = [m for name, m in list(sys.modules.items())
+               if name.endswith("onnx_model_unet") and callable(getattr(m, "is_installed", None))]
+    originals = [(m, m.is_installed) for m in modules]
+
+    def without_tqdm(original: Any) -> Any:
+        return lambda package: package != "tqdm" and original(package)
+
+    for module, original in originals:
+        module.is_installed = without_tqdm(original)
+    try:
+        yield
+    finally:
+        for module, original in originals:
+            module.is_installed = original
+
+
 def fuse(path: Path, out: Path) -> dict[str, int]:
     """Write the CPU-runnable fused graph of ``path`` to ``out``; returns the fusion counts (empty: none)."""
     import importlib
@@ -82,7 +103,7 @@ def fuse(path: Path, out: Path) -> dict[str, int]:
     options = FusionOptions("unet")
     for flag in CPU_ONLY_OFF:
         setattr(options, flag, False)
-    with _num_heads_fix():
+    with _num_heads_fix(), _no_progress_bar():
         model = optimize_model(str(path), model_type="unet", num_heads=0, hidden_size=0, opt_level=0,
                                optimization_options=options, use_gpu=False)
     fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}

@@ -65,8 +65,8 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         started = time.perf_counter()
         quiet_libraries()
         reference = reference_figures(source, tokenizer, sampler.get("context_length"))
-        report(f"reference: PyTorch logits, {len(reference.greedy[0])} greedy tokens x {len(reference.prompts)} prompts, "
-               f"NLL over {reference.nll_tokens} tokens ({time.perf_counter() - started:.1f} s)")
+        report(f"reference: PyTorch logits, {len(reference.greedy[0])} greedy tokens x {len(reference.prompts)} "
+               f"prompts, NLL over {reference.nll_tokens} tokens ({time.perf_counter() - started:.1f} s)")
 
         started = time.perf_counter()
         export_dir = writer.path("export")
@@ -107,11 +107,12 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         precision = "fp32"
         required = True
         if quantize == "auto":
-            from edgegen.converters.quantization.defaults import graph_params, resolve
+            from edgegen.converters.quantization.defaults import graph_params, report_lines, resolve
 
             quantize, why = resolve("causal-lm", target, graph_params(writer.path(final)))
             figures["quantization_default"] = {"target": target, "scheme": quantize, "reason": why}
-            report(f"quantize auto: {quantize} ({why})")
+            for line in report_lines(quantize, why):
+                report(line)
             required = False
         if quantize != "none":
             gated = _quantize(writer, final, quantize, sampler, reference, lm_head=lm_head,
@@ -119,9 +120,12 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
             if gated.failure is None:
                 final, precision, figures["quantization"] = gated.files[0], PRECISION[quantize], gated.figures
                 q = figures["quantization"]
-                report(f"quantize {quantize}: greedy agreement with fp32 {q['greedy_agreement']:.0%}, top-1 "
-                       f"{q['top1_agreement']:.0%}, perplexity {q['perplexity_delta_pct']:+.2f}%, size "
-                       f"{q['size_ratio']:.2f}x, decode {q['decode_speedup']:.2f}x fp32")
+                report(f"quantize {quantize}: perplexity {q['perplexity_delta_pct']:+.2f}% vs fp32 (gate "
+                       f"{q['max_ppl_increase_pct']:g}%), size {q['size_ratio']:.2f}x, decode "
+                       f"{q['decode_speedup']:.2f}x")
+                # a bare "greedy agreement 4%" alarms: untrained weights give near-tie logits any rounding flips
+                report(f"  same token as fp32: greedy {q['greedy_agreement']:.0%}, top-1 {q['top1_agreement']:.0%} "
+                       "(low on random weights, whose logits are near ties)")
             elif required:
                 raise ConversionError(f"{gated.failure}; raise --max-ppl-increase (max_ppl_increase) or choose "
                                       "another --quantize scheme")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import gc
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +38,42 @@ def optimum_model_types() -> set[str]:
 
 
 def read_config(model_dir: Path) -> Any:
+    """The transformers config of a causal LM directory, or one line saying what the directory is instead."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED,
+                                                        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES as SEQ2SEQ)
 
-    try:
-        raw = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConversionError(f"cannot read {model_dir / 'config.json'}: {exc}") from exc
+    from edgegen.converters.lm.hf_config import model_kind, read_config_json, refusal
+
+    raw = read_config_json(model_dir)
     model_type = raw.get("model_type")
-    encoder_only = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not raw.get("is_decoder", False)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or encoder_only or raw.get("is_encoder_decoder"):
-        supported = sorted(optimum_model_types() & set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES))
+    kind = model_kind(str(model_type), raw)   # the static lists, then transformers' own mappings
+    if kind is None and model_type in SEQ2SEQ and model_type not in CAUSAL:
+        kind = "encoder-decoder"
+    elif kind is None and model_type in MASKED and not raw.get("is_decoder", False):
+        kind = "encoder-only"
+    line = refusal(model_dir, model_type, raw, kind)
+    if line:
+        raise UnsupportedModelError(line)
+    if model_type not in CAUSAL:
+        # encoder-decoder and masked families have causal-LM classes too (BartForCausalLM): not what users mean
+        supported = sorted(optimum_model_types() & set(CAUSAL) - set(SEQ2SEQ) - set(MASKED))
         close = difflib.get_close_matches(str(model_type), supported, n=1, cutoff=0.0)
         raise UnsupportedModelError(
-            f"{model_dir} is a {model_type!r} model, which is not a causal language model edgegen can convert; "
+            f"{model_dir} holds a {model_type!r} model, which is not a causal language model edgegen can convert; "
             f"the closest supported architecture is {close[0] if close else 'gpt2'!r} "
             f"(supported: {', '.join(supported)})")
     try:
         return AutoConfig.from_pretrained(model_dir)
     except Exception as exc:  # transformers raises many types for bad configs
-        raise ConversionError(f"transformers cannot read {model_dir / 'config.json'}: {exc}") from exc
+        raise ConversionError(f"transformers cannot read {model_dir / 'config.json'}: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's message cut to one line (transformers' and Optimum's run to many)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
 
 
 def weights_sha256(model_dir: Path) -> str | None:
@@ -155,7 +169,7 @@ class HFLMSource(LMSource):
         try:  # .bin checkpoints are read by transformers with torch.load(weights_only=True)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
-            raise ConversionError(f"transformers cannot load the model in {model_dir}: {exc}") from exc
+            raise ConversionError(f"transformers cannot load the model in {model_dir}: {_first_line(exc)}") from exc
         model.eval()
         self._model: Any = model
         self.use_optimum = attention == "standard" and config.model_type in optimum_model_types()
@@ -205,7 +219,7 @@ class HFLMSource(LMSource):
             try:
                 onnx_export_from_model(self._model, directory, task=_TASK, do_validation=False)
             except Exception as exc:  # noqa: BLE001
-                raise ConversionError(f"Optimum's ONNX export of {self.model_type} failed: {exc}") from exc
+                raise ConversionError(f"Optimum's ONNX export of {self.model_type} failed: {_first_line(exc)}") from exc
             path = directory / "model.onnx"
         else:
             from edgegen.converters.lm.hf_fallback import export_hf_with_cache

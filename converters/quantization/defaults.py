@@ -26,7 +26,7 @@ class Rule:
 
 
 CPU_RULES = {
-    "causal-lm": Rule("int8", 50_000_000, "GPT-2 small (124M): int8 decodes 2.30x fp32 (benchmarks/lm.py); the "
+    "causal-lm": Rule("int8", 50_000_000, "GPT-2 small (124M): int8 decodes 2.64x fp32 (benchmarks/lm.py); the "
                       "bundled trained pycode LM: +0.02% held-out perplexity (benchmarks/lm_quality.py); below "
                       "50M parameters per-token time is mostly ORT overhead"),
     "diffusion": Rule("int8-static", 10_000_000, "DDPM-cifar10 UNet (35.7M): int8-static 1.91x fp32 per step at "
@@ -58,6 +58,19 @@ def resolve(family: str, target: str, params: int) -> tuple[str, str]:
     if rule.scheme != "none" and params < rule.min_params:
         return "none", (f"{params / 1e6:.1f}M parameters < {rule.min_params / 1e6:.0f}M: stays fp32 ({rule.why})")
     return rule.scheme, f"{family} on {target}: {rule.why}"
+
+
+def report_lines(scheme: str, reason: str, width: int = 100) -> list[str]:
+    """A conversion report's lines for :func:`resolve`'s choice: the decision on one line, the measurements
+    behind it (a rule's ``why``, up to 300 characters) wrapped below, instead of one line too long to read."""
+    import textwrap
+
+    why = next((r.why for r in (*CPU_RULES.values(), *GPU_RULES.values()) if r.why in reason), None)
+    if why is None:
+        return [f"quantize auto: {scheme} ({reason})"]
+    decision = reason.replace(f" ({why})", "").replace(f": {why}", "")
+    return [f"quantize auto: {scheme} ({decision})",
+            *textwrap.wrap(why, width, initial_indent="  why: ", subsequent_indent="       ")]
 
 
 def graph_params(*paths: Path) -> int:

@@ -22,20 +22,25 @@ The schedulers are :mod:`edgegen.runtimes.diffusion.schedulers` (numpy; tested a
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 
 from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.artifact import Artifact, open_sessions
+from edgegen.runtimes.diffusion.sampler import DiffusionDefaults, DiffusionSampler
 from edgegen.runtimes.images import from_uint8, load_image, to_uint8
-from edgegen.runtimes.latents import check_count, rng_for, slerp
+from edgegen.runtimes.latents import check_count, check_frames, rng_for, slerp
+from edgegen.runtimes.memory import GRAPH_WORKING_VALUES, check_count_fits
+from edgegen.runtimes.text.sampling import shown
+from edgegen.runtimes.text.settings import check_text
 from edgegen.runtimes.session import SessionConfig
 
 __all__ = ["Diffusion", "DiffusionSampler"]
@@ -43,58 +48,8 @@ __all__ = ["Diffusion", "DiffusionSampler"]
 Progress = Callable[[int, int], Any]
 
 
-@dataclass(frozen=True)
-class TextSettings:
-    max_length: int
-    pad_token_id: int
-
-
-@dataclass(frozen=True)
-class VAESettings:
-    scaling_factor: float
-    shift_factor: float = 0.0
-
-
 #: graphs run one after another, activations large next to weights (see session_options)
 LEAN = {"memory_pattern": False, "shared_cpu_arena": True}
-
-
-@dataclass(frozen=True)
-class DiffusionSampler:
-    """The ``sampler`` section of a diffusion manifest."""
-
-    scheduler_config: dict[str, Any]          # diffusers scheduler_config.json keys
-    sample_shape: tuple[int, ...]             # what the denoiser denoises, without the batch axis
-    image_shape: tuple[int, ...]              # the final image [C, H, W]
-    value_range: tuple[float, float]
-    conditioning: Literal["none", "text", "class"] = "none"
-    num_classes: int | None = None
-    null_label: int | None = None
-    text: TextSettings | None = None
-    vae: VAESettings | None = None
-
-    @classmethod
-    def from_manifest(cls, section: object) -> DiffusionSampler:
-        from edgegen.strict import from_json
-
-        s = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
-        problems = []
-        if len(s.sample_shape) != 3 or len(s.image_shape) != 3 or min(*s.sample_shape, *s.image_shape) < 1:
-            problems.append("sample_shape and image_shape must be [C, H, W] of positive integers")
-        if s.conditioning == "text" and s.text is None:
-            problems.append("a text-conditioned model needs a 'text' section")
-        if s.conditioning == "class" and not s.num_classes:
-            problems.append("a class-conditioned model needs num_classes")
-        if problems:
-            raise ManifestError(f"edgegen.json.sampler: {'; '.join(problems)}; re-convert the model")
-        return s
-
-
-@dataclass(frozen=True)
-class DiffusionDefaults:
-    scheduler: str = "ddim"
-    steps: int = 50
-    guidance: float = 1.0
 
 
 class Diffusion:
@@ -108,15 +63,12 @@ class Diffusion:
         self._config = replace(config or SessionConfig(), provider=provider)
         self._open_lock = threading.Lock()
         self.sampler = DiffusionSampler.from_manifest(artifact.manifest.sampler)
-        from edgegen.strict import from_json
-
-        self.defaults = from_json(DiffusionDefaults, artifact.manifest.defaults, where="edgegen.json.defaults",
-                                  error=ManifestError)
+        self.defaults = DiffusionDefaults.from_manifest(artifact.manifest.defaults, self.sampler)
         self.tokenizer = None
         if self.sampler.conditioning == "text":
-            import tokenizers
+            from edgegen.runtimes.text.tokenizer import load_tokenizer
 
-            self.tokenizer = tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
+            self.tokenizer = load_tokenizer(artifact)   # a ManifestError naming the file if it is broken
             t = self.sampler.text
             self.tokenizer.enable_truncation(t.max_length)
             self.tokenizer.enable_padding(length=t.max_length, pad_id=t.pad_token_id)
@@ -129,7 +81,13 @@ class Diffusion:
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> Diffusion:
         m = artifact.manifest
-        sampler = DiffusionSampler.from_manifest(m.sampler)   # a bad section fails before any session opens
+        sampler = DiffusionSampler.from_manifest(m.sampler)   # bad sections fail before any session opens
+        DiffusionDefaults.from_manifest(m.defaults, sampler)
+        denoiser = m.graphs["denoiser"].tensor("sample") if "denoiser" in m.graphs else None
+        if denoiser is not None and not denoiser.fits(sampler.sample_shape):
+            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.sample_shape is {list(sampler.sample_shape)}, "
+                                f"but the denoiser declares its input sample as {list(denoiser.shape)}; "
+                                "re-convert the model")
         need = ["denoiser"] + (["text_encoder"] if sampler.conditioning == "text" else []) + \
                (["vae_decoder"] if sampler.vae is not None else [])
         missing = [g for g in need if g not in m.graphs]
@@ -162,7 +120,8 @@ class Diffusion:
         random classes.
         ``image`` (a path, or uint8 ``[H, W, C]`` / ``[n, H, W, C]``) with ``strength`` in [0, 1]
         runs img2img.  ``progress(done, total)`` is called after every step; returning
-        ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).
+        ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).  To cancel from another
+        thread, also in the middle of a graph run: ``with edgegen.cancel_on(event): ...``, then ``event.set()``.
         """
         images = self.generate(n, seed=seed, steps=steps, scheduler=scheduler, prompt=prompt,
                                negative_prompt=negative_prompt, guidance=guidance, label=label, image=image,
@@ -171,6 +130,8 @@ class Diffusion:
 
     def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
         """Images along the spherical path between two seeds' initial noise; uint8 ``[frames, H, W, C]``."""
+        frames = check_frames(frames)
+        self._check_memory(frames, "interpolating", "frames", guided=self._can_guide(), img2img="image" in options)
         a, b = (rng_for(s).standard_normal(self.sampler.sample_shape, dtype=np.float32) for s in (seed_a, seed_b))
         noise = slerp(a, b, frames)                                                    # [frames, *sample_shape]
         return to_uint8(self.generate(frames, seed=seed_a, noise=noise, **options), self.sampler.value_range)
@@ -190,19 +151,21 @@ class Diffusion:
         s = self.sampler
         n = check_count(n)
         steps = self.defaults.steps if steps is None else steps
-        if not isinstance(steps, int) or steps < 1:
-            raise InvalidArgumentError(f"steps must be an integer of at least 1, got {steps!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InvalidArgumentError(f"steps must be an integer of at least 1, got {shown(steps)}")
         guidance = self._guidance(guidance, prompt, negative_prompt)
         if strength is not None and image is None:
             raise InvalidArgumentError("strength applies to img2img; give an image (--image) too")
         if strength is not None and not 0.0 <= strength <= 1.0:
             raise InvalidArgumentError(f"strength must be between 0 and 1 (0 keeps the image, 1 ignores it), got "
                                        f"{strength}")
+        self._check_label(label, n)
         rng = rng_for(seed)
         sched = make_scheduler(scheduler or self.defaults.scheduler, s.scheduler_config)
         sched.set_timesteps(steps)
         timesteps = np.asarray(sched.timesteps)
         cfg = self._can_guide() and (guidance > 1.0 or force_guidance_batch)
+        self._check_memory(n, "sampling", guided=cfg, img2img=image is not None)
         cond, uncond = self._conditioning(n, prompt, negative_prompt, label, cfg, rng)
 
         if image is not None:
@@ -274,6 +237,9 @@ class Diffusion:
 
     def _guidance(self, guidance: float | None, prompt: str | None, negative_prompt: str | None) -> float:
         s = self.sampler
+        for what, text in (("the prompt", prompt), ("the negative prompt", negative_prompt)):
+            if text is not None:   # a lone surrogate (bytes that are not UTF-8) is a TypeError in tokenizers
+                check_text(text, what)
         if s.conditioning != "text" and (prompt is not None or negative_prompt is not None):
             raise InvalidArgumentError("this diffusion model is not text-conditioned: it takes no prompt "
                                        "(drop --prompt/--negative-prompt)")
@@ -285,6 +251,39 @@ class Diffusion:
         if not np.isfinite(guidance) or guidance < 0:
             raise InvalidArgumentError(f"guidance must be a finite number >= 0, got {guidance}")
         return float(guidance)
+
+    def _check_label(self, label: Any, n: int) -> None:
+        """Refuse, before anything runs, a label this model does not take or does not have (_conditioning uses it)."""
+        s = self.sampler
+        if label is None:
+            return
+        if s.conditioning != "class":
+            takes = "a text prompt (--prompt)" if s.conditioning == "text" else "nothing (it is unconditional)"
+            raise InvalidArgumentError(f"this diffusion model is not class-conditional: it takes {takes}, not a "
+                                       f"label; drop --label")
+        many = isinstance(label, (list, tuple, np.ndarray))
+        given = list(np.asarray(label).reshape(-1)) if many else [label]
+        if many and (np.ndim(label) != 1 or len(given) != n):
+            raise InvalidArgumentError(f"{len(given)} labels for {n} images; give one label or {n}")
+        for x in given:
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)) or not 0 <= x < s.num_classes:
+                raise InvalidArgumentError(f"label {shown(x)} is out of range: this model has classes 0.."
+                                           f"{s.num_classes - 1}")
+
+    def _check_memory(self, count: int, action: str, noun: str = "images", *, guided: bool, img2img: bool) -> None:
+        """Refuse, before anything is drawn, ``count`` images that cannot fit in memory: per image about a dozen
+        float32 copies of its latents (the loop's latents, noise, scaled input, denoiser output, the scheduler's
+        history), twice the denoiser batch under guidance, the denoiser's working memory, the text
+        conditioning repeated per image, the decoded image with to_uint8's copy, and the start image of img2img
+        (the loop runs on all images at once)."""
+        s, graphs = self.sampler, self.artifact.manifest.graphs
+        latent, pixels, rows = math.prod(s.sample_shape), math.prod(s.image_shape), 1 + guided
+        hidden = graphs["denoiser"].tensor("encoder_hidden_states")
+        text = math.prod(d for d in hidden.shape[1:] if isinstance(d, int)) if hidden is not None else 0
+        values = latent * (12 + 6 * guided + GRAPH_WORKING_VALUES * rows) + text * rows + pixels * (3 + 3 * img2img)
+        if s.vae is not None:
+            values += GRAPH_WORKING_VALUES * pixels
+        check_count_fits(count, 4 * values + pixels, action, noun)
 
     def _can_guide(self) -> bool:
         s = self.sampler
@@ -300,8 +299,6 @@ class Diffusion:
             hidden = self.sessions["text_encoder"].run(None, {"input_ids": ids})[0]                 # [1|2, T, D]
             rows = np.repeat(hidden, n, axis=0)                                                      # [(2)n, T, D]
             return rows[:n], (rows[n:] if cfg else None)
-        if label is not None and s.conditioning != "class":
-            raise InvalidArgumentError("this diffusion model is not class-conditional: it takes no label (drop --label)")
         if s.conditioning == "class":
             assert s.num_classes is not None
             if label is None:

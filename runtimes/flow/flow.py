@@ -33,7 +33,8 @@ import onnxruntime as ort
 from edgegen.errors import GraphMismatchError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.images import check_images
-from edgegen.runtimes.latents import check_count, rng_for, slerp
+from edgegen.runtimes.latents import check_count, check_frames, rng_for, slerp
+from edgegen.runtimes.memory import GRAPH_WORKING_VALUES, check_count_fits
 from edgegen.runtimes.session import SessionConfig
 
 __all__ = ["Flow", "FlowDefaults", "FlowSampler", "data_to_pixels", "pixels_to_data"]
@@ -61,17 +62,21 @@ class FlowSampler:
 
     @classmethod
     def from_manifest(cls, section: object) -> FlowSampler:
+        from edgegen.manifest import shape_problem
         from edgegen.strict import from_json
 
-        s = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
-        problems = [f"{name} {list(shape)} must be a non-empty list of positive integers"
-                    for name, shape in (("data_shape", s.data_shape), ("latent_shape", s.latent_shape),
-                                        ("image_shape", s.image_shape)) if not shape or min(shape) < 1]
-        if not problems:
-            sizes = {math.prod(s.data_shape), math.prod(s.latent_shape), math.prod(s.image_shape)}
-            if len(sizes) != 1 or len(s.image_shape) != 3 or s.image_shape[0] not in (1, 3):
-                problems.append(f"data_shape {list(s.data_shape)}, latent_shape {list(s.latent_shape)} and "
-                                f"image_shape {list(s.image_shape)} ([C, H, W], C = 1 or 3) must hold as many values")
+        s = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError, fix="re-convert the model")
+        shapes = (("data_shape", s.data_shape), ("latent_shape", s.latent_shape), ("image_shape", s.image_shape))
+        # bounded: a hostile manifest must not ask for 40 GB per image
+        bad = [f"edgegen.json.sampler.{name}: {problem}" for name, shape in shapes
+               if (problem := shape_problem(shape))]
+        if bad:
+            raise ManifestError("; ".join(bad) + "; re-convert the model")
+        problems = []
+        sizes = {math.prod(s.data_shape), math.prod(s.latent_shape), math.prod(s.image_shape)}
+        if len(sizes) != 1 or len(s.image_shape) != 3 or s.image_shape[0] not in (1, 3):
+            problems.append(f"data_shape {list(s.data_shape)}, latent_shape {list(s.latent_shape)} and "
+                            f"image_shape {list(s.image_shape)} ([C, H, W], C = 1 or 3) must hold as many values")
         problems += pixel_map_problems(s.num_bins, s.data_range, s.logit, s.dequantization_offset)
         if problems:
             raise ManifestError("edgegen.json.sampler: " + "; ".join(problems) + "; re-convert the model")
@@ -110,7 +115,8 @@ class FlowDefaults:
     def from_manifest(cls, section: object) -> FlowDefaults:
         from edgegen.strict import from_json
 
-        defaults = from_json(cls, section, where="edgegen.json.defaults", error=ManifestError)
+        defaults = from_json(cls, section, where="edgegen.json.defaults", error=ManifestError,
+                             fix="re-convert the model")
         try:
             check_temperature(defaults.temperature)
         except InvalidArgumentError as exc:
@@ -274,6 +280,8 @@ class Flow:
                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """n images uint8 [n, H, W, C]; ``temperature`` (default: the artifact's, else 1) scales z.
         The inverse graph runs on ``SAMPLE_BATCH`` latents at a time; ``progress(done, n)`` after each."""
+        check_temperature(self.defaults.temperature if temperature is None else temperature)
+        self._check_memory(check_count(n), "sampling", batched=True)
         z = self.sample_latents(n, seed=seed, temperature=temperature)                           # [n, *latent]
         images = []
         for start in range(0, len(z), SAMPLE_BATCH):
@@ -287,8 +295,18 @@ class Flow:
         """uint8 [frames, H, W, C] along the great circle between the two seeds' latents
         (the first frame is ``sample(1, seed=seed_a)``, the last ``sample(1, seed=seed_b)``)."""
         za = self.sample_latents(1, seed=seed_a, temperature=temperature)[0]
+        self._check_memory(check_frames(frames), "interpolating", noun="frames", batched=False)
         zb = self.sample_latents(1, seed=seed_b, temperature=temperature)[0]
         return self.data_to_pixels(self.decode(slerp(za, zb, frames)))
+
+    def _check_memory(self, count: int, action: str, noun: str = "images", *, batched: bool) -> None:
+        """Refuse, before drawing anything, ``count`` images that cannot fit in memory.  Per value: the latents
+        (float64 draw and product, float32 copy) and the uint8 pixels twice (per batch, then concatenated);
+        unbatched (an interpolation), slerp's float64 path and the whole graph run: its output, working
+        memory, and data_to_pixels' float64 copy."""
+        values = math.prod(self.sampler.latent_shape)
+        per_value = 20 + 2 if batched else 7 * 8 + 4 + 4 * (1 + GRAPH_WORKING_VALUES) + 8 + 2
+        check_count_fits(count, per_value * values, action, noun)
 
     @staticmethod
     def _check(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:

@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgegen.errors import InvalidArgumentError, ManifestError
+from edgegen.manifest import MAX_DIMENSION, count_problem
 from edgegen.runtimes.artifact import Artifact, open_sessions
-from edgegen.runtimes.image.checks import check_image_constants, require_graphs
-from edgegen.runtimes.latents import check_count, rng_for, slerp
-from edgegen.runtimes.noise_graph import NoiseGraph, NoiseInput
+from edgegen.runtimes.image.checks import check_image_constants, check_noise_sizes, require_graphs
+from edgegen.runtimes.latents import check_count, check_frames, rng_for, slerp
+from edgegen.runtimes.memory import GRAPH_WORKING_VALUES, check_count_fits
+from edgegen.runtimes.noise_graph import BATCH, NoiseGraph, NoiseInput
 from edgegen.runtimes.images import to_uint8
 from edgegen.runtimes.session import SessionConfig
+from edgegen.strict import FieldError
 
 __all__ = ["GAN", "GANDefaults", "GANSampler"]
 
@@ -50,8 +53,12 @@ class GANSampler:
 
     def __post_init__(self) -> None:
         check_image_constants(self.image_shape, self.value_range)
-        if self.latent_dim < 1 or (self.num_classes is not None and self.num_classes < 1):
-            raise ValueError(f"latent_dim ({self.latent_dim}) and num_classes ({self.num_classes}) must be >= 1")
+        check_noise_sizes(self.noise)
+        problems = [(key, p) for key, p in (
+            ("latent_dim", count_problem(self.latent_dim, 1, MAX_DIMENSION)),
+            ("num_classes", None if self.num_classes is None else count_problem(self.num_classes))) if p]
+        if problems:
+            raise FieldError(*problems)
 
 
 @dataclass(frozen=True)
@@ -78,11 +85,16 @@ class GAN:
 
         m = artifact.manifest
         require_graphs(artifact, cls.family, ("generator",))
-        sampler = from_json(GANSampler, m.sampler, where="edgegen.json.sampler", error=ManifestError)
-        defaults = from_json(GANDefaults, m.defaults, where="edgegen.json.defaults", error=ManifestError)
+        fix = "re-convert the model"
+        sampler = from_json(GANSampler, m.sampler, where="edgegen.json.sampler", error=ManifestError, fix=fix)
+        defaults = from_json(GANDefaults, m.defaults, where="edgegen.json.defaults", error=ManifestError, fix=fix)
         if ("mapping" in m.graphs) != (sampler.w_avg is not None):
             raise ManifestError(f"{artifact.root}: a gan artifact has a mapping graph exactly when its sampler has "
                                 "w_avg; re-convert the model")
+        z = m.graphs["mapping" if "mapping" in m.graphs else "generator"].tensor("z")
+        if z is not None and not z.fits((sampler.latent_dim,)):
+            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.latent_dim is {sampler.latent_dim}, but the "
+                                f"graph declares its input z as {list(z.shape)}; re-convert the model")
         provider, sessions = open_sessions(artifact, config)
         labels = ("labels",) if sampler.num_classes else ()
         mapping = None
@@ -130,6 +142,7 @@ class GAN:
         n = check_count(n)
         psi = self._truncation(truncation)
         rng = rng_for(seed)
+        self._check_memory(n, "sampling")
         z = self.latents(n, rng)                                                      # [n, latent_dim]
         labels = self._labels(label, n, rng)                                          # [n] or None
         images = self.generate(z, labels, truncation=psi, noise=self.draw_noise(n, rng))
@@ -143,6 +156,8 @@ class GAN:
         """
         psi = self._truncation(truncation)
         rng_a = rng_for(seed_a)
+        frames = check_frames(frames)
+        self._check_memory(frames, "interpolating", "frames", slerp=True)
         z_a, z_b = self.latents(1, rng_a)[0], self.latents(1, rng_for(seed_b))[0]     # [latent_dim] each
         labels = self._labels(label, 1, rng_a)
         noise = {role: {k: np.repeat(v, frames, axis=0) for k, v in arrays.items()}
@@ -152,6 +167,16 @@ class GAN:
         return to_uint8(images, self.sampler.value_range)
 
     # -- checks ---------------------------------------------------------------------------------------
+    def _check_memory(self, count: int, action: str, noun: str = "images", slerp: bool = False) -> None:
+        """Refuse, before drawing anything, ``count`` images that cannot fit in memory: per image its float32
+        latent, w, noise, the generator's output and working memory, to_uint8's copy, a label and the uint8
+        image (the graphs run on all of them at once); slerp's float64 path for an interpolation."""
+        s = self.sampler
+        pixels = math.prod(s.image_shape)
+        noise = sum(math.prod(d for d in x.shape if d != BATCH) for g in self._graphs() for x in g.noise)
+        values = s.latent_dim * (1 + 6 * slerp) + len(s.w_avg or ()) + noise + (2 + GRAPH_WORKING_VALUES) * pixels
+        check_count_fits(count, 4 * values + 8 + pixels, action, noun)
+
     def _graphs(self) -> list[NoiseGraph]:
         return [g for g in (self.mapping, self.generator) if g is not None]
 

@@ -27,12 +27,15 @@ from typing import Any, Literal
 import numpy as np
 
 from edgegen.errors import InvalidArgumentError, ManifestError
+from edgegen.manifest import MAX_DIMENSION, count_problem, shape_problem
 from edgegen.runtimes.artifact import Artifact, open_sessions
-from edgegen.runtimes.image.checks import check_image_constants, require_graphs
+from edgegen.runtimes.image.checks import check_image_constants, check_noise_sizes, require_graphs
 from edgegen.runtimes.images import check_images, from_uint8, to_uint8
-from edgegen.runtimes.latents import check_count, lerp, rng_for, slerp
-from edgegen.runtimes.noise_graph import NoiseGraph, NoiseInput
+from edgegen.runtimes.latents import check_count, check_frames, lerp, rng_for, slerp
+from edgegen.runtimes.memory import GRAPH_WORKING_VALUES, check_count_fits
+from edgegen.runtimes.noise_graph import BATCH, NoiseGraph, NoiseInput
 from edgegen.runtimes.session import SessionConfig
+from edgegen.strict import FieldError
 
 __all__ = ["VAE", "VAEDefaults", "VAESampler", "VQVAE", "VQVAESampler"]
 
@@ -49,8 +52,9 @@ class VAESampler:
 
     def __post_init__(self) -> None:
         check_image_constants(self.image_shape, self.value_range)
-        if not self.latent_shape or min(self.latent_shape) < 1:
-            raise ValueError(f"latent_shape must be positive integers, got {list(self.latent_shape)}")
+        check_noise_sizes(self.noise)
+        if problem := shape_problem(self.latent_shape):
+            raise FieldError(("latent_shape", problem))
         if self.decoder_output == "logits" and tuple(self.value_range) != (0.0, 1.0):
             raise ValueError("a decoder of Bernoulli logits decodes to [0, 1]: value_range must be [0, 1]")
 
@@ -73,9 +77,12 @@ class VQVAESampler:
 
     def __post_init__(self) -> None:
         check_image_constants(self.image_shape, self.value_range)
-        if self.codebook_size < 1 or self.code_dim < 1 or len(self.grid) != 2 or min(self.grid) < 1:
-            raise ValueError(f"codebook_size, code_dim and grid [h, w] must be positive, got "
-                             f"{self.codebook_size}, {self.code_dim}, {list(self.grid)}")
+        check_noise_sizes(self.noise)
+        problems = [(key, p) for key, p in (("codebook_size", count_problem(self.codebook_size)),
+                                            ("code_dim", count_problem(self.code_dim, 1, MAX_DIMENSION)),
+                                            ("grid", shape_problem(self.grid, rank=2))) if p]
+        if problems:
+            raise FieldError(*problems)
 
 
 @dataclass(frozen=True)
@@ -119,9 +126,10 @@ class _ImageCodec:
 
         require_graphs(artifact, cls.family, tuple(cls.graph_io))
         sampler = from_json(cls.sampler_type, artifact.manifest.sampler, where="edgegen.json.sampler",
-                            error=ManifestError)
+                            error=ManifestError, fix="re-convert the model")
         defaults = from_json(cls.defaults_type, artifact.manifest.defaults, where="edgegen.json.defaults",
-                             error=ManifestError)
+                             error=ManifestError, fix="re-convert the model")
+        cls._check_declared(artifact, sampler)
         provider, sessions = open_sessions(artifact, config, roles=tuple(cls.graph_io))
         graphs = {role: NoiseGraph(sessions[role], role, *cls._io(role, sampler), sampler.noise.get(role, ()))
                   for role in cls.graph_io}
@@ -131,12 +139,31 @@ class _ImageCodec:
     def _io(cls, role: str, sampler: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
         return cls.graph_io[role]
 
+    @classmethod
+    def _check_declared(cls, artifact: Artifact, sampler: Any) -> None:
+        """The sampler's latent shape (vae) or code grid (vq-vae) against the input the graph declares."""
+        role, name, key, tail = (("decoder", "latent", "latent_shape", sampler.latent_shape) if cls.family == "vae"
+                                 else ("decode_codes", "indices", "grid", sampler.grid))
+        spec = artifact.manifest.graphs[role].tensor(name)
+        if spec is not None and not spec.fits(tail):
+            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.{key} is {list(tail)}, but the {role} graph "
+                                f"declares its input {name} as {list(spec.shape)}; re-convert the model")
+
     def _pixels(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, C] -> float32 [N, C, H, W] in value_range."""
         return from_uint8(check_images(images, self.image_shape), self.sampler.value_range)
 
     def _uint8(self, images: np.ndarray) -> np.ndarray:
         return to_uint8(images, self.sampler.value_range)
+
+    def _check_memory(self, count: int, action: str, role: str, latent_values: int, noun: str = "images") -> None:
+        """Refuse, before drawing anything, ``count`` images that cannot fit in memory: per image
+        ``latent_values`` float32 values of latents (or codes), the ``role`` graph's noise, its output and
+        working memory, to_uint8's copy and the uint8 image (the graph runs on all of them at once)."""
+        pixels = math.prod(self.sampler.image_shape)
+        noise = sum(math.prod(d for d in x.shape if d != BATCH) for x in self.graphs[role].noise)
+        values = latent_values + noise + (4 + GRAPH_WORKING_VALUES) * pixels   # + sigmoid's two temporaries
+        check_count_fits(count, 4 * values + pixels, action, noun)
 
 
 class VAE(_ImageCodec):
@@ -178,6 +205,7 @@ class VAE(_ImageCodec):
         """``n`` images ``uint8 [n, H, W, C]`` decoded from the prior; same seed, same images."""
         n, t = check_count(n), _check_temperature(self.defaults.temperature if temperature is None else temperature)
         rng = rng_for(seed)
+        self._check_memory(n, "sampling", "decoder", 2 * math.prod(self.sampler.latent_shape))
         z = self.prior(n, rng, t)
         return self._uint8(self.decode(z, rng=rng))
 
@@ -192,6 +220,8 @@ class VAE(_ImageCodec):
         ``sample(1, seed=seed_a)``; seed_a's noise for every frame)."""
         t = _check_temperature(self.defaults.temperature if temperature is None else temperature)
         rng_a = rng_for(seed_a)
+        frames = check_frames(frames)   # slerp's float64 path: 7 values per latent value
+        self._check_memory(frames, "interpolating", "decoder", 7 * math.prod(self.sampler.latent_shape), "frames")
         z_a, z_b = self.prior(1, rng_a, t)[0], self.prior(1, rng_for(seed_b), t)[0]
         noise = {k: np.repeat(v, frames, axis=0) for k, v in self.graphs["decoder"].draw_noise(1, rng_a).items()}
         return self._uint8(self.decode(slerp(z_a, z_b, frames), noise=noise))
@@ -203,6 +233,8 @@ class VAE(_ImageCodec):
         if len(pair[0]) != 1 or len(pair[1]) != 1:
             raise InvalidArgumentError("interpolate_images takes one image for each end, [H, W, C] or [1, H, W, C]")
         rng = rng_for(seed)
+        frames = check_frames(frames)
+        self._check_memory(frames, "interpolating", "decoder", 2 * math.prod(self.sampler.latent_shape), "frames")
         mean, _ = self.encode(np.concatenate(pair), rng=rng)                          # [2, *latent_shape]
         noise = {k: np.repeat(v, frames, axis=0) for k, v in self.graphs["decoder"].draw_noise(1, rng).items()}
         return self._uint8(self.decode(lerp(mean[0], mean[1], frames), noise=noise))
@@ -259,7 +291,9 @@ class VQVAE(_ImageCodec):
     def sample(self, n: int, *, seed: int | None = None, prior: np.ndarray | None = None) -> np.ndarray:
         """``n`` images ``uint8 [n, H, W, C]`` from codes drawn uniformly (or from ``prior``)."""
         rng = rng_for(seed)
-        codes = self.sample_codes(check_count(n), rng, prior)
+        n = check_count(n)   # per code: int64 index, the prior's float64 draw and searchsorted's result
+        self._check_memory(n, "sampling", "decode_codes", 6 * math.prod(self.sampler.grid))
+        codes = self.sample_codes(n, rng, prior)
         return self._uint8(self.decode_codes(codes, rng=rng))
 
     def reconstruct(self, images: np.ndarray, *, seed: int | None = None) -> np.ndarray:

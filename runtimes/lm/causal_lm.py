@@ -31,7 +31,8 @@ from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm.sampler import CausalLMSampler
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved
 from edgegen.runtimes.session import ORT_DEVICES, SessionConfig
-from edgegen.runtimes.text.loop import Completion, StepGenerator, TextModel, load_tokenizer, require_parts
+from edgegen.runtimes.text.loop import (Completion, StepGenerator, TextModel, load_checked_tokenizer, load_defaults,
+                                        require_parts)
 
 __all__ = ["CausalLM", "Completion", "Generator"]
 
@@ -190,12 +191,14 @@ class CausalLM(TextModel):
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> CausalLM:
         m = artifact.manifest
         require_parts(artifact, cls.family, "decoder")
-        CausalLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
-        GenerationSettings.from_manifest(m.defaults)
+        # bad sections, a bad tokenizer, or ids beyond the vocabulary fail before any session opens
+        sampler = CausalLMSampler.from_manifest(m.sampler)
+        load_defaults(m.defaults)
+        tokenizer = load_checked_tokenizer(artifact, "decoder", sampler.token_ids())
         provider, sessions = open_sessions(artifact, config)
         # the KV cache lives in the provider's memory (CUDA, DirectML): no host round trip per token
         graph = DecoderGraph(sessions["decoder"], device=ORT_DEVICES[provider], device_id=config.device_id)
-        return cls(artifact, graph, load_tokenizer(artifact), provider)
+        return cls(artifact, graph, tokenizer, provider)
 
     # -- the step API ------------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgegen.errors import ManifestError
-from edgegen.strict import from_json
+from edgegen.manifest import MAX_COUNT, count_problem
+from edgegen.strict import FieldError, from_json
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,24 @@ class CausalLMSampler:
     #: The special tokens as the tokenizer spells them, e.g. {"eos": "<|endoftext|>"}.
     special_tokens: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Ranges that hold for every model; the ids are checked against the vocabulary at load (check_vocabulary).
+        problems = []
+        for key, ids in self.token_ids().items():
+            problem = next((p for i in ids if (p := count_problem(i, 0, MAX_COUNT - 1))), None)
+            if problem:
+                problems.append((key, problem))
+        if self.context_length is not None and (problem := count_problem(self.context_length, 2)):
+            problems.append(("context_length", problem))
+        if problems:
+            raise FieldError(*problems)
+
+    def token_ids(self) -> dict[str, tuple[int, ...]]:
+        """The token ids this section names, by key."""
+        return {"eos_token_ids": self.eos_token_ids,
+                **{key: (value,) for key, value in (("bos_token_id", self.bos_token_id),
+                                                   ("pad_token_id", self.pad_token_id)) if value is not None}}
+
     @classmethod
     def from_manifest(cls, section: dict[str, Any]) -> CausalLMSampler:
-        return from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
+        return from_json(cls, section, where="edgegen.json.sampler", error=ManifestError, fix="re-convert the model")

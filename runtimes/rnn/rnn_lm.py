@@ -34,11 +34,14 @@ import tokenizers
 
 from edgegen.errors import GraphMismatchError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.artifact import Artifact, open_sessions
-from edgegen.runtimes.text.loop import StepGenerator, TextModel, load_tokenizer, require_parts
+from edgegen.runtimes.text.loop import StepGenerator, TextModel, load_checked_tokenizer, load_defaults, require_parts
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved
 from edgegen.runtimes.session import SessionConfig
 
 __all__ = ["RNNLM", "RNNGenerator", "RNNLMSampler", "StepGraph"]
+
+#: The most state tensors a step graph may carry (an LSTM of L layers has 2; real models have a handful).
+MAX_STATES = 256
 
 
 @dataclass(frozen=True)
@@ -53,14 +56,30 @@ class RNNLMSampler:
     #: The special tokens as the tokenizer spells them, e.g. {"eos": "<|endoftext|>"}.
     special_tokens: dict[str, str] = field(default_factory=dict)
 
+    def token_ids(self) -> dict[str, tuple[int, ...]]:
+        """The token ids this section names, by key."""
+        return {"eos_token_ids": self.eos_token_ids,
+                **{key: (value,) for key, value in (("bos_token_id", self.bos_token_id),
+                                                   ("pad_token_id", self.pad_token_id)) if value is not None}}
+
     @classmethod
     def from_manifest(cls, section: object) -> RNNLMSampler:
+        from edgegen.manifest import MAX_COUNT, count_problem, shape_problem
         from edgegen.strict import from_json
 
-        sampler = from_json(cls, section, where="edgegen.json.sampler", error=ManifestError)
-        if not sampler.state_shapes or any(not shape or min(shape) < 1 for shape in sampler.state_shapes):
-            raise ManifestError(f"edgegen.json.sampler.state_shapes must be a non-empty list of shapes of positive "
-                                f"integers, got {[list(s) for s in sampler.state_shapes]}; re-convert the model")
+        where = "edgegen.json.sampler"
+        sampler = from_json(cls, section, where=where, error=ManifestError, fix="re-convert the model")
+        problems = []
+        if not 1 <= len(sampler.state_shapes) <= MAX_STATES:
+            problems.append(f"{where}.state_shapes: must list 1 to {MAX_STATES} shapes, "
+                            f"got {len(sampler.state_shapes)}")
+        problems += [f"{where}.state_shapes[{i}]: {p}" for i, shape in enumerate(sampler.state_shapes[:MAX_STATES])
+                     if (p := shape_problem(shape))]
+        for key, ids in sampler.token_ids().items():   # against the vocabulary at load (check_vocabulary)
+            if bad := next((p for i in ids if (p := count_problem(i, 0, MAX_COUNT - 1))), None):
+                problems.append(f"{where}.{key}: {bad}")
+        if problems:
+            raise ManifestError("; ".join(problems) + "; re-convert the model")
         return sampler
 
 
@@ -115,7 +134,8 @@ class RNNGenerator(StepGenerator):
         last = []
         for b, row in enumerate(rows):
             seq = np.asarray([row], dtype=np.int64)             # [1, T_b]
-            logits, new = self.graph.step(seq, [s[b:b + 1] for s in self._states])
+            with self.cancellable():                            # a prefill run stops on cancel too
+                logits, new = self.graph.step(seq, [s[b:b + 1] for s in self._states])
             for s, n in zip(self._states, new):
                 s[b] = n[0]
             last.append(logits[0, -1])                          # [V]
@@ -158,11 +178,20 @@ class RNNLM(TextModel):
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> RNNLM:
         m = artifact.manifest
         require_parts(artifact, cls.family, "step")
-        sampler = RNNLMSampler.from_manifest(m.sampler)   # a bad sampler section fails before any session opens
-        GenerationSettings.from_manifest(m.defaults)
+        # bad sections, a bad tokenizer, or ids beyond the vocabulary fail before any session opens
+        sampler = RNNLMSampler.from_manifest(m.sampler)
+        load_defaults(m.defaults)
+        declared = [(i, spec.shape) for i, shape in enumerate(sampler.state_shapes)
+                    if (spec := m.graphs["step"].tensor(f"state.{i}")) is not None and not spec.fits(shape)]
+        if declared:
+            i, shape = declared[0]
+            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.state_shapes[{i}] is "
+                                f"{list(sampler.state_shapes[i])}, but the step graph declares state.{i} as "
+                                f"{list(shape)}; re-convert the model")
+        tokenizer = load_checked_tokenizer(artifact, "step", sampler.token_ids())
         provider, sessions = open_sessions(artifact, config, roles=("step",))
         graph = StepGraph(sessions["step"], sampler.state_shapes)
-        return cls(artifact, graph, load_tokenizer(artifact), provider)
+        return cls(artifact, graph, tokenizer, provider)
 
     # -- the step API -----------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> RNNGenerator:

@@ -10,6 +10,7 @@ UTF-8-safe incremental detokenizer and stop-string matching.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,9 +21,11 @@ import numpy as np
 import tokenizers
 
 from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
-from edgegen.runtimes.text.settings import GenerationSettings, Resolved, resolve
+from edgegen.runtimes.run_control import cancel_on
+from edgegen.runtimes.text.settings import GenerationSettings, Resolved, check_text, resolve, sources
 from edgegen.runtimes.text.sampling import sample
 from edgegen.runtimes.text.decoding import IncrementalDecoder, StopStringMatcher
+from edgegen.runtimes.text.tokenizer import check_vocabulary, load_tokenizer, tokenizer_call
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,9 @@ class Completion:
     time_to_first_token_s: float
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
+    #: The most new tokens this run could give: max_new_tokens, cut to the room the context left after the
+    #: (longest) prompt; below the setting means the context clamped it.  None: not recorded.
+    token_budget: int | None = None
 
 
 class StepGenerator:
@@ -81,9 +87,12 @@ class StepGenerator:
         if self.is_done():
             raise InvalidArgumentError("generation is done; check is_done() before stepping")
         if self.cancel_event.is_set():
-            self.finished[:] = True
-            self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
+            self._mark_cancelled()
             raise CancelledError("generation was cancelled")
+        with self.cancellable():
+            return self._step()
+
+    def _step(self) -> np.ndarray:
         logits, history = self.next_logits(), self._ids                            # [B, V], [B, L]
         tokens = sample(logits, self.settings.sampling, self.rng, history=history, history_mask=self._real())
         tokens = np.where(self.finished, history[:, -1], tokens).astype(np.int64)   # [B] finished rows repeat
@@ -107,8 +116,24 @@ class StepGenerator:
             self.finish_reasons[row] = reason
 
     def cancel(self) -> None:
-        """Stop from any thread: the next step raises CancelledError."""
+        """Stop from any thread: a graph run in progress is interrupted, and the step (or the next one)
+        raises CancelledError."""
         self.cancel_event.set()
+
+    @contextlib.contextmanager
+    def cancellable(self) -> Iterator[None]:
+        """Around this run's graph calls: the cancel event stops a run in progress (run_control), and a
+        cancelled step marks every row "cancelled" as the check before a step does."""
+        try:
+            with cancel_on(self.cancel_event):
+                yield
+        except CancelledError:
+            self._mark_cancelled()
+            raise
+
+    def _mark_cancelled(self) -> None:
+        self.finished[:] = True
+        self.finish_reasons = [r or "cancelled" for r in self.finish_reasons]
 
     def tokens(self, row: int) -> list[int]:
         """The generated token ids of a row (a stop token id is included)."""
@@ -125,8 +150,26 @@ def require_parts(artifact: Any, family: str, graph: str) -> None:
                             f"(it has graphs {sorted(m.graphs)}, assets {sorted(m.assets)}); re-convert the model")
 
 
-def load_tokenizer(artifact: Any) -> tokenizers.Tokenizer:
-    return tokenizers.Tokenizer.from_file(str(artifact.path(artifact.manifest.assets["tokenizer"].file)))
+def load_defaults(section: Any) -> GenerationSettings:
+    """The ``defaults`` section, parsed and checked the way a run checks settings (ManifestError: the
+    artifact's values are at fault, not the caller's)."""
+    defaults = GenerationSettings.from_manifest(section)
+    try:
+        resolve(GenerationSettings(), defaults)
+    except InvalidArgumentError as exc:
+        raise ManifestError(f"edgegen.json.defaults: {exc}; re-convert the model") from None
+    return defaults
+
+
+def load_checked_tokenizer(artifact: Any, graph: str, token_ids: dict[str, tuple[int, ...]]) -> tokenizers.Tokenizer:
+    """Before any session opens: the checksums (the tokenizer is read before the graphs), the tokenizer
+    (tokenizer.load_tokenizer), and that its ids and the sampler's fit ``graph``'s logits."""
+    from edgegen.runtimes.artifact import verify_checksums
+
+    verify_checksums(artifact)
+    tokenizer = load_tokenizer(artifact)
+    check_vocabulary(artifact, tokenizer, graph, token_ids)
+    return tokenizer
 
 
 class TextModel:
@@ -146,13 +189,17 @@ class TextModel:
         """A step generator for one run (the caller owns the loop)."""
         return self._new_generator(resolve(settings or GenerationSettings(), self.defaults), batch, cancel)
 
+    def settings_sources(self, settings: GenerationSettings | None = None) -> dict[str, tuple[Any, str]]:
+        """Each setting's value for a run with ``settings`` and where it comes from: "caller", "artifact"
+        (this artifact's defaults) or "built-in" (:func:`edgegen.runtimes.text.settings.sources`)."""
+        return sources(settings or GenerationSettings(), self.defaults)
+
     def encode(self, text: str) -> list[int]:
-        if not isinstance(text, str):
-            raise InvalidArgumentError(f"a prompt must be a string, got {type(text).__name__}")
-        return self.tokenizer.encode(text).ids
+        check_text(text, "the prompt")   # a lone surrogate is a TypeError inside tokenizers
+        return tokenizer_call(self.tokenizer.encode, text).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids))
+        return tokenizer_call(self.tokenizer.decode, list(ids))
 
     def _encode_prompt(self, prompt: str) -> list[int]:
         if not isinstance(prompt, str) or not prompt:
@@ -169,13 +216,15 @@ class TextModel:
 
     def complete(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
                  cancel: threading.Event | None = None,
-                 on_text: Callable[[int, str], None] | None = None) -> list[Completion]:
+                 on_text: Callable[[int, str], None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> list[Completion]:
         """Generate for each prompt (batched); texts with finish reasons and timings.
 
-        ``on_text(row, piece)`` is called with each piece of text as it becomes final.
+        ``on_text(row, piece)`` is called with each piece of text as it becomes final, ``progress(steps,
+        budget)`` after each decoding step (the run ends at ``budget`` steps, or sooner when every row stops).
         """
         results: list[Completion] = []
-        for row, piece in self._run(prompts, settings, cancel, results=results):
+        for row, piece in self._run(prompts, settings, cancel, results=results, progress=progress):
             if on_text is not None:
                 on_text(row, piece)
         return results
@@ -200,7 +249,8 @@ class TextModel:
             yield piece
 
     def _run(self, prompts: Sequence[str], settings: GenerationSettings | None, cancel: threading.Event | None,
-             results: list[Completion] | None) -> Iterator[tuple[int, str]]:
+             results: list[Completion] | None,
+             progress: Callable[[int, int], None] | None = None) -> Iterator[tuple[int, str]]:
         if isinstance(prompts, str) or not prompts:
             raise InvalidArgumentError("prompts must be a non-empty list of strings")
         resolved = resolve(settings or GenerationSettings(), self.defaults)
@@ -212,11 +262,15 @@ class TextModel:
         start = time.perf_counter()
         gen.append_tokens(prompt_ids)
         first_token_at = None
+        budget, steps = gen._budget, 0    # after append_tokens: bounded by the context
         while not gen.is_done():
             live = np.flatnonzero(~gen.finished)
             tokens = gen.generate_next_token()
             if first_token_at is None:
                 first_token_at = time.perf_counter()
+            steps += 1
+            if progress is not None:
+                progress(steps, budget)
             for b in live:
                 token = int(tokens[b])
                 is_stop_token = gen.finish_reasons[b] in ("eos", "stop") and gen.finished[b]
@@ -243,4 +297,5 @@ class TextModel:
                     text=texts[b], token_ids=tuple(new), prompt_tokens=len(ids),
                     finish_reason=gen.finish_reasons[b] or "length", time_to_first_token_s=prefill,
                     prefill_tokens_per_s=len(ids) / prefill if prefill > 0 else float("inf"),
-                    decode_tokens_per_s=decode_n / (end - first_token_at) if end > first_token_at else 0.0))
+                    decode_tokens_per_s=decode_n / (end - first_token_at) if end > first_token_at else 0.0,
+                    token_budget=max(budget, 0)))

@@ -39,7 +39,7 @@ _RULES = {
 class SamplingSettings:
     """How the next token is chosen; every field's default turns its step off."""
 
-    temperature: float = 1.0          # >= 0; 0 = greedy (argmax after penalties)
+    temperature: float = 1.0          # >= 0; 0 = greedy (argmax after penalties); tiny > 0: near-greedy (_temper)
     top_k: int = 0                    # >= 0; 0 = off
     top_p: float = 1.0                # in (0, 1]; 1 = off
     min_p: float = 0.0                # in [0, 1); 0 = off
@@ -55,11 +55,11 @@ class SamplingSettings:
             is_int, in_range, allowed = _RULES[f.name]
             if isinstance(value, bool) or not isinstance(value, numbers.Integral if is_int else numbers.Real):
                 problems.append(f"{f.name} must be {'an integer' if is_int else 'a finite number'} {allowed}, "
-                                f"got {value!r}")
-            elif not is_int and not math.isfinite(value):
-                problems.append(f"{f.name} must be a finite number {allowed}, got {value!r}")
+                                f"got {shown(value)}")
+            elif not is_int and not _finite(value):
+                problems.append(f"{f.name} must be a finite number {allowed}, got {shown(value)}")
             elif not in_range(value):
-                problems.append(f"{f.name} must be {allowed}, got {value!r}")
+                problems.append(f"{f.name} must be {allowed}, got {shown(value)}")
             else:   # normalize numpy scalars and ints-for-floats so comparisons and reprs are plain
                 object.__setattr__(self, f.name, int(value) if is_int else float(value))
         if problems:
@@ -72,6 +72,19 @@ class SamplingSettings:
     @property
     def _penalized(self) -> bool:
         return self.repetition_penalty != 1 or self.presence_penalty != 0 or self.frequency_penalty != 0
+
+
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for an error message, shortened when long (a 400-digit integer stays one short line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 20]}...{text[-8:]} ({len(text)} characters)"
+
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:   # an int (or Fraction) beyond float's range
+        return False
 
 
 def process_logits(logits: np.ndarray, settings: SamplingSettings, history: np.ndarray | None = None,
@@ -92,7 +105,7 @@ def process_logits(logits: np.ndarray, settings: SamplingSettings, history: np.n
         out[rows, best] = scores[rows, best]
         return out
     if settings.temperature != 1:
-        scores /= np.float32(settings.temperature)                          # [B, V]
+        _temper(scores, settings.temperature)                               # [B, V]
     _truncate(scores, settings)
     return scores
 
@@ -132,6 +145,34 @@ def sample(logits: np.ndarray, settings: SamplingSettings, rng: np.random.Genera
     chosen = (cdf <= target[:, None]).sum(axis=1)                            # [B] first cdf > target
     last_kept = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)   # [B] guards u*total == total
     return np.minimum(chosen, last_kept).astype(np.int64)                    # [B]
+
+
+def _temper(scores: np.ndarray, temperature: float) -> None:
+    """scores [B, V] float32 /= temperature, in place, without overflow.
+
+    The usual case divides in float32, as transformers' TemperatureLogitsWarper does.  A temperature
+    so small that a score / temperature would pass float32's range (or below its smallest normal
+    number, or above its largest) instead divides in float64 after shifting each row so its largest
+    finite score is 0 (softmax and the truncation steps do not change under a shift): the row's best
+    token keeps 0 and a token whose gap to it overflows gets -inf, probability 0, as in exact
+    arithmetic.  So a tiny positive temperature samples near-greedily (1e-38: the argmax, ties split
+    evenly) instead of failing on infinite scores.
+    """
+    tiny, big = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    if tiny <= temperature <= big:
+        t32 = np.float32(temperature)
+        if temperature >= 1:
+            scores /= t32                                                   # cannot overflow
+            return
+        peak = float(np.max(np.abs(scores), where=np.isfinite(scores), initial=0.0))
+        if peak / temperature < big / 2:
+            scores /= t32
+            return
+    finite = np.isfinite(scores)                                            # [B, V]
+    top = np.max(scores, axis=1, keepdims=True, where=finite, initial=-np.inf)   # [B, 1]
+    top = np.where(np.isfinite(top), top, 0.0)                              # rows without a finite score: as is
+    with np.errstate(over="ignore"):                                        # overflow -> -inf is the point
+        scores[...] = (scores.astype(np.float64) - top) / temperature       # [B, V]
 
 
 def _penalized_scores(logits: np.ndarray, settings: SamplingSettings, history: np.ndarray | None,

@@ -7,12 +7,23 @@ wants to change: ``GenerationSettings(temperature=0.7, stop=("\\n\\n",))``.
 
 from __future__ import annotations
 
+import numbers
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgegen.errors import InvalidArgumentError, ManifestError
-from edgegen.runtimes.text.sampling import SamplingSettings
+from edgegen.runtimes.text.sampling import SamplingSettings, shown
 from edgegen.strict import from_json
+
+
+def _as_tuple(value: Any) -> tuple[Any, ...] | None:
+    """A list setting (stop, stop_token_ids) as a tuple, () for None; None when it is no list at all."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes, Mapping)) or not isinstance(value, Iterable):
+        return None
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -38,6 +49,19 @@ class GenerationSettings:
     truncate_prompt: bool | None = None
     #: Generate up to max_new_tokens even after an end-of-sequence token.
     ignore_eos: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A str is ONE stop string (iterating "\n\n" would make two one-character stops) and an int ONE
+        # token id; lists become tuples.  Anything else is left for resolve() to report with the rest.
+        stop, ids = self.stop, self.stop_token_ids
+        if isinstance(stop, str):
+            object.__setattr__(self, "stop", (stop,))
+        elif (items := _as_tuple(stop)) is not None and stop is not None:
+            object.__setattr__(self, "stop", items)
+        if isinstance(ids, numbers.Integral):
+            object.__setattr__(self, "stop_token_ids", (ids,))
+        elif (items := _as_tuple(ids)) is not None and ids is not None:
+            object.__setattr__(self, "stop_token_ids", items)
 
     @classmethod
     def from_manifest(cls, section: dict[str, Any]) -> GenerationSettings:
@@ -75,15 +99,22 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
     s = settings.over(defaults.over(BUILTIN))
     problems: list[str] = []
     if not _is_int(s.max_new_tokens) or s.max_new_tokens < 1:
-        problems.append(f"max_new_tokens must be a positive integer, got {s.max_new_tokens!r}")
-    if s.seed is not None and (not _is_int(s.seed) or s.seed < 0):
-        problems.append(f"seed must be a non-negative integer, got {s.seed!r}")
-    stop = tuple(s.stop or ())
-    if any(not isinstance(x, str) or not x for x in stop):
-        problems.append(f"stop must be non-empty strings, got {list(stop)!r}")
-    stop_ids = tuple(s.stop_token_ids or ())
-    if any(not _is_int(x) or x < 0 for x in stop_ids):
-        problems.append(f"stop_token_ids must be non-negative integers, got {list(stop_ids)!r}")
+        problems.append(f"max_new_tokens must be a positive integer, got {shown(s.max_new_tokens)}")
+    if s.seed is not None and (not _is_int(s.seed) or s.seed < 0):   # default_rng takes any such integer
+        problems.append(f"seed must be a non-negative integer, got {shown(s.seed)}")
+    stop = _as_tuple(s.stop)
+    if stop is None or any(not isinstance(x, str) or not x for x in stop):
+        problems.append(f"stop must be a non-empty string or a list of them, got {shown(s.stop, 80)}")
+        stop = ()
+    for i, text in enumerate(stop):
+        try:
+            check_text(text, f"stop string {i}")
+        except InvalidArgumentError as exc:
+            problems.append(str(exc))
+    stop_ids = _as_tuple(s.stop_token_ids)
+    if stop_ids is None or any(isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 0 for x in stop_ids):
+        problems.append(f"stop_token_ids must be non-negative integers, got {shown(s.stop_token_ids, 80)}")
+        stop_ids = ()
     sampling = None
     try:
         sampling = SamplingSettings(**{name: getattr(s, name) for name in _SAMPLING_FIELDS})
@@ -93,9 +124,43 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
         raise InvalidArgumentError("; ".join(problems))
     assert sampling is not None
     return Resolved(max_new_tokens=s.max_new_tokens, sampling=sampling, stop=stop,  # type: ignore[arg-type]
-                    stop_token_ids=frozenset(stop_ids), seed=s.seed, truncate_prompt=bool(s.truncate_prompt),
-                    ignore_eos=bool(s.ignore_eos))
+                    stop_token_ids=frozenset(int(x) for x in stop_ids), seed=s.seed,
+                    truncate_prompt=bool(s.truncate_prompt), ignore_eos=bool(s.ignore_eos))
+
+
+def sources(settings: GenerationSettings, defaults: GenerationSettings) -> dict[str, tuple[Any, str]]:
+    """Every setting's value for a run, and where it came from: ``"caller"`` (``settings``), ``"artifact"``
+    (``defaults``, its edgegen.json ``defaults``) or ``"built-in"`` (:data:`BUILTIN`), merged as
+    :func:`resolve` merges them, so a caller can say which defaults applied (``temperature 0`` from a
+    model's generation config makes every run greedy)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for f in fields(GenerationSettings):
+        caller, artifact = getattr(settings, f.name), getattr(defaults, f.name)
+        out[f.name] = ((caller, "caller") if caller is not None else (artifact, "artifact") if artifact is not None
+                       else (getattr(BUILTIN, f.name), "built-in"))
+    return out
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_text(text: Any, what: str) -> str:
+    """``text`` when it is a str that UTF-8 can encode; else one InvalidArgumentError naming ``what``.
+
+    A lone surrogate is what Python makes of bytes that are not UTF-8 in a command-line argument
+    (``surrogateescape``: byte 0xff -> U+DCFF), or what an API caller can pass; a tokenizer refuses it
+    with a TypeError, so it is refused here, where the message can say what to fix.
+    """
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        if 0xDC80 <= code <= 0xDCFF:   # surrogateescape: how Python passes on a byte that is not UTF-8
+            found, fix = f"the byte 0x{code - 0xDC00:02x}", "convert it to UTF-8 first, e.g. with iconv"
+        else:
+            found, fix = f"a lone surrogate U+{code:04X}, which UTF-8 cannot encode", "remove it"
+        raise InvalidArgumentError(f"{what} is not valid UTF-8 (character {exc.start} is {found}); {fix}") from None
+    return text

@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from edgegen.cli import cli
 from edgegen.runtimes.artifact import open_artifact
 from edgegen.runtimes.flow.flow import Flow
 from edgegen.runtimes.images import save_png
@@ -18,18 +16,10 @@ torch = pytest.importorskip("torch")
 
 import flow_models as fm  # noqa: E402
 from edgegen.converters.flow.convert import convert_flow  # noqa: E402
+from tests_support import assert_one_line_error, run_cli as run  # noqa: E402
 
 
-def run(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
-
-def assert_one_line_error(result, *parts):
-    assert result.exit_code == 1, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in result.output, result.output
-    for part in parts:
-        assert part in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_text_to_image_and_img2img_from_the_shell(tiny_sd, tmp_path):
     (["--free-dim", "batch=2", "-n", "3"], "breaks them (index: 0 Got: 3 Expected: 2); call it with those sizes"),
     (["--free-dim", "batch=\u00b2"], "is not NAME=SIZE"),
     (["--free-dim", "denoiser.height=2"], "graph 'denoiser' has no input dimension 'height' (known: batch;"),
-    (["--device-id", "-1"], "-1 is not in the range x>=0"),
+    (["--device-id", "-1"], "-1 is not in the range 0<=x<=32767"),
 ])
 def test_bad_sample_options_are_one_line_errors(tiny_ddpm, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["sample", str(tiny_ddpm[1]), "-o", str(tmp_path / "x.png"), *args])
@@ -75,7 +75,7 @@ def test_runtime_options_reach_the_sessions(tiny_ddpm, tmp_path, monkeypatch):
                  "--free-dim", "denoiser.batch=2", "--device-id", 0, "--provider", "cpu", "--threads", 1)
     assert result.exit_code == 0, result.output
     assert seen == [{"provider": "cpu", "threads": 1, "device_id": 0,
-                     "free_dimensions": {"batch": 2, "denoiser.batch": 2}}]
+                     "free_dimensions": {"batch": 2, "denoiser.batch": 2}, "timeout": None}]
 
 
 def test_sample_refuses_language_models_and_non_png_paths(tiny_lm_artifact, tiny_ddpm, tmp_path):

@@ -8,8 +8,8 @@ Every case starts from the same *valid* tiny causal-lm artifact (:func:`write_ba
 one-node decoder graph in the style of ``tests_support.tiny_graph`` plus an 8-word
 tokenizer, written with the real :class:`ArtifactWriter`) and breaks exactly one thing,
 so the error a case gets is caused by its defect alone.  Where a defect would be
-caught by the checksum before the thing it is about (a corrupt or unknown-op graph), the
-recorded sha256 is fixed up so that the defect itself is reached.
+caught by the checksum before the thing it is about (a corrupt or unknown-op graph, a broken
+tokenizer.json), the recorded sha256 is fixed up so that the defect itself is reached.
 
 ``tests/runtimes/test_malformed_corpus.py`` holds what each case must raise; a
 directory without an entry there fails a guard test.  The output is deterministic
@@ -101,8 +101,55 @@ def _fix_checksum(root: Path, role: str = "decoder") -> None:
     _save_manifest(root, data)
 
 
+def _fix_asset_checksum(root: Path, name: str = "tokenizer") -> None:
+    data = _manifest(root)
+    ref = data["assets"][name]
+    ref["sha256"] = hashlib.sha256((root / ref["file"]).read_bytes()).hexdigest()
+    _save_manifest(root, data)
+
+
 def _decoder(data: dict) -> dict:
     return data["graphs"]["decoder"]
+
+
+def _raw(edit: Callable[[str], str]) -> Callable[[Path], None]:
+    """A case that edits the manifest's text (what json.dumps cannot write: NaN, repeated keys...)."""
+    def apply(root: Path) -> None:
+        path = root / "edgegen.json"
+        path.write_text(edit(path.read_text(encoding="utf-8")), encoding="utf-8")
+    return apply
+
+
+def _value(value: str) -> Callable[[str], str]:
+    """Put ``value`` (JSON text) first in the manifest, under the key "x" (refused before keys are checked)."""
+    return lambda text: text.replace("{", '{"x": ' + value + ", ", 1)
+
+
+def _tokenizer(edit: Callable[[dict], None] | None = None, text: str | None = None) -> Callable[[Path], None]:
+    """A case that rewrites tokenizer.json (and fixes its sha256, so the defect itself is reached)."""
+    def apply(root: Path) -> None:
+        path = root / "tokenizer.json"
+        if text is None:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            edit(data)
+            path.write_text(json.dumps(data), encoding="utf-8")
+        else:
+            path.write_text(text, encoding="utf-8")
+        _fix_asset_checksum(root)
+    return apply
+
+
+def _catastrophic_regex(tok: dict) -> None:
+    # (a+)+$ backtracks exponentially on a long run of "a" not at the end: Oniguruma gives up, tokenizers panics
+    tok["pre_tokenizer"] = {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}
+
+
+def _one_more_word(tok: dict) -> None:
+    tok["model"]["vocab"]["dog"] = len(VOCAB)   # id 8: the decoder's logits have 8 entries (ids 0..7)
+
+
+def _rename_tokenizer(name: str) -> Callable[[dict], None]:
+    return lambda d: d["assets"]["tokenizer"].update(file=name)
 
 
 # -- the cases: directory name -> what breaks it -----------------------------------------------
@@ -177,6 +224,25 @@ CASES: dict[str, Callable[[Path], None]] = {
     "causal-lm-without-decoder": _edit(lambda d: d.update(graphs={"generator": _decoder(d)})),
     "causal-lm-without-tokenizer": _edit(lambda d: d.update(assets={"vocab": d["assets"]["tokenizer"]})),
     "sampler-wrong-type": _edit(lambda d: d["sampler"].update(context_length="16")),
+    # Values that parse as JSON but no manifest holds (round two of hostile artifacts).
+    "manifest-nan": _raw(_value("NaN")),
+    "manifest-number-overflow": _raw(_value("1e999")),
+    "manifest-long-integer": _raw(_value("9" * 5000)),
+    "manifest-deep-nesting": _raw(_value("[" * 5000 + "]" * 5000)),
+    "manifest-repeated-key": _raw(lambda text: text.replace('"family": "causal-lm",',
+                                                            '"family": "causal-lm", "family": "gan",', 1)),
+    "path-nul": _edit(_rename_tokenizer("tok\u0000enizer.json")),
+    "path-too-long": _edit(_rename_tokenizer("t" * 5000 + ".json")),
+    "path-backslash": _edit(_rename_tokenizer("sub\\tokenizer.json")),
+    "sampler-eos-beyond-vocab": _edit(lambda d: d["sampler"].update(eos_token_ids=[len(VOCAB)])),
+    "sampler-pad-beyond-vocab": _edit(lambda d: d["sampler"].update(pad_token_id=99)),
+    "sampler-bos-negative": _edit(lambda d: d["sampler"].update(bos_token_id=-1)),
+    "sampler-context-zero": _edit(lambda d: d["sampler"].update(context_length=0)),
+    "sampler-context-absurd": _edit(lambda d: d["sampler"].update(context_length=10**12)),
+    "defaults-out-of-range": _edit(lambda d: d["defaults"].update(max_new_tokens=0)),
+    "tokenizer-empty-object": _tokenizer(text="{}"),
+    "tokenizer-regex-panics": _tokenizer(_catastrophic_regex),
+    "tokenizer-larger-than-logits": _tokenizer(_one_more_word),
 }
 
 

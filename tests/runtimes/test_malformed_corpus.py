@@ -10,10 +10,8 @@ Set ``EDGEGEN_ERROR_TABLE=<file.md>`` to append the error lines seen to a markdo
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +24,13 @@ from edgegen.cli import cli
 from edgegen.errors import (ArtifactError, EdgegenError, GraphLoadError, GraphMismatchError, IntegrityError,
                             ManifestError, UnsupportedFormatError)
 
-CORPUS = Path(__file__).resolve().parents[1] / "malformed"
+from tests_support import MALFORMED_DIR as CORPUS, load_make_corpus  # noqa: E402
 MAX_CORPUS_BYTES = 200_000
 
 
-def _load_make_corpus():
-    name = "edgegen_tests_make_corpus"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, CORPUS / "make_corpus.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
-make_corpus = _load_make_corpus()
+make_corpus = load_make_corpus()
 
 
 @dataclass(frozen=True)
@@ -86,6 +76,35 @@ EXPECT: dict[str, Expect] = {
     "causal-lm-without-tokenizer": Expect(
         ManifestError, ("lacks a 'tokenizer' asset", "re-convert")),
     "sampler-wrong-type": Expect(ManifestError, ("edgegen.json.sampler.context_length: expected an integer or null",)),
+    "manifest-nan": Expect(ManifestError, ("edgegen.json is not an edgegen manifest: it holds NaN", "re-convert")),
+    "manifest-number-overflow": Expect(ManifestError, ("holds the number '1e999', too large for a float",
+                                                       "re-convert")),
+    "manifest-long-integer": Expect(ManifestError, ("an integer of 5000 digits (at most 40", "re-convert")),
+    "manifest-deep-nesting": Expect(ManifestError, ("nests lists and objects more than 64 levels deep", "re-convert")),
+    "manifest-repeated-key": Expect(ManifestError, ("repeats the key 'family' in one object", "re-convert")),
+    "path-nul": Expect(ManifestError, ("edgegen.json.assets.tokenizer: file 'tok\\x00enizer.json' holds a control "
+                                       "character", "re-convert")),
+    "path-too-long": Expect(ManifestError, ("is too long (5,005 characters): at most 255 bytes per name",
+                                            "re-convert")),
+    "path-backslash": Expect(ManifestError, ("'sub\\\\tokenizer.json' must not contain '..' or backslashes",)),
+    "sampler-eos-beyond-vocab": Expect(ManifestError, ("edgegen.json.sampler.eos_token_ids: 8 is beyond the "
+                                                       "'decoder' graph's 8 logits", "re-convert the model")),
+    "sampler-pad-beyond-vocab": Expect(ManifestError, ("edgegen.json.sampler.pad_token_id: 99 is beyond",
+                                                       "re-convert the model")),
+    "sampler-bos-negative": Expect(ManifestError, ("edgegen.json.sampler.bos_token_id: must be an integer from 0",
+                                                   "got -1", "re-convert the model")),
+    "sampler-context-zero": Expect(ManifestError, ("edgegen.json.sampler.context_length: must be an integer from 2",
+                                                   "got 0", "re-convert the model")),
+    "sampler-context-absurd": Expect(ManifestError, ("edgegen.json.sampler.context_length:", "got 1000000000000",
+                                                     "re-convert the model")),
+    "defaults-out-of-range": Expect(ManifestError, ("edgegen.json.defaults: max_new_tokens must be a positive integer",
+                                                    "re-convert the model")),
+    "tokenizer-empty-object": Expect(ManifestError, ("tokenizer.json is not a tokenizer", "Model missing",
+                                                     "re-convert the model")),
+    "tokenizer-regex-panics": Expect(ManifestError, ("tokenizer.json crashes the tokenizers library",
+                                                     "retry-limit-in-match", "re-convert the model")),
+    "tokenizer-larger-than-logits": Expect(ManifestError, ("tokenizer.json has ids up to 8 but the 'decoder' graph's "
+                                                           "logits have 8 entries", "re-convert the model")),
 }
 
 

@@ -70,7 +70,8 @@ def test_directml_sessions_run_one_call_at_a_time(tmp_path):
     assert SERIALIZED_PROVIDERS == {"dml"}                     # every family's DirectML sessions, not only LMs'
     path = tmp_path / "tiny.onnx"
     onnx.save_model(tiny_graph(), str(path))
-    assert type(create_session(path, SessionConfig(), "cpu", label="g")) is ort.InferenceSession
+    plain = create_session(path, SessionConfig(), "cpu", label="g")   # guarded (time limit, cancel), not serialized
+    assert type(plain) is GuardedSession and isinstance(plain.run_lock, contextlib.nullcontext)
     assert type(create_session(path, SessionConfig(free_dimensions={"batch": 2}), "cpu", label="g")) is GuardedSession
     assert isinstance(GuardedSession(str(path), providers=["CPUExecutionProvider"]).run_lock, contextlib.nullcontext)
     session = GuardedSession(str(path), providers=["CPUExecutionProvider"], serialize=True)

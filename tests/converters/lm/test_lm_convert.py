@@ -98,12 +98,12 @@ def test_architecture_optimum_lacks_uses_our_export(converted) -> None:
     assert "hf_fallback" in m.source.converter and m.validation["greedy_identical"]
 
 
-def test_encoder_model_is_refused_naming_the_closest_architecture(tmp_path: Path) -> None:
+def test_encoder_model_is_refused_naming_what_it_is(tmp_path: Path) -> None:
     from transformers import BertConfig
 
     BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=32).save_pretrained(tmp_path / "bert")
-    with pytest.raises(UnsupportedModelError, match="'bert'.*closest supported architecture is"):
+    with pytest.raises(UnsupportedModelError, match="holds a BERT model, an encoder-only .*edgegen converts causal"):
         edgegen.convert(tmp_path / "bert", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -259,7 +259,7 @@ def test_gate_options_are_refused_where_they_cannot_apply(tmp_path: Path) -> Non
         edgegen.convert(dcgan_spec(), tmp_path / "b", quantize="none", lm_head="int8")
     hf = tmp_path / "hf"   # refused before the (missing) model is read
     hf.mkdir()
-    (hf / "config.json").write_text("{}")
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')   # no weights: refused before they are read
     for options, error in [
         ({"quantize": "int8", "lm_head": "int4"}, "--lm-head int4 does not apply to --quantize int8"),
         ({"quantize": "fp16", "lm_head": "float"}, "--lm-head float does not apply to --quantize fp16"),
@@ -280,7 +280,7 @@ def test_cli_gate_options(tmp_path: Path) -> None:
 
     hf = tmp_path / "hf"
     hf.mkdir()
-    (hf / "config.json").write_text("{}")
+    (hf / "config.json").write_text('{"model_type": "gpt2"}')   # no weights: refused before they are read
     out = CliRunner().invoke(cli, ["convert", str(hf), "-o", str(tmp_path / "o"), "-q", "int8", "--lm-head", "int4"])
     assert out.exit_code != 0 and out.output.count("\n") == 1 and "--lm-head int4 does not apply" in out.output
     out = CliRunner().invoke(cli, ["convert", str(hf), "-o", str(tmp_path / "o"), "--max-ppl-increase", "0"])
