@@ -216,3 +216,31 @@ def test_info_verify_fails_with_one_line(case, tmp_path):
     assert len(output.strip().splitlines()) == 1 and line.startswith("Error: "), output
     for word in expect.words:
         assert word in line, line
+
+
+#: every command that opens an artifact, with the arguments it needs besides the artifact
+COMMANDS = {
+    "info": ["info", "{art}", "--verify"],
+    "generate": ["generate", "{art}", "-p", "hi", "-n", "2"],
+    "sample": ["sample", "{art}", "-o", "{tmp}/out.png"],
+    "reconstruct": ["reconstruct", "{art}", "{tmp}/in.png", "-o", "{tmp}/rec.png"],
+    "score": ["score", "{art}", "{tmp}/in.png"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", sorted(EXPECT))
+def test_every_command_refuses_every_malformed_artifact_in_one_line(case, command, tmp_path):
+    """Each malformed artifact through each command: exit 1, one ``Error:`` line, no traceback, nothing written
+    (whether the command runs that family at all or not)."""
+    from PIL import Image
+
+    root = prepare(case, tmp_path)
+    Image.new("L", (8, 8)).save(tmp_path / "in.png")
+    args = [a.format(art=root, tmp=tmp_path) for a in COMMANDS[command]]
+    result = CliRunner().invoke(cli, args)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        pytest.fail("".join(traceback.format_exception(result.exception)))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "rec.png").exists()
