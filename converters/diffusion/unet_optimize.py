@@ -24,7 +24,7 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,22 @@ ROUNDS = 5
 
 
 @contextlib.contextmanager
-def _num_heads_fix() -> Iterator[None]:
+def _patching(targets: list[tuple[Any, str]], wrap: Callable[[Any], Any]) -> Iterator[None]:
+    """Each ``(owner, attribute)`` replaced by ``wrap(original)`` while the block runs, then restored."""
+    originals = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    for owner, name, original in originals:
+        setattr(owner, name, wrap(original))
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+
+
+def _num_heads_fix() -> contextlib.AbstractContextManager[None]:
     """Make FusionAttentionUnet.get_num_heads accept the shape-[1] constants torch 2 exports."""
     classes = [m.FusionAttentionUnet for name, m in list(sys.modules.items())
                if name.endswith("fusion_attention_unet") and hasattr(m, "FusionAttentionUnet")]
-    originals = [(cls, cls.__dict__["get_num_heads"]) for cls in classes if "get_num_heads" in cls.__dict__]
 
     def patched(original: Any) -> Any:
         def get_num_heads(self: Any, reshape_q: Any, is_torch2: bool = False) -> int:
@@ -62,34 +73,17 @@ def _num_heads_fix() -> Iterator[None]:
                 return max(heads, 0)
         return get_num_heads
 
-    for cls, original in originals:
-        cls.get_num_heads = patched(original)
-    try:
-        yield
-    finally:
-        for cls, original in originals:
-            cls.get_num_heads = original
+    return _patching([(cls, "get_num_heads") for cls in classes if "get_num_heads" in cls.__dict__], patched)
 
 
-@contextlib.contextmanager
-def _no_progress_bar() -> Iterator[None]:
+def _no_progress_bar() -> contextlib.AbstractContextManager[None]:
     """Keep the unet optimizer's tqdm bar ("fusion: 0%| ... 18/18") off the conversion's output: it draws one
     whenever tqdm is installed (onnx_model_unet asks ``is_installed("tqdm")``), terminal or not, between the
     report's own lines.  That one question is answered "no" while the optimizer runs."""
     modules = [m for name, m in list(sys.modules.items())
                if name.endswith("onnx_model_unet") and callable(getattr(m, "is_installed", None))]
-    originals = [(m, m.is_installed) for m in modules]
-
-    def without_tqdm(original: Any) -> Any:
-        return lambda package: package != "tqdm" and original(package)
-
-    for module, original in originals:
-        module.is_installed = without_tqdm(original)
-    try:
-        yield
-    finally:
-        for module, original in originals:
-            module.is_installed = original
+    return _patching([(m, "is_installed") for m in modules],
+                     lambda original: lambda package: package != "tqdm" and original(package))
 
 
 def fuse(path: Path, out: Path) -> dict[str, int]:
