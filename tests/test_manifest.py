@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgegen.errors import ArtifactError, ManifestError, UnsupportedFormatError
+from tests_support import json_parent, json_paths
 from edgegen.manifest import (MANIFEST_NAME, FileRef, GraphSpec, Manifest, Source, TensorSpec,
                               manifest_to_json, parse_manifest, read_manifest, write_manifest)
 
@@ -188,19 +189,8 @@ def test_fuzz_arbitrary_json_gives_only_manifest_errors(data):
 def test_fuzz_mutated_manifest_gives_only_manifest_errors(data):
     """Replace one value anywhere in a valid manifest by arbitrary JSON: parse or ManifestError."""
     doc = good_json()
-    paths = []
-
-    def walk(node, path):
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, child in items:
-            paths.append(path + (key,))
-            walk(child, path + (key,))
-
-    walk(doc, ())
-    path = data.draw(st.sampled_from(paths))
-    node = doc
-    for part in path[:-1]:
-        node = node[part]
+    path = data.draw(st.sampled_from(json_paths(doc)))
+    node = json_parent(doc, path)
     node[path[-1]] = data.draw(json_values)
     try:
         parse_manifest(doc)

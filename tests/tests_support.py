@@ -175,3 +175,25 @@ def load_by_path(name: str, path: Path):
         sys.modules[name] = module
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def json_paths(doc: object) -> list[tuple]:
+    """The path (keys and indices) of every value inside a parsed JSON document, depth first."""
+    paths: list[tuple] = []
+
+    def walk(node: object, path: tuple) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, child in items:
+            paths.append(path + (key,))
+            walk(child, path + (key,))
+
+    walk(doc, ())
+    return paths
+
+
+def json_parent(doc: object, path: tuple) -> object:
+    """The dict or list holding the value at ``path``."""
+    node = doc
+    for part in path[:-1]:
+        node = node[part]
+    return node

@@ -24,6 +24,7 @@ from edgegen.runtimes.image.gan import GANDefaults, GANSampler
 from edgegen.runtimes.image.vae import VAEDefaults, VAESampler, VQVAESampler
 from edgegen.runtimes.lm.sampler import CausalLMSampler
 from edgegen.runtimes.rnn.rnn_lm import RNNLMSampler
+from tests_support import json_parent, json_paths
 from edgegen.runtimes.text.loop import load_defaults
 from edgegen.strict import from_json
 from tests_support import tiny_graph
@@ -201,19 +202,8 @@ json_values = st.recursive(scalars, lambda children: st.lists(children, max_size
 def mutate(data: st.DataObject, section: dict) -> dict:
     """The section with one value anywhere in it replaced by arbitrary JSON (or one key added or dropped)."""
     doc = copy.deepcopy(section)
-    paths: list[tuple] = []
-
-    def walk(node: Any, path: tuple) -> None:
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-        for key, child in items:
-            paths.append(path + (key,))
-            walk(child, path + (key,))
-
-    walk(doc, ())
-    path = data.draw(st.sampled_from(paths))
-    node = doc
-    for part in path[:-1]:
-        node = node[part]
+    path = data.draw(st.sampled_from(json_paths(doc)))
+    node = json_parent(doc, path)
     action = data.draw(st.sampled_from(["replace", "replace", "drop", "add"]))
     if action == "drop" and isinstance(node, dict):
         del node[path[-1]]
