@@ -182,10 +182,10 @@ class CausalLM(TextModel):
 
     family = "causal-lm"
 
-    def __init__(self, artifact: Artifact, graph: DecoderGraph, tokenizer: tokenizers.Tokenizer, provider: str) -> None:
+    def __init__(self, artifact: Artifact, graph: DecoderGraph, tokenizer: tokenizers.Tokenizer, provider: str, *,
+                 sampler: CausalLMSampler, defaults: GenerationSettings) -> None:
         self.artifact, self.graph, self.tokenizer, self.provider = artifact, graph, tokenizer, provider
-        self.sampler = CausalLMSampler.from_manifest(artifact.manifest.sampler)
-        self.defaults = GenerationSettings.from_manifest(artifact.manifest.defaults)
+        self.sampler, self.defaults = sampler, defaults   # parsed and checked once, in from_artifact
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> CausalLM:
@@ -193,12 +193,12 @@ class CausalLM(TextModel):
         require_parts(artifact, cls.family, "decoder")
         # bad sections, a bad tokenizer, or ids beyond the vocabulary fail before any session opens
         sampler = CausalLMSampler.from_manifest(m.sampler)
-        load_defaults(m.defaults)
+        defaults = load_defaults(m.defaults)
         tokenizer = load_checked_tokenizer(artifact, "decoder", sampler.token_ids())
         provider, sessions = open_sessions(artifact, config)
         # the KV cache lives in the provider's memory (CUDA, DirectML): no host round trip per token
         graph = DecoderGraph(sessions["decoder"], device=ORT_DEVICES[provider], device_id=config.device_id)
-        return cls(artifact, graph, tokenizer, provider)
+        return cls(artifact, graph, tokenizer, provider, sampler=sampler, defaults=defaults)
 
     # -- the step API ------------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:

@@ -169,10 +169,10 @@ class RNNLM(TextModel):
 
     family = "rnn-lm"
 
-    def __init__(self, artifact: Artifact, graph: StepGraph, tokenizer: tokenizers.Tokenizer, provider: str) -> None:
+    def __init__(self, artifact: Artifact, graph: StepGraph, tokenizer: tokenizers.Tokenizer, provider: str, *,
+                 sampler: RNNLMSampler, defaults: GenerationSettings) -> None:
         self.artifact, self.graph, self.tokenizer, self.provider = artifact, graph, tokenizer, provider
-        self.sampler = RNNLMSampler.from_manifest(artifact.manifest.sampler)
-        self.defaults = GenerationSettings.from_manifest(artifact.manifest.defaults)
+        self.sampler, self.defaults = sampler, defaults   # parsed and checked once, in from_artifact
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> RNNLM:
@@ -180,7 +180,7 @@ class RNNLM(TextModel):
         require_parts(artifact, cls.family, "step")
         # bad sections, a bad tokenizer, or ids beyond the vocabulary fail before any session opens
         sampler = RNNLMSampler.from_manifest(m.sampler)
-        load_defaults(m.defaults)
+        defaults = load_defaults(m.defaults)
         declared = [(i, spec.shape) for i, shape in enumerate(sampler.state_shapes)
                     if (spec := m.graphs["step"].tensor(f"state.{i}")) is not None and not spec.fits(shape)]
         if declared:
@@ -191,7 +191,7 @@ class RNNLM(TextModel):
         tokenizer = load_checked_tokenizer(artifact, "step", sampler.token_ids())
         provider, sessions = open_sessions(artifact, config, roles=("step",))
         graph = StepGraph(sessions["step"], sampler.state_shapes)
-        return cls(artifact, graph, tokenizer, provider)
+        return cls(artifact, graph, tokenizer, provider, sampler=sampler, defaults=defaults)
 
     # -- the step API -----------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> RNNGenerator:
