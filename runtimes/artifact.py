@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from edgegen.errors import ArtifactError, GraphLoadError, IntegrityError
 from edgegen.manifest import Manifest, read_manifest
-from edgegen.runtimes.onnx_refs import OnnxRefsError, external_references, vet_references
+from edgegen.runtimes.onnx_refs import ExternalRef, OnnxRefsError, external_references, vet_references
 from edgegen.runtimes.session import (ProviderName, SessionConfig, check_free_dimensions, check_io, create_session,
                                       resolve_provider)
 
@@ -91,6 +91,22 @@ def verify_checksums(artifact: Artifact) -> None:
     check_external_data_references(artifact)
 
 
+_refs_cache: dict[str, list[ExternalRef]] = {}
+
+
+def _references(graph: Path) -> list[ExternalRef]:
+    """The graph's external-data references, parsed once per content (keyed by its sha256, itself remembered
+    by :func:`sha256_file`): a load checks twice, before reading the tokenizer and before opening sessions."""
+    digest = sha256_file(graph)
+    with _hash_lock:
+        cached = _refs_cache.get(digest)
+    if cached is None:
+        cached = external_references(graph)
+        with _hash_lock:
+            _refs_cache[digest] = cached
+    return cached
+
+
 def check_external_data_references(artifact: Artifact) -> None:
     """Refuse a graph whose tensors keep their bytes anywhere but in a regular file inside the artifact that the
     manifest lists for that graph (absolute or ``..`` locations, symlinks, unlisted files, ranges past the end).
@@ -99,7 +115,7 @@ def check_external_data_references(artifact: Artifact) -> None:
     problems = []
     for role, spec in artifact.manifest.graphs.items():
         try:
-            refs = external_references(artifact.path(spec.file))
+            refs = _references(artifact.path(spec.file))
         except (OnnxRefsError, OSError) as exc:
             raise GraphLoadError(f"graph {role!r} ({spec.file}): cannot load it: {exc}; the file is corrupt or not "
                                  "ONNX: re-convert the model or re-copy the artifact") from None
