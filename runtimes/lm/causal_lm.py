@@ -27,6 +27,7 @@ import tokenizers
 from edgegen.errors import ContextOverflowError, InvalidArgumentError
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.lm.decoder import DecoderGraph, StepBinding, positions_from_mask
+from edgegen.runtimes.lm.kv_cache import KVState, PrefixCache, state_bytes, trimmed
 from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.lm.sampler import CausalLMSampler
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved
@@ -98,6 +99,33 @@ class Generator(StepGenerator):
             raise ContextOverflowError(
                 f"the prompt is {length} tokens but the model's context is {limit}; shorten it or pass "
                 "truncate_prompt=True (--truncate) to keep its last tokens")
+
+    # -- KV reuse (batch 1: chat) ---------------------------------------------------------------
+    def resume(self, state: KVState, ids: Sequence[int], copy: bool) -> list[int]:
+        """Start this batch-1 run from ``state``'s cache: keep the positions of the prefix ``ids`` shares with it
+        (at least one token still runs: the next logits come from it) and return the tokens left to append.
+        ``copy``: the state stays its owner's (the prefix cache), so this run works on a copy."""
+        if self.batch != 1 or self.graph.layout is None or self._ids.shape[1]:
+            raise InvalidArgumentError("resume() starts a fresh batch-1 run of a model with a KV cache")
+        keep = min(state.common_prefix(ids), len(ids) - 1)
+        if keep < 1:
+            return list(ids)
+        self._past = trimmed(state, keep, self.graph.device, self.graph.device_id, copy)
+        self._ids = np.asarray([list(ids[:keep])], dtype=np.int64)      # [1, keep]
+        self._mask = np.ones_like(self._ids)                            # [1, keep]
+        self.reused_tokens = keep
+        return list(ids[keep:])
+
+    def state(self) -> KVState | None:
+        """The cache of the tokens run so far (batch 1; the last sampled token has not run yet), or None."""
+        if self.batch != 1 or self.graph.layout is None or self._row_past is not None or not self._past:
+            return None
+        run = self._ids.shape[1] - (self._pending.shape[1] if self._pending is not None else 0)
+        if run < 1:
+            return None
+        itemsize = np.dtype(self.graph.layout.dtype).itemsize
+        return KVState(tuple(int(i) for i in self._ids[0, :run]), self._past, self._share,
+                       state_bytes(self._past, itemsize))
 
     # -- stepping ---------------------------------------------------------------------------
     def _forward(self) -> None:
@@ -186,6 +214,8 @@ class CausalLM(TextModel):
                  sampler: CausalLMSampler, defaults: GenerationSettings) -> None:
         self.artifact, self.graph, self.tokenizer, self.provider = artifact, graph, tokenizer, provider
         self.sampler, self.defaults = sampler, defaults   # parsed and checked once, in from_artifact
+        #: KV states of recent chat requests, reused by a later request sharing their prefix (a system prompt)
+        self.prefix_cache = PrefixCache()
 
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> CausalLM:
@@ -215,5 +245,18 @@ class CausalLM(TextModel):
             keep = max(1, limit - settings.max_new_tokens)
             ids = ids[-keep:]
         return ids
+
+    # -- KV reuse for chat (TextModel's hooks) --------------------------------------------------------
+    def _kv_start(self, gen: Generator, ids: list[int], state: KVState | None) -> list[int]:
+        """Seed ``gen`` from a session's own ``state`` (no copy), else from the prefix cache (a copy)."""
+        if gen.batch != 1 or self.graph.layout is None:
+            return ids
+        if state is not None:
+            return gen.resume(state, ids, copy=False)
+        cached, _ = self.prefix_cache.best(ids)
+        return ids if cached is None else gen.resume(cached, ids, copy=True)
+
+    def _kv_state(self, gen: Generator) -> KVState | None:
+        return gen.state()
 
     # -- conveniences ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ import tokenizers
 from edgegen.errors import CancelledError, InvalidArgumentError, ManifestError
 from edgegen.runtimes.run_control import cancel_on
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved, check_text, resolve, sources
+from edgegen.runtimes.text.logprobs import TokenLogprob, token_logprobs
 from edgegen.runtimes.text.sampling import sample
 from edgegen.runtimes.text.decoding import IncrementalDecoder, StopStringMatcher
 from edgegen.runtimes.text.tokenizer import check_vocabulary, load_tokenizer, tokenizer_call
@@ -42,6 +43,10 @@ class Completion:
     #: The most new tokens this run could give: max_new_tokens, cut to the room the context left after the
     #: (longest) prompt; below the setting means the context clamped it.  None: not recorded.
     token_budget: int | None = None
+    #: With ``logprobs=True``: one entry per generated token (a stop token included), else None.
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    #: Prompt tokens whose KV came from a cache (a chat session's last turn, the prefix cache), not run again.
+    cached_tokens: int = 0
 
 
 class StepGenerator:
@@ -63,6 +68,14 @@ class StepGenerator:
         self._ids = np.zeros((batch, 0), dtype=np.int64)          # [B, L] all tokens, left-padded
         self.finished = np.zeros(batch, dtype=bool)
         self.finish_reasons: list[str | None] = [None] * batch
+        #: per row, with logprobs on: each generated token's TokenLogprob
+        self.logprobs: list[list[TokenLogprob]] | None = \
+            [[] for _ in range(batch)] if settings.top_logprobs is not None else None
+        #: a token constraint (:mod:`edgegen.runtimes.text.constrained`): ``mask(logits, live) -> logits`` before
+        #: sampling, ``advance(tokens, live) -> rows it ended`` after; set before the first step
+        self.constraint: Any = None
+        #: prompt tokens of row 0 whose KV a cache gave (set by a runtime that can resume one)
+        self.reused_tokens = 0
 
     def _check_rows(self, rows: Sequence[Sequence[int]]) -> None:
         if len(rows) != self.batch:
@@ -94,13 +107,22 @@ class StepGenerator:
 
     def _step(self) -> np.ndarray:
         logits, history = self.next_logits(), self._ids                            # [B, V], [B, L]
-        tokens = sample(logits, self.settings.sampling, self.rng, history=history, history_mask=self._real())
+        live = ~self.finished                                                       # [B]
+        allowed = logits if self.constraint is None else self.constraint.mask(logits, live)   # [B, V]
+        tokens = sample(allowed, self.settings.sampling, self.rng, history=history, history_mask=self._real())
         tokens = np.where(self.finished, history[:, -1], tokens).astype(np.int64)   # [B] finished rows repeat
-        for b in np.flatnonzero(~self.finished):
+        if self.logprobs is not None:
+            rows = np.flatnonzero(live)
+            for b, entry in zip(rows, token_logprobs(logits[rows], tokens[rows], self.settings.top_logprobs or 0)):
+                self.logprobs[b].append(entry)
+        ended = set(self.constraint.advance(tokens, live)) if self.constraint is not None else set()
+        for b in np.flatnonzero(live):
             token = int(tokens[b])
             self._new[b].append(token)
             if token in self._stop_ids:
                 self.finish(b, "eos" if token in self._eos else "stop")
+            elif b in ended:   # the constraint's grammar is complete and allows nothing more
+                self.finish(b, "stop")
             elif len(self._new[b]) >= self._budget:
                 self.finish(b, "length")
         self._advance(tokens)
@@ -209,6 +231,43 @@ class TextModel:
             raise InvalidArgumentError("the prompt encodes to no tokens: give some text to continue")
         return ids
 
+    # -- chat (edgegen.runtimes.text.chat) ----------------------------------------------------------
+    def chat(self, messages: Sequence[dict[str, Any]], settings: GenerationSettings | None = None, *,
+             template: Any = None, tools: Any = None, documents: Any = None,
+             cancel: threading.Event | None = None) -> Any:
+        """The assistant's reply to ``messages`` (a :class:`~edgegen.runtimes.text.chat.ChatReply`), rendered
+        with the model's chat template (or ``template``: "chatml", a file) and ended at its end-of-turn tokens."""
+        stream = self.chat_stream(messages, settings, template=template, tools=tools, documents=documents,
+                                  cancel=cancel)
+        for _ in stream:
+            pass
+        return stream.reply
+
+    def chat_stream(self, messages: Sequence[dict[str, Any]], settings: GenerationSettings | None = None, *,
+                    template: Any = None, tools: Any = None, documents: Any = None,
+                    cancel: threading.Event | None = None) -> Any:
+        """The reply's text pieces as they come (a ChatStream; its ``reply`` is set once iterated)."""
+        from edgegen.runtimes.text.chat import ChatStream, chat_ids, run_chat, template_of
+
+        chosen = template_of(self, template)
+        ids = chat_ids(self, chosen, messages, tools=tools, documents=documents)
+        return ChatStream(*run_chat(self, ids, chosen, settings, cancel))
+
+    def chat_session(self, *, system: str | None = None, settings: GenerationSettings | None = None,
+                     template: Any = None, tools: Any = None) -> Any:
+        """A :class:`~edgegen.runtimes.text.chat.ChatSession`: a conversation that keeps its KV cache."""
+        from edgegen.runtimes.text.chat import ChatSession
+
+        return ChatSession(self, system=system, settings=settings, template=template, tools=tools)
+
+    def _kv_start(self, gen: Any, ids: list[int], state: Any) -> list[int]:
+        """Seed a batch-1 generator from a cache; the tokens still to run (a model without KV reuse: all)."""
+        return ids
+
+    def _kv_state(self, gen: Any) -> Any:
+        """The finished run's cache to keep (None: this model cannot reuse one)."""
+        return None
+
     def stream_batch(self, prompts: Sequence[str], settings: GenerationSettings | None = None,
                      cancel: threading.Event | None = None) -> Iterator[tuple[int, str]]:
         """Yield (row, text) pieces as they become final; the last state is in ``self`` of the run."""
@@ -255,12 +314,21 @@ class TextModel:
             raise InvalidArgumentError("prompts must be a non-empty list of strings")
         resolved = resolve(settings or GenerationSettings(), self.defaults)
         prompt_ids = [self._prompt_ids(p, resolved) for p in prompts]
-        gen = self._new_generator(resolved, len(prompts), cancel)
+        yield from self._run_ids(prompt_ids, resolved, cancel, results, progress)
+
+    def _run_ids(self, prompt_ids: list[list[int]], resolved: Resolved, cancel: threading.Event | None,
+                 results: list[Completion] | None, progress: Callable[[int, int], None] | None = None,
+                 start: Callable[[Any, list[int]], list[int]] | None = None,
+                 done: Callable[[Any], None] | None = None) -> Iterator[tuple[int, str]]:
+        """The run itself, on encoded prompts.  ``start(gen, ids) -> ids to append`` may seed a batch-1
+        generator with a cache it already has (chat: KV reuse) and return the tokens it still has to run;
+        ``done(gen)`` sees the generator at the end (a chat session keeps its cache)."""
+        gen = self._new_generator(resolved, len(prompt_ids), cancel)
         decoders = [IncrementalDecoder(self.tokenizer, ids) for ids in prompt_ids]
-        stops = [StopStringMatcher(resolved.stop) for _ in prompts]
-        texts = [""] * len(prompts)
-        start = time.perf_counter()
-        gen.append_tokens(prompt_ids)
+        stops = [StopStringMatcher(resolved.stop) for _ in prompt_ids]
+        texts = [""] * len(prompt_ids)
+        started = time.perf_counter()
+        gen.append_tokens(prompt_ids if start is None else [start(gen, prompt_ids[0])])
         first_token_at = None
         budget, steps = gen._budget, 0    # after append_tokens: bounded by the context
         while not gen.is_done():
@@ -287,9 +355,11 @@ class TextModel:
                     texts[b] += out
                     yield int(b), out
         end = time.perf_counter()
+        if done is not None:
+            done(gen)
         if results is not None:
             first_token_at = first_token_at or end
-            prefill = first_token_at - start
+            prefill = first_token_at - started
             for b, ids in enumerate(prompt_ids):
                 new = gen.tokens(b)
                 decode_n = max(len(new) - 1, 0)
@@ -298,4 +368,6 @@ class TextModel:
                     finish_reason=gen.finish_reasons[b] or "length", time_to_first_token_s=prefill,
                     prefill_tokens_per_s=len(ids) / prefill if prefill > 0 else float("inf"),
                     decode_tokens_per_s=decode_n / (end - first_token_at) if end > first_token_at else 0.0,
-                    token_budget=max(budget, 0)))
+                    token_budget=max(budget, 0),
+                    logprobs=None if gen.logprobs is None else tuple(gen.logprobs[b]),
+                    cached_tokens=gen.reused_tokens if b == 0 else 0))

@@ -49,6 +49,14 @@ class GenerationSettings:
     truncate_prompt: bool | None = None
     #: Generate up to max_new_tokens even after an end-of-sequence token.
     ignore_eos: bool | None = None
+    #: Record each generated token's log-probability under the model (``Completion.logprobs``).
+    logprobs: bool | None = None
+    #: With logprobs: the N most likely alternatives at each position too (0..20, as OpenAI's API).
+    top_logprobs: int | None = None
+    #: Constrained decoding, as OpenAI's ``response_format``: ``{"type": "json_object"}``,
+    #: ``{"type": "json_schema", "json_schema": {"schema": {...}}}``, ``{"type": "regex", "regex": "..."}``,
+    #: ``{"type": "grammar", "grammar": "<Lark>"}`` (:mod:`edgegen.runtimes.text.constrained`).
+    response_format: Any = None
 
     def __post_init__(self) -> None:
         # A str is ONE stop string (iterating "\n\n" would make two one-character stops) and an int ONE
@@ -76,7 +84,10 @@ class GenerationSettings:
 BUILTIN = GenerationSettings(
     max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
     repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, stop=(), stop_token_ids=(),
-    truncate_prompt=False, ignore_eos=False)
+    truncate_prompt=False, ignore_eos=False, logprobs=False, top_logprobs=0)
+
+#: OpenAI's bound on top_logprobs.
+MAX_TOP_LOGPROBS = 20
 
 _SAMPLING_FIELDS = tuple(f.name for f in fields(SamplingSettings))
 
@@ -92,6 +103,9 @@ class Resolved:
     seed: int | None
     truncate_prompt: bool
     ignore_eos: bool
+    #: None: no logprobs; N >= 0: each token's logprob and its N likeliest alternatives.
+    top_logprobs: int | None = None
+    response_format: Any = None
 
 
 def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resolved:
@@ -115,6 +129,12 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
     if stop_ids is None or any(isinstance(x, bool) or not isinstance(x, numbers.Integral) or x < 0 for x in stop_ids):
         problems.append(f"stop_token_ids must be non-negative integers, got {shown(s.stop_token_ids, 80)}")
         stop_ids = ()
+    if not isinstance(s.logprobs, bool):
+        problems.append(f"logprobs must be true or false, got {shown(s.logprobs)}")
+    if not _is_int(s.top_logprobs) or not 0 <= s.top_logprobs <= MAX_TOP_LOGPROBS:
+        problems.append(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {shown(s.top_logprobs)}")
+    elif s.top_logprobs and s.logprobs is not True:
+        problems.append("top_logprobs needs logprobs=True (--logprobs)")
     sampling = None
     try:
         sampling = SamplingSettings(**{name: getattr(s, name) for name in _SAMPLING_FIELDS})
@@ -125,7 +145,8 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
     assert sampling is not None
     return Resolved(max_new_tokens=s.max_new_tokens, sampling=sampling, stop=stop,  # type: ignore[arg-type]
                     stop_token_ids=frozenset(int(x) for x in stop_ids), seed=s.seed,
-                    truncate_prompt=bool(s.truncate_prompt), ignore_eos=bool(s.ignore_eos))
+                    truncate_prompt=bool(s.truncate_prompt), ignore_eos=bool(s.ignore_eos),
+                    top_logprobs=s.top_logprobs if s.logprobs else None, response_format=s.response_format)
 
 
 def sources(settings: GenerationSettings, defaults: GenerationSettings) -> dict[str, tuple[Any, str]]:
