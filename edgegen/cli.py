@@ -288,40 +288,88 @@ def _clamped(asked: int, results: list[Any], context: int | None) -> list[dict[s
              "reason": f"the context is {context} tokens and {prompt} takes {longest}"}]
 
 
+def generation_options(command: Any) -> Any:
+    """The sampling and stopping options of the text commands (generate, chat): GenerationSettings' fields."""
+    for option in reversed([
+            click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=None,
+                         help="Most tokens to generate, cut to what the context leaves [default: the artifact's, else 128]."),
+            click.option("-t", "--temperature", type=float, default=None,
+                         help="Randomness: 0 = greedy (the likeliest token every time), 1 = the model's own distribution."),
+            click.option("--top-k", type=int, default=None, help="Sample among the K likeliest tokens only (0 = all)."),
+            click.option("--top-p", type=float, default=None,
+                         help="Nucleus sampling: among the likeliest tokens that hold this much probability (1 = all)."),
+            click.option("--min-p", type=float, default=None,
+                         help="Drop tokens less likely than this fraction of the likeliest one (0 = off)."),
+            click.option("--typical-p", type=float, default=None,
+                         help="Typical sampling: keep the tokens of most typical surprise holding this much probability "
+                              "(1 = off)."),
+            click.option("--repetition-penalty", type=float, default=None,
+                         help="Make tokens already in the prompt or text less likely (1 = off; 1.1 to 1.3 curbs loops)."),
+            click.option("--presence-penalty", type=float, default=None,
+                         help="Lower the logit of every token already seen by this, -2 to 2 (0 = off)."),
+            click.option("--frequency-penalty", type=float, default=None,
+                         help="Lower each token's logit by this times its count so far, -2 to 2 (0 = off)."),
+            click.option("--stop", multiple=True, help="Stop at this string (repeatable)."),
+            click.option("--stop-token-id", "stop_token_ids", type=int, multiple=True,
+                         help="Stop at this token id (repeatable)."),
+            click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same text."),
+            click.option("--truncate", "truncate_prompt", is_flag=True, default=None,
+                         help="Keep the end of a prompt longer than the context."),
+            click.option("--ignore-eos", is_flag=True, default=None, help="Keep going after end-of-sequence."),
+            click.option("--logprobs", is_flag=True, default=None,
+                         help="Record each token's log-probability (in --json, as OpenAI's logprobs.content)."),
+            click.option("--top-logprobs", type=click.IntRange(min=0, max=20), default=None, metavar="N",
+                         help="With --logprobs: the N likeliest alternatives at each token too."),
+            click.option("--json-schema", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                         help="Constrain the output to JSON that validates against this JSON Schema file."),
+            click.option("--regex", default=None, help="Constrain the output to text matching this regular expression."),
+            click.option("--grammar", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                         help="Constrain the output to this grammar (a Lark file).")]):
+        command = option(command)
+    return command
+
+
+def settings_from_options(stop: tuple[str, ...] = (), stop_token_ids: tuple[int, ...] = (),
+                          json_schema: str | None = None, regex: str | None = None, grammar: str | None = None,
+                          **sampling: Any) -> Any:
+    """The text commands' options as GenerationSettings (a constraint's files read and checked here)."""
+    from edgegen import GenerationSettings
+
+    response_format = None
+    if json_schema is not None or regex is not None or grammar is not None:
+        from edgegen.runtimes.text.constrained import response_format_from_options
+
+        response_format = response_format_from_options(json_schema, regex, grammar)
+    return GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
+                              response_format=response_format, **sampling)
+
+
+def logprobs_json(lm: Any, completion: Any) -> dict[str, Any]:
+    """``{"logprobs": {"content": [...]}}`` (OpenAI's shape) for a completion that recorded them, else {}."""
+    if completion.logprobs is None:
+        return {}
+    from edgegen.runtimes.text.logprobs import openai_logprobs
+
+    return {"logprobs": {"content": openai_logprobs(lm.tokenizer, completion.logprobs)}}
+
+
 @cli.command(short_help="Generate text from a causal-lm or rnn-lm artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("-p", "--prompt", "prompts", multiple=True,
               help="Text to continue (repeat for a batch; default: standard input, less one final newline).")
-@click.option("-n", "--max-new-tokens", type=click.IntRange(min=1), default=None,
-              help="Most tokens to generate, cut to what the context leaves [default: the artifact's, else 128].")
-@click.option("-t", "--temperature", type=float, default=None,
-              help="Randomness: 0 = greedy (the likeliest token every time), 1 = the model's own distribution.")
-@click.option("--top-k", type=int, default=None, help="Sample among the K likeliest tokens only (0 = all).")
-@click.option("--top-p", type=float, default=None,
-              help="Nucleus sampling: among the likeliest tokens that hold this much probability (1 = all).")
-@click.option("--min-p", type=float, default=None,
-              help="Drop tokens less likely than this fraction of the likeliest one (0 = off).")
-@click.option("--typical-p", type=float, default=None,
-              help="Typical sampling: keep the tokens of most typical surprise holding this much probability "
-                   "(1 = off).")
-@click.option("--repetition-penalty", type=float, default=None,
-              help="Make tokens already in the prompt or text less likely (1 = off; 1.1 to 1.3 curbs loops).")
-@click.option("--presence-penalty", type=float, default=None,
-              help="Lower the logit of every token already seen by this, -2 to 2 (0 = off).")
-@click.option("--frequency-penalty", type=float, default=None,
-              help="Lower each token's logit by this times its count so far, -2 to 2 (0 = off).")
-@click.option("--stop", multiple=True, help="Stop at this string (repeatable).")
-@click.option("--stop-token-id", "stop_token_ids", type=int, multiple=True, help="Stop at this token id (repeatable).")
-@click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same text.")
-@click.option("--truncate", "truncate_prompt", is_flag=True, default=None,
-              help="Keep the end of a prompt longer than the context.")
-@click.option("--ignore-eos", is_flag=True, default=None, help="Keep going after end-of-sequence.")
+@click.option("--chat", "as_chat", is_flag=True,
+              help="Each prompt is a user message: rendered with the model's chat template, the reply ends at its "
+                   "end-of-turn token, and only the reply is printed.")
+@click.option("--system", default=None, help="With --chat (implied): the system message.")
+@click.option("--template", default=None, metavar="chatml|FILE",
+              help="With --chat (implied): this chat template instead of the artifact's (chatml, or a .jinja file).")
+@generation_options
 @runtime_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print completions, the settings used (and where each came from) and timings as JSON (no "
                    "streaming).")
-def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: dict[str, Any],
-             stop: tuple[str, ...], stop_token_ids: tuple[int, ...], **sampling: Any) -> None:
+def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: dict[str, Any], as_chat: bool,
+             system: str | None, template: str | None, **options: Any) -> None:
     """Generate text from a causal-lm or rnn-lm ARTIFACT.
 
     Standard output gets each prompt followed by its continuation, ending in a newline: one prompt
@@ -339,8 +387,7 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
     from edgegen.runtimes.text.settings import check_text, resolve
 
     texts = _read_prompts(prompts)
-    settings = GenerationSettings(stop=stop or None, stop_token_ids=stop_token_ids or None,
-                                  **sampling)
+    settings = settings_from_options(**options)
     resolve(settings, GenerationSettings())   # bad settings and prompts fail before the model loads
     for text in texts:
         check_text(text, "the prompt")   # a shell's bytes that are not UTF-8 arrive as lone surrogates
@@ -348,6 +395,12 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
     if family not in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm and rnn-lm "
                                    "artifacts")
+    if as_chat or system is not None or template is not None:
+        from edgegen.cli_chat import generate_chat
+
+        generate_chat(artifact, texts, settings, system=system, template=template, as_json=as_json,
+                      runtime=runtime)
+        return
     lm = edgegen.load(artifact, **runtime)
     used = lm.settings_sources(settings)
     from_artifact = [_setting_text(name, value) for name, (value, origin) in used.items() if origin == "artifact"]
@@ -396,7 +449,8 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
             "prompt": prompt, "text": r.text, "finish_reason": r.finish_reason, "prompt_tokens": r.prompt_tokens,
             "new_tokens": len(r.token_ids), "token_budget": r.token_budget,
             "time_to_first_token_s": r.time_to_first_token_s,
-            "prompt_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s}
+            "prompt_tokens_per_s": r.prefill_tokens_per_s, "decode_tokens_per_s": r.decode_tokens_per_s,
+            **logprobs_json(lm, r)}
             for prompt, r in zip(texts, results, strict=True)]})
         return
     if stream:
@@ -706,6 +760,9 @@ def _short(value: Any) -> str:
     if isinstance(value, dict):   # None: a figure that does not apply
         return ", ".join(f"{k}={_short(v)}" for k, v in value.items() if v is not None)
     return str(value)
+
+
+from edgegen import cli_chat  # noqa: E402,F401  (registers `chat` on the group; it imports this module)
 
 
 def main() -> None:

@@ -234,6 +234,9 @@ class CausalLM(TextModel):
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:
         return Generator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
 
+    def _vocab_size(self) -> int | None:
+        return self.graph.vocab_size
+
     def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
         ids = self._encode_prompt(prompt)
         limit = self.sampler.context_length

@@ -36,6 +36,7 @@ from edgegen.errors import GraphMismatchError, InvalidArgumentError, ManifestErr
 from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.text.loop import StepGenerator, TextModel, load_checked_tokenizer, load_defaults, require_parts
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved
+from edgegen.runtimes.text.tokenizer import logits_vocab
 from edgegen.runtimes.session import SessionConfig
 
 __all__ = ["RNNLM", "RNNGenerator", "RNNLMSampler", "StepGraph"]
@@ -196,6 +197,9 @@ class RNNLM(TextModel):
     # -- the step API -----------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> RNNGenerator:
         return RNNGenerator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
+
+    def _vocab_size(self) -> int | None:
+        return logits_vocab(self.artifact, "step")
 
     def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
         return self._encode_prompt(prompt)   # no context limit: the state has a fixed size

@@ -199,6 +199,7 @@ class TextModel:
 
     tokenizer: Any
     defaults: GenerationSettings
+    sampler: Any            # its eos_token_ids end a run (and a constrained run where the grammar may end)
 
     def _prompt_ids(self, prompt: str, settings: Resolved) -> list[int]:
         raise NotImplementedError
@@ -209,7 +210,24 @@ class TextModel:
     def generator(self, settings: GenerationSettings | None = None, batch: int = 1,
                   cancel: threading.Event | None = None) -> Any:
         """A step generator for one run (the caller owns the loop)."""
-        return self._new_generator(resolve(settings or GenerationSettings(), self.defaults), batch, cancel)
+        resolved = resolve(settings or GenerationSettings(), self.defaults)
+        gen = self._new_generator(resolved, batch, cancel)
+        self._constrain(gen, resolved)
+        return gen
+
+    def _constrain(self, gen: Any, settings: Resolved) -> None:
+        """Give ``gen`` the token constraint ``settings.response_format`` asks for (structured output,
+        :mod:`edgegen.runtimes.text.constrained`), before any graph runs: a bad grammar fails first."""
+        if settings.response_format is None:
+            return
+        from edgegen.runtimes.text.constrained import compile_constraint
+
+        gen.constraint = compile_constraint(settings.response_format, self.tokenizer, self.sampler.eos_token_ids,
+                                            self._vocab_size(), gen.batch, stop_ids=sorted(settings.stop_token_ids))
+
+    def _vocab_size(self) -> int | None:
+        """The width of the logits the loop samples from, where the graph fixes it (None: unknown)."""
+        return None
 
     def settings_sources(self, settings: GenerationSettings | None = None) -> dict[str, tuple[Any, str]]:
         """Each setting's value for a run with ``settings`` and where it comes from: "caller", "artifact"
@@ -324,6 +342,7 @@ class TextModel:
         generator with a cache it already has (chat: KV reuse) and return the tokens it still has to run;
         ``done(gen)`` sees the generator at the end (a chat session keeps its cache)."""
         gen = self._new_generator(resolved, len(prompt_ids), cancel)
+        self._constrain(gen, resolved)
         decoders = [IncrementalDecoder(self.tokenizer, ids) for ids in prompt_ids]
         stops = [StopStringMatcher(resolved.stop) for _ in prompt_ids]
         texts = [""] * len(prompt_ids)
@@ -341,7 +360,7 @@ class TextModel:
                 progress(steps, budget)
             for b in live:
                 token = int(tokens[b])
-                is_stop_token = gen.finish_reasons[b] in ("eos", "stop") and gen.finished[b]
+                is_stop_token = token in gen._stop_ids   # not a token a constraint ended the row after
                 piece = decoders[b].add([] if is_stop_token else [token])
                 if gen.finished[b]:
                     piece += decoders[b].flush()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from edgegen.errors import InvalidArgumentError, ManifestError
+from edgegen.runtimes.text.constrained import parse_response_format
 from edgegen.runtimes.text.sampling import SamplingSettings, shown
 from edgegen.strict import from_json
 
@@ -73,7 +74,11 @@ class GenerationSettings:
 
     @classmethod
     def from_manifest(cls, section: dict[str, Any]) -> GenerationSettings:
-        return from_json(cls, section, where="edgegen.json.defaults", error=ManifestError)
+        settings = from_json(cls, section, where="edgegen.json.defaults", error=ManifestError)
+        if settings.response_format is not None:   # a grammar is the caller's choice, never an artifact's
+            raise ManifestError("edgegen.json.defaults.response_format: an artifact cannot constrain every run's "
+                                "output; remove it (a caller passes response_format per run) or re-convert the model")
+        return settings
 
     def over(self, base: GenerationSettings) -> GenerationSettings:
         """These settings, with every unset field taken from ``base``."""
@@ -135,6 +140,12 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
         problems.append(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {shown(s.top_logprobs)}")
     elif s.top_logprobs and s.logprobs is not True:
         problems.append("top_logprobs needs logprobs=True (--logprobs)")
+    response_format = None
+    try:
+        if parse_response_format(s.response_format) is not None:   # {"type": "text"} is no constraint
+            response_format = s.response_format
+    except InvalidArgumentError as exc:
+        problems.append(str(exc))
     sampling = None
     try:
         sampling = SamplingSettings(**{name: getattr(s, name) for name in _SAMPLING_FIELDS})
@@ -146,7 +157,7 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
     return Resolved(max_new_tokens=s.max_new_tokens, sampling=sampling, stop=stop,  # type: ignore[arg-type]
                     stop_token_ids=frozenset(int(x) for x in stop_ids), seed=s.seed,
                     truncate_prompt=bool(s.truncate_prompt), ignore_eos=bool(s.ignore_eos),
-                    top_logprobs=s.top_logprobs if s.logprobs else None, response_format=s.response_format)
+                    top_logprobs=s.top_logprobs if s.logprobs else None, response_format=response_format)
 
 
 def sources(settings: GenerationSettings, defaults: GenerationSettings) -> dict[str, tuple[Any, str]]:
