@@ -101,6 +101,26 @@ def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0, **overrides: object) 
     return dest
 
 
+#: The ChatML template (Qwen2, SmolLM) as a tokenizer_config.json holds it.
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+          "{% endif %}")
+
+
+def write_chat_lm(dest: Path, arch: str, template: str | None = CHATML, **overrides: object) -> Path:
+    """write_tiny_hf_lm's model with <|im_start|> / <|im_end|> added to its tokenizer and ``template`` saved as
+    its chat template (None: none), as transformers' save_pretrained writes them."""
+    from transformers import PreTrainedTokenizerFast
+
+    write_tiny_hf_lm(dest, arch, **overrides)
+    tok = PreTrainedTokenizerFast.from_pretrained(dest)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    assert len(tok) <= 320                       # within the model's 320 logits
+    tok.chat_template = template
+    tok.save_pretrained(dest)
+    return dest
+
+
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 

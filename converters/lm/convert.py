@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from edgegen.converters.lm.quantize import PRECISION
 from edgegen.converters.lm.source import LMSource
 from edgegen.converters.lm.validate import compare, reference_figures
+from edgegen.converters.text.chat_template import asset_json as chat_asset_json, summary as chat_summary
 from edgegen.converters.text.spec import special_tokens
 from edgegen.converters.versions import library_versions, quiet_libraries
 from edgegen.converters.writer import ArtifactWriter
@@ -61,6 +62,9 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
     tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
     with ArtifactWriter(output, overwrite=overwrite) as writer:
         writer.add_asset("tokenizer", "tokenizer.json", source.tokenizer_json)
+        if source.chat_template is not None:
+            writer.add_asset("chat_template", "chat_template.json", chat_asset_json(source.chat_template))
+            report(chat_summary(source.chat_template, source.tokenizer_json))
         sampler = {**source.sampler, "special_tokens": special_tokens(tokenizer, source.sampler)}
         started = time.perf_counter()
         quiet_libraries()

@@ -9,6 +9,7 @@ import torch
 
 from edgegen.converters.lm.source import LMSource
 from edgegen.converters.lm.spec import CausalLMSpec
+from edgegen.converters.text.chat_template import spec_chat_template
 from edgegen.errors import ConversionError
 
 OPSET = 17
@@ -42,15 +43,19 @@ class CustomLMSource(LMSource):
         module.eval()
         self.spec = spec
         self._module: torch.nn.Module | None = module
+        tokenizer = spec.tokenizer_json()
+        chat = None if spec.chat_template is None else spec_chat_template(
+            spec.chat_template, tokenizer, spec.eos_token_ids, spec.bos_token_id, spec.pad_token_id)
         super().__init__(
-            tokenizer_json=spec.tokenizer_json(),
+            tokenizer_json=tokenizer,
             sampler={"context_length": spec.context_length, "eos_token_ids": list(spec.eos_token_ids),
                      "bos_token_id": spec.bos_token_id, "pad_token_id": spec.pad_token_id, "cache": spec.cache},
             defaults=dict(spec.defaults),
             model_class=spec.name or f"{type(module).__module__}.{type(module).__qualname__}",
             checkpoint_sha256=spec.checkpoint_sha256,
             optimizer_model_type=None, num_heads=0, hidden_size=0,
-            converter=f"torch.onnx.export (torch {torch.__version__}, opset {OPSET})", opset=OPSET)
+            converter=f"torch.onnx.export (torch {torch.__version__}, opset {OPSET})", opset=OPSET,
+            chat_template=chat)
 
     @property
     def module(self) -> torch.nn.Module:

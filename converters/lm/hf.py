@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from edgegen.converters.lm.source import LMSource
+from edgegen.converters.text.chat_template import read_chat_template
 from edgegen.errors import ConversionError, InvalidArgumentError, UnsupportedModelError
 
 #: HF model_type -> ONNX Runtime transformer-optimizer model type (fusions it knows for that graph).
@@ -166,6 +167,8 @@ class HFLMSource(LMSource):
             generation = GenerationConfig.from_pretrained(model_dir)
         except OSError:
             generation = None
+        sampler = sampler_section(config, generation)
+        chat_template = read_chat_template(model_dir, tokenizer, sampler["eos_token_ids"])  # before the weights load
         try:  # .bin checkpoints are read by transformers with torch.load(weights_only=True)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
@@ -175,7 +178,6 @@ class HFLMSource(LMSource):
         self.use_optimum = attention == "standard" and config.model_type in optimum_model_types()
         # a gqa graph has nothing left for the transformer optimizer to fuse
         opt_type = OPTIMIZER_MODEL_TYPES.get(config.model_type) if attention == "standard" else None
-        sampler = sampler_section(config, generation)
         if attention == "gqa":  # GroupQueryAttention reads row lengths from the mask: no left padding
             sampler["padding"], sampler["kv_buffer"] = "none", "shared"   # and it writes its present in place
         heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head", 0)
@@ -187,7 +189,7 @@ class HFLMSource(LMSource):
             num_heads=int(heads), hidden_size=int(hidden),
             converter="edgegen gqa_decoder (GroupQueryAttention)" if attention == "gqa"
             else "optimum.exporters.onnx (text-generation-with-past)" if self.use_optimum
-            else "edgegen hf_fallback (torch.onnx.export)", opset=None)
+            else "edgegen hf_fallback (torch.onnx.export)", opset=None, chat_template=chat_template)
 
     @torch.no_grad()
     def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:

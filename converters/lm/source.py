@@ -29,6 +29,8 @@ class LMSource:
     hidden_size: int
     converter: str
     opset: int | None
+    #: The artifact's chat_template.json document (:mod:`edgegen.converters.text.chat_template`), or None.
+    chat_template: dict[str, Any] | None = None
 
     def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """PyTorch logits [B, T, V] (float32) of whole sequences [B, T], no cache."""

@@ -50,6 +50,8 @@ class CausalLMSpec:
     name: str | None = None
     #: sha256 of the checkpoint the module was loaded from, recorded in the manifest.
     checkpoint_sha256: str | None = None
+    #: The chat template the artifact carries: its jinja source (as in a tokenizer_config.json), or "chatml".
+    chat_template: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,8 +65,18 @@ class CausalLMSpec:
         if self.context_length is not None and (not isinstance(self.context_length, int) or self.context_length < 2):
             problems.append(f"context_length must be an integer >= 2 or None, got {self.context_length!r}")
         problems += shared_problems(self.module, self.tokenizer, self.defaults)
+        if self.chat_template is not None:
+            problems += _chat_template_problems(self.chat_template)
         if problems:
             raise InvalidArgumentError("CausalLMSpec: " + "; ".join(problems))
 
     def tokenizer_json(self) -> str:
         return tokenizer_json(self.tokenizer)
+
+
+def _chat_template_problems(template: object) -> list[str]:
+    if not isinstance(template, str) or not template:
+        return [f"chat_template must be a jinja template or 'chatml', got {type(template).__name__}"]
+    from edgegen.runtimes.text.chat_template import BUILTIN, template_problems
+
+    return [] if template in BUILTIN else [f"chat_template: {p}" for p in template_problems({"default": template})]

@@ -1,5 +1,5 @@
 """Constrained decoding (structured output): a JSON schema, a regex or a Lark grammar decides which tokens
-may come next, with llguidance (``pip install 'edgegen[structured]'``).
+may come next, with llguidance (edgegen's ``[structured]`` extra).
 
 ``response_format`` takes OpenAI's shapes and two of edgegen's::
 
@@ -50,7 +50,8 @@ SHAPES = ('{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "j
 #: How llguidance writes JSON unless a schema's "x-guidance" says otherwise: json.dumps' separators, no
 #: free whitespace (a random or small model could otherwise fill its budget with spaces and newlines).
 JSON_OPTIONS = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
-_MISSING = "structured output needs llguidance: pip install 'edgegen[structured]'"
+_MISSING = ("structured output needs llguidance, which edgegen's [structured] extra installs: pip install "
+            "-e '.[structured]' in edgegen's checkout, or pip install llguidance")
 #: [256, 8] float32: a mask byte -> the bias of its 8 tokens (bit i, little-endian: 0 allowed, -inf not)
 _BYTE_BIAS = np.where(np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") == 1,
                       np.float32(0), np.float32(-np.inf)).astype(np.float32)
