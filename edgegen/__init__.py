@@ -25,6 +25,8 @@ __version__ = "0.1.0"
 #: (their converters do), and GenerationSettings needs only numpy.
 _LAZY = {
     "GenerationSettings": "edgegen.runtimes.text.settings",
+    "ChatSession": "edgegen.runtimes.text.chat",
+    "ChatReply": "edgegen.runtimes.text.chat",
     "cancel_on": "edgegen.runtimes.run_control",      # a function, not a type: it loads onnxruntime
     "CausalLMSpec": "edgegen.converters.lm.spec",
     "RNNLMSpec": "edgegen.converters.rnn.spec",
