@@ -4,16 +4,21 @@
 An ``ImmutableSandboxedEnvironment`` (no attribute access to internals such as ``__class__``, no mutation of the
 messages or any list or dict) with ``trim_blocks`` and ``lstrip_blocks``, ``loopcontrols``, a ``{% generation %}``
 block that renders its body, transformers' ``tojson`` (no HTML escaping; ``indent``, ``separators``,
-``sort_keys``), ``raise_exception`` and ``strftime_now``.  One addition: ``*`` and ``**`` that would build a huge
-string, list or integer are refused (a hostile template must not exhaust memory).  A template's running time is not
-bounded (a ``range(100000)`` loop inside another runs long): a template is code from whoever made the model.
-Every failure is one InvalidArgumentError line.
+``sort_keys``), ``raise_exception`` and ``strftime_now``.  Two additions, since a template is code from whoever
+made the model: ``*`` and ``**`` that would build a huge string, list or integer are refused (a hostile template
+must not exhaust memory), and a render that runs longer than :data:`RENDER_TIMEOUT_S` (a ``range(100000)`` loop
+inside another) is stopped: a timer thread raises an exception in the rendering thread, which CPython delivers
+between two bytecodes of the template's compiled code.  Every failure is one InvalidArgumentError line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime
 import json
+import threading
+from collections.abc import Iterator
 from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
@@ -33,11 +38,47 @@ MAX_REPEAT = 1 << 20
 MAX_POWER_BITS = 1 << 16
 
 
+#: A chat template's render that runs longer than this (seconds) is stopped; real ones take a millisecond.
+RENDER_TIMEOUT_S = 5.0
+
+
+class _RenderTimeout(BaseException):
+    """Raised in the rendering thread by :func:`_deadline`'s timer (a BaseException: no template code catches it)."""
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Interrupt the calling thread's Python code with :class:`_RenderTimeout` after ``seconds``.  The timer
+    injects only while the block runs (a lock orders it against the block's end), and an exception it injected
+    is raised before the block is left, so it never escapes into the caller's later code."""
+    target, lock, state = threading.get_ident(), threading.Lock(), {"done": False}
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(target), ctypes.py_object(_RenderTimeout))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+        timer.cancel()
+
+
 def render(source: str, label: str, variables: Mapping[str, Any]) -> str:
     """``source`` rendered with ``variables``; its failures as one InvalidArgumentError line naming ``label``."""
     compiled = _compile(source)
     try:
-        return compiled.render(variables)
+        with _deadline(RENDER_TIMEOUT_S):
+            return compiled.render(variables)
+    except _RenderTimeout:
+        raise InvalidArgumentError(f"the chat template {label} ran over {RENDER_TIMEOUT_S:g} s on these messages "
+                                   "and was stopped (a template that loops without end?); pass another template"
+                                   ) from None
     except _Refusal as exc:
         raise InvalidArgumentError(f"the chat template refused these messages: {_one_line(exc)}") from None
     except RecursionError:

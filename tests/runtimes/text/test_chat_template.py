@@ -306,3 +306,21 @@ def test_chat_templates_stay_out_of_the_runtimes_import_and_need_no_torch() -> N
              "print(before, sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "[]"]
+
+
+def test_a_template_that_loops_without_end_is_stopped(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from edgegen.runtimes.text import chat_sandbox
+
+    monkeypatch.setattr(chat_sandbox, "RENDER_TIMEOUT_S", 0.5)
+    endless = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    started = time.perf_counter()
+    with pytest.raises(InvalidArgumentError, match=r"ran over 0.5 s on these messages and was stopped") as exc:
+        ChatTemplate({"default": endless}, source="evil.jinja").render(conversations()["one turn"])
+    assert time.perf_counter() - started < 5 and "\n" not in str(exc.value)
+    # the timer of a render that finished in time never fires later
+    for _ in range(50):
+        ChatTemplate.builtin("chatml").render(conversations()["one turn"])
+    time.sleep(0.7)
+    assert ChatTemplate.builtin("chatml").render(conversations()["one turn"])
