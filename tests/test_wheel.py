@@ -57,5 +57,5 @@ def test_the_wheel_installs_the_script_and_needs_no_torch(wheel: zipfile.ZipFile
     requires = [line.removeprefix("Requires-Dist: ") for line in metadata if line.startswith("Requires-Dist: ")]
     base = [r for r in requires if "extra ==" not in r]
     assert {r.split(">")[0].split("<")[0].split("=")[0].strip().lower() for r in base} == {
-        "onnxruntime", "numpy", "tokenizers", "click", "pillow"}
+        "onnxruntime", "numpy", "tokenizers", "click", "pillow", "jinja2"}   # jinja2: chat templates
     assert any(r.startswith("torch") and 'extra == "convert"' in r for r in requires)
