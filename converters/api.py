@@ -125,6 +125,13 @@ def _diffusion_options(options: dict[str, Any]) -> dict[str, Any]:
     return _no_lm_gate(options, "diffusion")
 
 
+def _no_scheduler(options: dict[str, Any], what: str) -> dict[str, Any]:
+    """``scheduler`` picks a diffusion artifact's default scheduler; other sources refuse it."""
+    if options.pop("scheduler", None) is not None:
+        raise InvalidArgumentError(f"scheduler applies to diffusion models, not {what}; drop --scheduler")
+    return options
+
+
 def _convert_diffusion_spec(spec: DiffusionSpec, output: Path, **options: Any) -> Path:
     from edgegen.converters.diffusion.convert import convert_diffusion, from_spec
 
@@ -161,7 +168,7 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
     if diffusers_class is not None and "model_type" not in config:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
     check_lm_config(model_dir, config, options.get("attention", "auto"))
-    return _convert_hf_transformers(model_dir, output, **options)
+    return _convert_hf_transformers(model_dir, output, **_no_scheduler(options, "a language model"))
 
 
 def _convert_flow_spec(spec: FlowSpec, output: Path, *, quantize: str = "none", **options: Any) -> Path:
@@ -217,7 +224,8 @@ QUANTIZE = ("auto", "none", "fp16", "int8", "int4", "int8-static")
 def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = False, optimize: bool = True,
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
             max_ppl_increase: float | None = None, lm_head: str = "auto",
-            report: Callable[[str], None] | None = None, attention: str = "auto") -> Path:
+            report: Callable[[str], None] | None = None, attention: str = "auto",
+            scheduler: str | None = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
@@ -242,6 +250,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         raise InvalidArgumentError(f"attention must be auto, standard or gqa, got {attention!r}")
     options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize, "target": target,
                "report": report or (lambda _line: None), "attention": attention}
+    if scheduler is not None:   # diffusion: the default scheduler instead of the source's own (recorded as the user's)
+        options["scheduler"] = scheduler
     if min_psnr is not None:
         options["min_psnr"] = min_psnr
     if max_ppl_increase is not None:
@@ -255,6 +265,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         source = load_spec(source)
     for spec_type, converter in SPEC_CONVERTERS.items():
         if isinstance(source, spec_type):
+            if spec_type is not DiffusionSpec:
+                _no_scheduler(options, f"a {spec_type.__name__}")
             return converter(source, Path(output), **_no_attention(options, f"a {spec_type.__name__}"))
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)

@@ -20,6 +20,7 @@ import click
 
 from edgegen import __version__
 from edgegen.errors import EdgegenError, InvalidArgumentError, describe_os_error
+from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES
 from edgegen.runtimes.limits import MAX_DEVICE_ID, MAX_FREE_DIMENSION, MAX_THREADS
 
 PROVIDER_CHOICE = click.Choice(["auto", "cpu", "cuda", "dml"])
@@ -216,10 +217,13 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
 @click.option("--attention", type=click.Choice(["auto", "standard", "gqa"]), default="auto", show_default=True,
               help="Hugging Face llama/mistral/qwen2: gqa writes ONNX Runtime GroupQueryAttention layers (faster; "
               "auto picks it where it applies and --target is cpu).")
+@click.option("--scheduler", default=None, metavar="NAME",
+              help="Diffusion: the artifact's default scheduler instead of the pipeline's own (recorded as your "
+                   "choice): an edgegen name (edgegen sample --help lists them) or a diffusers class name.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
             target: str, min_psnr: float | None, max_ppl_increase: float | None, lm_head: str, attention: str,
-            as_json: bool) -> None:
+            scheduler: str | None, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -245,7 +249,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
     with _StageClock((lambda line: click.echo(line, err=True)) if as_json else click.echo) as report:
         path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
                                target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase,
-                               lm_head=lm_head, report=report, attention=attention)
+                               lm_head=lm_head, report=report, attention=attention, scheduler=scheduler)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -487,7 +491,9 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
 @click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="How many images.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same images.")
 @click.option("--steps", type=int, default=None, help="Diffusion: denoising steps.")
-@click.option("--scheduler", default=None, help="Diffusion: ddpm, ddim, euler, euler-a or dpm++.")
+@click.option("--scheduler", default=None, metavar="NAME",
+              help=f"Diffusion: the scheduler to run instead of the artifact's own (edgegen info shows it): "
+                   f"{', '.join(DIFFUSERS_CLASSES)}, or the diffusers class name (PNDMScheduler, ...).")
 @click.option("--prompt", default=None, help="Text-to-image: what to draw.")
 @click.option("--negative-prompt", default=None, help="Text-to-image: what to steer away from.")
 @click.option("--guidance", type=float, default=None, help="Text-to-image: classifier-free guidance scale.")
@@ -763,6 +769,7 @@ def _short(value: Any) -> str:
 
 
 from edgegen import cli_chat  # noqa: E402,F401  (registers `chat` on the group; it imports this module)
+from edgegen import cli_serve  # noqa: E402,F401
 
 
 def main() -> None:

@@ -16,17 +16,27 @@ Stable Diffusion ``text_encoder`` (input_ids -> last_hidden_state), ``vae_decode
 (latent_sample -> sample) and ``vae_encoder`` (sample -> latent_parameters: mean and logvar,
 for img2img).  The scheduler config travels in the manifest with diffusers' key names.
 
+The scheduler: the artifact runs the source's own (the class its ``scheduler_config.json`` names), recorded
+as ``sampler.scheduler`` with ``chosen_by: "pipeline"``; a class edgegen does not implement fails the
+conversion with one line naming the closest one it has, unless the user chooses one (``scheduler=``, or a
+spec's ``defaults["scheduler"]``: ``chosen_by: "user"``).  Nothing is substituted silently.
+
 Validation: every graph against PyTorch at batch 1 and 3 (max abs error relative to the
 output's scale; the exporter's dynamic axes are not trusted), then a whole sample: the
-runtime's loop (numpy DDIM) against PyTorch with diffusers' DDIM scheduler from the same
-initial noise (PSNR of the images).
+runtime's loop with the artifact's default scheduler against PyTorch with the same diffusers
+scheduler class, from the same initial noise and, for the stochastic schedulers, the same
+per-step noise (PSNR of the images).
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import math
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,20 +47,21 @@ import torch
 from edgegen.converters.diffusion.spec import DiffusionSpec
 from edgegen.converters.export.graph import OPSET, GraphExport, export_graph
 from edgegen.converters.writer import ArtifactWriter
-from edgegen.errors import ConversionError, UnsupportedModelError
+from edgegen.errors import ConversionError, InvalidArgumentError, UnsupportedModelError
 from edgegen.manifest import Source
 
 FAMILY = "diffusion"
-#: A whole DDIM sample must match PyTorch at least this well (PSNR, dB, images in [0, 1]).
+#: A whole sample must match PyTorch at least this well (PSNR, dB, images in [0, 1]).
 MIN_PSNR = 40.0
 VALIDATION_STEPS = 8
 VALIDATION_PROMPT = "a red cat"
+#: the seed of the validation sample's per-step noise (the stochastic schedulers)
+VALIDATION_SEED = 0
 
-PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "StableDiffusionPipeline": "sd",
+PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "PNDMPipeline": "unet", "StableDiffusionPipeline": "sd",
              "StableDiffusionImg2ImgPipeline": "sd"}
-#: our scheduler name -> the diffusers class the reference loop uses
-DIFFUSERS_SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
-                        "euler-a": "EulerAncestralDiscreteScheduler", "dpm++": "DPMSolverMultistepScheduler"}
+#: the scheduler of a source whose config names no class (a spec's bare noise schedule)
+DEFAULT_SCHEDULER = "ddim"
 
 
 @dataclass
@@ -208,15 +219,9 @@ def _unet_model(unet_dir: Path, scheduler_path: Path, pipeline: str) -> Diffusio
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     shape = (unet.config.in_channels, h, w)
-    steps = 1000 if config.get("_class_name") == "DDPMScheduler" else 50
+    steps = 1000 if config.get("_class_name") == "DDPMScheduler" else 50     # DDPMPipeline's default
     return DiffusionModel(denoiser=_UNet(unet, conditional=False), sample_shape=shape, scheduler_config=config,
-                          model_class=f"diffusers.{pipeline}", image_shape=shape,
-                          defaults={"scheduler": _our_name(config), "steps": steps})
-
-
-def _our_name(config: dict[str, Any]) -> str:
-    by_class = {v: k for k, v in DIFFUSERS_SCHEDULERS.items()}
-    return by_class.get(config.get("_class_name", ""), "ddim")
+                          model_class=f"diffusers.{pipeline}", image_shape=shape, defaults={"steps": steps})
 
 
 def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
@@ -248,7 +253,7 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
         vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
         vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
         image_shape=(vae.config.out_channels, h * scale, w * scale),
-        defaults={"scheduler": _our_name(config), "steps": 50, "guidance": 7.5})
+        defaults={"steps": 50, "guidance": 7.5})
 
 
 # --- the graphs ---------------------------------------------------------------------------------
@@ -302,14 +307,37 @@ def _tokenize(model: DiffusionModel, texts: list[str]) -> torch.Tensor:
     return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)     # [B, T]
 
 
+@contextlib.contextmanager
+def step_noise_from(scheduler: Any, rng: np.random.Generator) -> Iterator[None]:
+    """Make a diffusers scheduler draw its per-step noise from ``rng`` (float32 standard normal, in order),
+    as edgegen's schedulers draw theirs from the run's generator: the same seed, the same noise.  diffusers'
+    schedulers draw it with ``randn_tensor`` of their own module; the original is restored on exit."""
+    module = sys.modules[type(scheduler).__module__]
+    original = getattr(module, "randn_tensor", None)
+
+    def draw(shape: Any, generator: Any = None, device: Any = None, dtype: Any = None, layout: Any = None) -> Any:
+        return torch.from_numpy(rng.standard_normal(tuple(shape), dtype=np.float32)).to(dtype or torch.float32)
+
+    if original is not None:
+        module.randn_tensor = draw
+    try:
+        yield
+    finally:
+        if original is not None:
+            module.randn_tensor = original
+
+
 @torch.no_grad()
 def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidance: float, prompt: str,
-                 labels: list[int] | None = None) -> np.ndarray:
-    """What the PyTorch model samples with diffusers' DDIM (eta 0) from ``noise``, as diffusers'
-    pipelines do it (guidance batches [uncond, cond]): images [B, C, H, W] in value_range."""
+                 labels: list[int] | None = None, scheduler_class: str = "DDIMScheduler",
+                 seed: int = VALIDATION_SEED) -> np.ndarray:
+    """What the PyTorch model samples with diffusers' ``scheduler_class`` (from the model's scheduler config)
+    from ``noise``, as diffusers' pipelines do it (guidance batches [uncond, cond]; one model call per entry of
+    ``timesteps``), the per-step noise drawn from ``np.random.default_rng(seed)`` as the runtime draws it:
+    images [B, C, H, W] in value_range."""
     import diffusers
 
-    scheduler = diffusers.DDIMScheduler.from_config(model.scheduler_config)
+    scheduler = getattr(diffusers, scheduler_class).from_config(model.scheduler_config)
     scheduler.set_timesteps(steps)
     latents = torch.from_numpy(noise) * scheduler.init_noise_sigma                       # [B, C, h, w]
     batch = latents.shape[0]
@@ -320,14 +348,19 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
         cond = (model.text_encoder(ids),)                                                  # [(2)B, T, D]
     elif model.conditioning == "class":
         cond = (torch.tensor(([model.null_label] * batch if cfg else []) + list(labels), dtype=torch.int64),)
-    for t in scheduler.timesteps:
-        inp = torch.cat([latents] * 2) if cfg else latents
-        inp = scheduler.scale_model_input(inp, t)
-        out = model.denoiser(inp, torch.full((inp.shape[0],), float(t)), *cond)
-        if cfg:
-            uncond, text = out.chunk(2)
-            out = uncond + guidance * (text - uncond)
-        latents = scheduler.step(out, t, latents).prev_sample
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)                 # a run from the start, as the runtime's (and SDXL's pipelines)
+    # diffusers' pipelines pass eta (default 0) to the schedulers that take it (DDIM; TCD's gamma), as the runtime
+    extra = {"eta": 0.0} if "eta" in inspect.signature(scheduler.step).parameters else {}
+    with step_noise_from(scheduler, np.random.default_rng(seed)):
+        for t in scheduler.timesteps:
+            inp = torch.cat([latents] * 2) if cfg else latents
+            inp = scheduler.scale_model_input(inp, t)
+            out = model.denoiser(inp, torch.full((inp.shape[0],), float(t)), *cond)
+            if cfg:
+                uncond, text = out.chunk(2)
+                out = uncond + guidance * (text - uncond)
+            latents = scheduler.step(out, t, latents, **extra).prev_sample
     if model.vae_decoder is not None:
         latents = model.vae_decoder(latents / model.vae_scaling_factor + model.vae_shift_factor)
     return latents.float().numpy()
@@ -344,10 +377,45 @@ def psnr(a: np.ndarray, b: np.ndarray, value_range: tuple[float, float]) -> floa
 # --- the conversion --------------------------------------------------------------------------
 
 
+def choose_scheduler(model: DiffusionModel, scheduler: str | None = None) -> dict[str, str]:
+    """The ``sampler.scheduler`` record of the scheduler the artifact runs by default: ``scheduler`` (the user's
+    choice at conversion) or the spec's ``defaults["scheduler"]`` (``chosen_by: "user"``), else the class the
+    source's scheduler config names (``"pipeline"``; one line naming the closest one edgegen has when it lacks
+    that class), else edgegen's default (``"default"``: the config names none).  The choice is made on the
+    source's config now, so a config it cannot run fails before any export."""
+    from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES, closest_to, resolve_name
+    from edgegen.runtimes.diffusion.schedulers import DIFFUSERS_CLASS_NAMES, make_scheduler
+
+    requested = scheduler if scheduler is not None else model.defaults.get("scheduler")
+    class_name = model.scheduler_config.get("_class_name")
+    if requested is not None:
+        name = resolve_name(requested)
+        chosen_by = "pipeline" if DIFFUSERS_CLASSES[name] == class_name else "user"
+    elif not isinstance(class_name, str):
+        name, chosen_by = DEFAULT_SCHEDULER, "default"
+    elif class_name in DIFFUSERS_CLASS_NAMES:
+        name, chosen_by = DIFFUSERS_CLASS_NAMES[class_name], "pipeline"
+    else:
+        closest = closest_to(class_name)
+        raise UnsupportedModelError(f"{model.model_class}'s scheduler is {class_name}, which edgegen does "
+                                    f"not implement; the closest scheduler it has is {closest}: convert with "
+                                    f"scheduler={closest!r} (edgegen convert --scheduler {closest}) to sample with it "
+                                    "instead (the noise schedule is kept)")
+    steps = model.defaults.get("steps", 50)
+    try:
+        make_scheduler(name, model.scheduler_config).set_timesteps(steps)
+        make_scheduler(name, model.scheduler_config).set_timesteps(VALIDATION_STEPS)
+    except InvalidArgumentError as exc:
+        raise ConversionError(f"{model.model_class}: {exc}") from None
+    return {"name": name, "diffusers_class": DIFFUSERS_CLASSES[name], "chosen_by": chosen_by}
+
+
 def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: bool = False, report: Any = print,
                       quantize: str = "none", min_psnr: float | None = None, optimize: bool = True,
-                      target: str = "cpu", **_ignored: Any) -> Path:
+                      target: str = "cpu", scheduler: str | None = None, **_ignored: Any) -> Path:
     """Export, validate and write ``model`` as a diffusion artifact at ``output``; returns its path.
+    ``scheduler`` (edgegen's name or the diffusers class name) replaces the source's own as the artifact's
+    default (:func:`choose_scheduler`; recorded as chosen by the user).
     ``optimize``: ONNX Runtime's unet fusions on the denoiser, kept when exact and no slower
     (:mod:`edgegen.converters.diffusion.unet_optimize`).  ``quantize`` (not ``none``):
     :func:`edgegen.converters.quantization.psnr_gate.quantize_graphs` after validation; ``auto``: the
@@ -357,8 +425,15 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
 
     quiet_libraries()
     torch.manual_seed(0)
-    sampler = _sampler_section(model)
-    defaults = {"scheduler": "ddim", "steps": 50, **model.defaults}
+    record = choose_scheduler(model, scheduler)
+    report(f"scheduler: {record['name']} (diffusers {record['diffusers_class']}, " + {
+        "pipeline": "the pipeline's own", "user": f"chosen instead of the source's "
+                    f"{model.scheduler_config.get('_class_name') or 'unnamed scheduler'}",
+        "default": "edgegen's default: the scheduler config names no _class_name; choose one with scheduler="}[
+        record["chosen_by"]] + ")")
+    sampler = {**_sampler_section(model), "scheduler": record}
+    defaults = {"scheduler": record["name"], "steps": 50,
+                **{k: v for k, v in model.defaults.items() if k != "scheduler"}}
     if model.conditioning == "text":
         defaults.setdefault("guidance", 7.5)
     source = Source(model_class=model.model_class, converter=f"torch.onnx.export (torch {torch.__version__}, "
@@ -386,10 +461,10 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
         writer.write(writer.manifest(family=FAMILY, source=source, sampler=sampler, defaults=defaults))
 
         started = time.perf_counter()
-        figures["sample"] = _compare_sample(model, writer.stage)
+        figures["sample"] = _compare_sample(model, writer.stage, record)
         s = figures["sample"]
-        report(f"validate: {s['steps']}-step DDIM sample from the same noise, PSNR {s['psnr_db']:.1f} dB vs "
-               f"PyTorch + diffusers ({time.perf_counter() - started:.1f} s)")
+        report(f"validate: {s['steps']}-step {s['scheduler']} sample from the same noise, PSNR {s['psnr_db']:.1f} dB "
+               f"vs PyTorch + diffusers' {s['diffusers_class']} ({time.perf_counter() - started:.1f} s)")
         if not s["psnr_db"] >= MIN_PSNR:
             raise ConversionError(f"the artifact's sample differs from PyTorch's (PSNR {s['psnr_db']:.1f} dB < "
                                   f"{MIN_PSNR} dB); this is a bug in edgegen's scheduler or export")
@@ -434,8 +509,29 @@ def _diffusers_version() -> dict[str, str]:
     return {"diffusers": diffusers.__version__}
 
 
+#: scheduler config keys whose non-finite value (which JSON cannot hold) is the schedulers' default: dropped
+NON_FINITE_DEFAULTS = {"lambda_min_clipped": -math.inf}
+
+
+def _manifest_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The scheduler config as the manifest holds it: diffusers' keys, without its bookkeeping (``_diffusers_version``)
+    and without the non-finite defaults diffusers writes as ``-Infinity`` (DPM-Solver's ``lambda_min_clipped``):
+    JSON has no such number, and a missing key reads as that default."""
+    out = {}
+    for key, value in config.items():
+        if key.startswith("_") and key != "_class_name":
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            if NON_FINITE_DEFAULTS.get(key) == value:
+                continue
+            raise ConversionError(f"scheduler_config.json sets {key} to {value}, which an artifact's JSON manifest "
+                                  "cannot hold; set a finite value")
+        out[key] = value
+    return out
+
+
 def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
-    config = {k: v for k, v in model.scheduler_config.items() if not k.startswith("_") or k == "_class_name"}
+    config = _manifest_config(model.scheduler_config)
     section: dict[str, Any] = {
         "scheduler_config": config, "sample_shape": list(model.sample_shape),
         "image_shape": list(model.image_shape), "value_range": list(model.value_range),
@@ -449,8 +545,9 @@ def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
     return section
 
 
-def _compare_sample(model: DiffusionModel, stage: Path) -> dict[str, Any]:
-    """The runtime's whole DDIM loop against PyTorch's, from the same noise (batch 2)."""
+def _compare_sample(model: DiffusionModel, stage: Path, record: dict[str, str]) -> dict[str, Any]:
+    """The runtime's whole loop with the artifact's default scheduler against PyTorch's with the same diffusers
+    class, from the same noise (batch 2)."""
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.diffusion.diffusion import Diffusion
     from edgegen.runtimes.session import SessionConfig
@@ -466,8 +563,9 @@ def _compare_sample(model: DiffusionModel, stage: Path) -> dict[str, Any]:
         labels = [i % model.num_classes for i in range(2)]
         options["label"] = labels
     expected = torch_sample(model, noise, steps=VALIDATION_STEPS, guidance=guidance, prompt=VALIDATION_PROMPT,
-                            labels=labels)
-    got = runtime.generate(2, noise=noise, steps=VALIDATION_STEPS, scheduler="ddim", **options)
-    return {"steps": VALIDATION_STEPS, "scheduler": "ddim", "guidance": guidance,
+                            labels=labels, scheduler_class=record["diffusers_class"], seed=VALIDATION_SEED)
+    got = runtime.generate(2, noise=noise, seed=VALIDATION_SEED, steps=VALIDATION_STEPS, **options)   # its default
+    return {"steps": VALIDATION_STEPS, "scheduler": record["name"], "diffusers_class": record["diffusers_class"],
+            "chosen_by": record["chosen_by"], "guidance": guidance,
             "psnr_db": min(psnr(got, expected, model.value_range), 999.0),
             "max_abs_error": float(np.abs(got - expected).max())}

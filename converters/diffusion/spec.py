@@ -15,8 +15,10 @@ velocity (``v_prediction``) or the clean sample (``sample``)::
 
 The noise schedule is a diffusers ``scheduler_config.json`` dict (``num_train_timesteps``,
 ``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction_type``, ...): the runtime's
-numpy schedulers read it with diffusers' key names, and any of them (DDPM, DDIM, Euler,
-Euler ancestral, DPM-Solver++) can sample the model.  ``models/digits_ddpm.py`` is an example.
+numpy schedulers read it with diffusers' key names, and any of them (DDPM, DDIM, PNDM, LMS, Heun,
+Euler, Euler ancestral, DPM-Solver, UniPC) can sample the model.  The artifact's default is the class the
+config's ``_class_name`` names (DDIM when it names none), or ``defaults["scheduler"]`` when given (recorded
+as the user's choice).  ``models/digits_ddpm.py`` is an example.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ class DiffusionSpec:
     null_label: int | None = None
     #: Pixel values the samples live in (what -1..1 or 0..1 means for the PNG).
     value_range: tuple[float, float] = (-1.0, 1.0)
-    #: Sampling defaults stored in the artifact: scheduler, steps, guidance.
+    #: Sampling defaults stored in the artifact: scheduler (edgegen's name or the diffusers class name), steps,
+    #: guidance.
     defaults: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     checkpoint_sha256: str | None = None

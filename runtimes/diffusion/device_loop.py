@@ -12,8 +12,10 @@ float32 rounding: the device computes the update in float32, numpy in float64).
 
 Every buffer is allocated once per call (the latents and x0 ping-pong between two buffers each).
 
-It serves every affine scheduler step (all of edgegen's schedulers but DDPM with a learned
-variance, which keeps the numpy loop).
+It serves every scheduler whose steps are affine (``Scheduler.affine``: DDPM, DDIM, Euler, Euler ancestral,
+Heun, KDPM2 (+ ancestral), LCM, TCD, DPM-Solver and DEIS up to second order; the two-evaluation ones carry the
+first evaluation's x0 as ``x0_previous``).  PNDM, LMS, UniPC, DPM-Solver singlestep, third-order DPM-Solver and
+DEIS and DDPM with a learned variance reach further back than the affine map and keep the numpy loop.
 """
 
 from __future__ import annotations

@@ -118,6 +118,9 @@ class Diffusion:
 
         ``label`` (class-conditional models): one class for all, one per image, or None for
         random classes.
+        ``scheduler``: edgegen's name or the diffusers class name (``"pndm"``, ``"PNDMScheduler"``); None runs the
+        artifact's own (:meth:`describe_scheduler` says which).  ``progress`` counts model evaluations (two per
+        step for Heun).
         ``image`` (a path, or uint8 ``[H, W, C]`` / ``[n, H, W, C]``) with ``strength`` in [0, 1]
         runs img2img.  ``progress(done, total)`` is called after every step; returning
         ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).  To cancel from another
@@ -127,6 +130,18 @@ class Diffusion:
                                negative_prompt=negative_prompt, guidance=guidance, label=label, image=image,
                                strength=strength, progress=progress)
         return to_uint8(images, self.sampler.value_range)
+
+    def describe_scheduler(self, scheduler: str | None = None) -> str:
+        """Which scheduler ``sample(scheduler=scheduler)`` runs, for people: ``pndm (diffusers PNDMScheduler, the
+        pipeline's own)``; None: the artifact's default (``edgegen info`` shows it too)."""
+        from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES, resolve_name
+
+        record, default = self.sampler.scheduler, self.defaults.scheduler
+        name = default if scheduler is None else resolve_name(scheduler)
+        if name == default:
+            return record.describe() if record is not None else \
+                f"{name} (diffusers {DIFFUSERS_CLASSES[name]}, the artifact's default)"
+        return f"{name} (diffusers {DIFFUSERS_CLASSES[name]}, instead of the artifact's {default})"
 
     def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
         """Images along the spherical path between two seeds' initial noise; uint8 ``[frames, H, W, C]``."""

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from edgegen.errors import InvalidArgumentError, ManifestError
 
-__all__ = ["DiffusionDefaults", "DiffusionSampler", "TextSettings", "VAESettings"]
+__all__ = ["DiffusionDefaults", "DiffusionSampler", "SchedulerRecord", "TextSettings", "VAESettings"]
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,25 @@ class TextSettings:
 class VAESettings:
     scaling_factor: float
     shift_factor: float = 0.0
+
+
+@dataclass(frozen=True)
+class SchedulerRecord:
+    """Which scheduler the artifact runs by default (``sampler.scheduler``; artifacts before it have none).
+
+    ``chosen_by``: ``pipeline`` (the source's own scheduler, the one ``scheduler_config`` names), ``user`` (chosen
+    at conversion instead of it; ``scheduler_config`` is still the source's), ``default`` (the source's config
+    names no scheduler class: edgegen's default)."""
+
+    name: str                                 # edgegen's name: "pndm"
+    diffusers_class: str                      # the diffusers class it reproduces: "PNDMScheduler"
+    chosen_by: Literal["pipeline", "user", "default"]
+
+    def describe(self) -> str:
+        """One phrase for people: ``pndm (diffusers PNDMScheduler, the pipeline's own)``."""
+        why = {"pipeline": "the pipeline's own", "user": "chosen at conversion",
+               "default": "edgegen's default: the source names none"}[self.chosen_by]
+        return f"{self.name} (diffusers {self.diffusers_class}, {why})"
 
 
 #: The most training timesteps a scheduler config may declare (1000 is usual): each scheduler builds tables
@@ -42,6 +61,7 @@ class DiffusionSampler:
     null_label: int | None = None
     text: TextSettings | None = None
     vae: VAESettings | None = None
+    scheduler: SchedulerRecord | None = None
 
     @classmethod
     def from_manifest(cls, section: object) -> DiffusionSampler:
@@ -76,6 +96,16 @@ class DiffusionSampler:
         steps = s.scheduler_config.get("num_train_timesteps", 1000)
         if p := count_problem(steps, 1, MAX_TRAIN_TIMESTEPS):
             problems.append(f"scheduler_config.num_train_timesteps: {p}")
+        if s.scheduler is not None:
+            from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES
+
+            record = s.scheduler
+            if DIFFUSERS_CLASSES.get(record.name) != record.diffusers_class:
+                problems.append(f"scheduler: {short(record.name)} / {short(record.diffusers_class)} is not one of "
+                                f"edgegen's schedulers ({', '.join(DIFFUSERS_CLASSES)}) with its diffusers class")
+            elif record.chosen_by == "pipeline" and s.scheduler_config.get("_class_name") != record.diffusers_class:
+                problems.append(f"scheduler: chosen_by 'pipeline' names {record.diffusers_class}, but scheduler_config "
+                                f"is a {short(s.scheduler_config.get('_class_name'))}")
         if problems:
             raise ManifestError("; ".join(f"{where}.{p}" for p in problems) + "; re-convert the model")
         return s
@@ -100,6 +130,9 @@ class DiffusionDefaults:
         problems = []
         if d.scheduler not in SCHEDULERS:
             problems.append(f"scheduler: {short(d.scheduler)} is not one of {', '.join(SCHEDULERS)}")
+        elif sampler.scheduler is not None and sampler.scheduler.name != d.scheduler:
+            problems.append(f"scheduler: {short(d.scheduler)}, but sampler.scheduler records "
+                            f"{short(sampler.scheduler.name)} as the default")
         if p := count_problem(d.steps, 1, sampler.scheduler_config.get("num_train_timesteps", 1000)):
             problems.append(f"steps: {p} (the model's num_train_timesteps)")
         if not math.isfinite(d.guidance) or d.guidance < 0:

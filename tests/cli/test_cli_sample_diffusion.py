@@ -50,7 +50,7 @@ def test_text_to_image_and_img2img_from_the_shell(tiny_sd, tmp_path):
     (["--truncation", "0.7"], "--truncation does not apply to this diffusion artifact (its options: --steps, "
                               "--scheduler, --prompt, --negative-prompt, --guidance, --image, --strength, --label)"),
     (["--steps", "0"], "steps must be an integer of at least 1"),
-    (["--scheduler", "pndm"], "pndm"),
+    (["--scheduler", "plms"], "unknown scheduler 'plms'; choose one of ddpm, ddim, pndm"),
     (["--free-dim", "batch"], "'batch' is not NAME=SIZE (like batch=1 or denoiser.batch=2)"),
     (["--free-dim", "batch=2", "-n", "3"], "opened with free_dimensions {'batch': 2}, and input "),
     (["--free-dim", "batch=2", "-n", "3"], "breaks them (index: 0 Got: 3 Expected: 2); call it with those sizes"),

@@ -60,14 +60,17 @@ class ScheduleConfig:
 
 
 def parse_config(config_type: type[C], config: Mapping[str, Any], *, scheduler: str,
-                 fixed: Mapping[str, tuple[Any, ...]] = {}, aliases: Mapping[str, Mapping[str, Any]] = {}) -> C:
+                 fixed: Mapping[str, tuple[Any, ...]] = {}, aliases: Mapping[str, Mapping[str, Any]] = {},
+                 unread: frozenset[str] = frozenset()) -> C:
     """Read a diffusers ``scheduler_config.json`` dict into ``config_type``, like diffusers' ``from_config``.
 
     Keys starting with ``_`` (``_class_name``, ``_diffusers_version``) and keys this scheduler does not
     read (another scheduler's options, ``skip_prk_steps``...) are ignored, as diffusers ignores them.
     ``fixed`` names keys the diffusers class reads that change the maths, with the only values we
     implement: any other value is refused.  ``aliases`` rename values the way diffusers does
-    (DPM-Solver reads a DEIS config's ``algorithm_type: "deis"`` as ``"dpmsolver++"``).
+    (DPM-Solver reads a DEIS config's ``algorithm_type: "deis"`` as ``"dpmsolver++"``).  ``unread`` names
+    fields of ``config_type`` that this diffusers class has no argument for (PNDM has no
+    ``rescale_betas_zero_snr``): they keep their defaults whatever the config says, as in diffusers.
     """
     if not isinstance(config, Mapping):
         raise InvalidArgumentError(f"a scheduler config must be a JSON object (scheduler_config.json), "
@@ -80,7 +83,7 @@ def parse_config(config_type: type[C], config: Mapping[str, Any], *, scheduler: 
                             f"scheduler (supported: {' or '.join(json.dumps(a) for a in allowed)})")
     names = {f.name for f in dataclasses.fields(config_type)}
     known = {k: aliases.get(k, {}).get(v, v) if isinstance(v, str) else v
-             for k, v in config.items() if k in names and not k.startswith("_")}
+             for k, v in config.items() if k in names and k not in unread and not k.startswith("_")}
     try:
         parsed = from_json(config_type, known, where="scheduler_config", error=InvalidArgumentError)
     except InvalidArgumentError as exc:
@@ -258,7 +261,10 @@ class Scheduler:
     #: keys the diffusers class reads that change the maths, with the only values implemented here
     fixed: ClassVar[Mapping[str, tuple[Any, ...]]] = {}
     aliases: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
-    #: model evaluations per timestep (1 for all of these, as in diffusers)
+    #: fields of ``config_type`` the diffusers class does not read (they keep their defaults)
+    unread: ClassVar[frozenset[str]] = frozenset()
+    #: diffusers' ``order``: model evaluations per inference step (2 for Heun: ``timesteps`` holds each
+    #: evaluation, so a loop over them calls the model twice per step; img2img skips ``order`` per step)
     order: ClassVar[int] = 1
     init_noise_sigma: float = 1.0
 
@@ -271,7 +277,8 @@ class Scheduler:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Scheduler:
         """Build from a diffusers ``scheduler_config.json`` dict (see :func:`parse_config`)."""
-        return cls(parse_config(cls.config_type, config, scheduler=cls.name, fixed=cls.fixed, aliases=cls.aliases))
+        return cls(parse_config(cls.config_type, config, scheduler=cls.name, fixed=cls.fixed, aliases=cls.aliases,
+                                unread=cls.unread))
 
     def fresh(self) -> Scheduler:
         """A scheduler for a new run: same config, no timesteps set."""
@@ -384,6 +391,51 @@ class Scheduler:
         raise NotImplementedError
 
 
+class CountedScheduler(Scheduler):
+    """A scheduler that keeps a step counter over ``timesteps`` (the sigma schedulers, LCM, TCD), as diffusers'
+    ``step_index``.
+
+    The counter starts at 0 when the first timestep seen is the schedule's first, else where
+    ``timesteps_for_strength`` put it, else at that timestep's index (the second of two equal ones, as
+    in diffusers); each ``step`` checks ``t`` against it.
+    """
+
+    def __init__(self, config: ScheduleConfig) -> None:
+        super().__init__(config)
+        self._index: int | None = None
+        self._begin: int | None = None
+
+    def _begin_at(self, index: int) -> None:
+        self._begin = index
+
+    def _index_for(self, t: Any) -> int:
+        matches = np.flatnonzero(self.timesteps == t)
+        if len(matches) == 0:
+            raise InvalidArgumentError(f"t={t!r} is not one of the {self.name} scheduler's timesteps; pass the values "
+                                       "of scheduler.timesteps in order")
+        return int(matches[1] if len(matches) > 1 else matches[0])
+
+    def _current(self, t: Any) -> int:
+        """The step index of this call at timestep ``t`` (the run's counter, started on the first call)."""
+        self._require_timesteps()
+        if self._index is None and self._begin is None and np.ndim(t) == 0 and t == self.timesteps[0]:
+            self._index = 0                                  # a run from the start (diffusers' SDXL pipelines
+        elif self._index is None:                            # say so with set_begin_index(0))
+            self._index = self._begin if self._begin is not None else self._index_for(t)
+        i = self._index
+        if i >= len(self.timesteps):
+            raise InvalidArgumentError(f"this {self.name} run has done all its {len(self.timesteps)} steps; "
+                                       "use scheduler.fresh() (and set_timesteps) for a new run")
+        if np.ndim(t) != 0 or float(t) != float(self.timesteps[i]):
+            raise InvalidArgumentError(f"the {self.name} scheduler expected step {i} at t={self.timesteps[i]}, got "
+                                       f"t={t!r}; call step once per value of scheduler.timesteps, in order")
+        return i
+
+    def advance(self) -> None:
+        assert self._index is not None, "plan() starts the step counter"
+        self._index += 1
+
+
 class VPScheduler(Scheduler):
     """The schedulers that index ``alphas_cumprod`` by the timestep itself (DDPM, DDIM)."""
 
@@ -408,3 +460,20 @@ class VPScheduler(Scheduler):
                                        f"{self.config.num_train_timesteps}), got {t!r}")
         abar = self.alphas_cumprod[ts].astype(np.float64).reshape(-1, *[1] * (x0.ndim - 1))   # [B, 1, ...]
         return (np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps).astype(np.float32)
+
+
+class NumpyStepScheduler(Scheduler):
+    """A scheduler whose step is more than :class:`StepCoefficients`' affine map of the sample, the model output
+    and the previous step's x0 (it combines several earlier model outputs, or an earlier sample): it has no
+    ``plan``, overrides ``step``, and runs in the numpy loop only (the device loop asks ``affine``)."""
+
+    #: what the step combines that the affine map cannot hold (for the error of ``plan``)
+    not_affine_because: ClassVar[str] = "combines several earlier model outputs"
+
+    @property
+    def affine(self) -> bool:
+        return False
+
+    def plan(self, t: float) -> StepCoefficients:
+        raise InvalidArgumentError(f"a {self.name} step {self.not_affine_because}, which the device loop's affine "
+                                   "map cannot hold: it has no StepCoefficients; call step()")

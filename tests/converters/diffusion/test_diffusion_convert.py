@@ -35,7 +35,10 @@ def test_ddpm_pipeline_converts_with_scheduler_config_and_figures(tiny_ddpm):
     assert m.defaults == {"scheduler": "ddpm", "steps": 1000}
     v = m.validation
     assert v["graphs"]["denoiser"]["max_abs_error"] < 1e-4 and v["graphs"]["denoiser"]["batches"] == [1, 3]
-    assert v["sample"]["psnr_db"] >= MIN_PSNR and v["sample"]["scheduler"] == "ddim"
+    # the pipeline's own scheduler runs by default, and validation ran it (stochastic: the same per-step noise)
+    assert m.sampler["scheduler"] == {"name": "ddpm", "diffusers_class": "DDPMScheduler", "chosen_by": "pipeline"}
+    assert v["sample"]["psnr_db"] >= MIN_PSNR and v["sample"]["scheduler"] == "ddpm"
+    assert v["sample"]["diffusers_class"] == "DDPMScheduler" and v["sample"]["chosen_by"] == "pipeline"
 
 
 def test_stable_diffusion_pipeline_converts_all_four_graphs(tiny_sd):

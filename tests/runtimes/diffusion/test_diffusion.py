@@ -147,7 +147,8 @@ def test_bad_inputs_say_what_to_fix(tiny_ddpm, sd, tmp_path):
         (lambda: ddpm.sample(1, prompt="a cat"), "not text-conditioned: it takes no prompt"),
         (lambda: ddpm.sample(1, label=1), "not class-conditional"),
         (lambda: ddpm.sample(1, guidance=3.0), "classifier-free guidance needs"),
-        (lambda: ddpm.sample(1, scheduler="pndm"), "pndm"),
+        (lambda: ddpm.sample(1, scheduler="plms"), "unknown scheduler 'plms'; choose one of ddpm, ddim, pndm"),
+        (lambda: ddpm.sample(1, scheduler="DPMSolverSDEScheduler"), "the closest scheduler it has is dpm\\+\\+"),
         (lambda: ddpm.sample(0), "must be a positive integer"),
         (lambda: text.sample(1, prompt="x", strength=0.5), "strength applies to img2img"),
         (lambda: text.sample(1, prompt="x", image=np.zeros((16, 16, 3), np.uint8), strength=1.5),
@@ -188,3 +189,21 @@ print(json.dumps({{"heavy": [x for x in ("torch", "diffusers", "transformers") i
     out = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                     check=True).stdout.strip().splitlines()[-1])
     assert out["heavy"] == [] and out["rss_mib"] < 300
+
+
+def test_cli_sample_takes_every_scheduler_by_our_name_or_diffusers_class_name(tiny_ddpm, tmp_path):
+    from edgegen.runtimes.diffusion.schedulers import SCHEDULERS
+    from tests_support import run_cli
+
+    help_text = "".join(run_cli("sample", "--help").output.split())      # click wraps lines (also at hyphens)
+    assert ",".join(SCHEDULERS) + ",orthediffusersclassname" in help_text, help_text
+    images = {}
+    for choice in ("heun", "PNDMScheduler", "unipcmultistepscheduler", "pndm"):
+        result = run_cli("sample", tiny_ddpm[1], "-o", tmp_path / f"{choice}.png", "--steps", "4", "--seed", "1",
+                         "--scheduler", choice, "--provider", "cpu")
+        assert result.exit_code == 0, result.output
+        images[choice] = (tmp_path / f"{choice}.png").read_bytes()
+    assert images["PNDMScheduler"] == images["pndm"] and images["heun"] != images["pndm"]
+    result = run_cli("sample", tiny_ddpm[1], "-o", tmp_path / "x.png", "--scheduler", "plms")
+    assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+    assert "Error: unknown scheduler 'plms'; choose one of ddpm, ddim, pndm, lms" in result.output

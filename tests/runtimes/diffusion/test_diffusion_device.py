@@ -34,7 +34,22 @@ CASES = [
     ("euler-a", SD, {}),
     ("dpm++", SD, {}), ("dpm++", {**SD, "use_karras_sigmas": True}, {}),
     ("dpm++", {**LINEAR, "variance_type": "learned_range"}, {}), ("dpm++", {**SD, "solver_order": 1}, {}),
+    ("dpm++", {**SD, "algorithm_type": "sde-dpmsolver++"}, {}),
+    ("dpm++", {**SD, "algorithm_type": "dpmsolver", "solver_type": "heun", "final_sigmas_type": "sigma_min"}, {}),
+    ("dpm++", {**SD, "algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}, {}),
+    ("heun", SD, {}), ("heun", {**SD, "use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}),
+    ("heun", {**LINEAR, "clip_sample": True}, {}),
+    ("euler", {**SD, "use_beta_sigmas": True}, {}),
+    ("kdpm2", SD, {}), ("kdpm2", {**SD, "use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}),
+    ("kdpm2-a", SD, {}), ("kdpm2-a", {**LINEAR, "use_exponential_sigmas": True}, {}),
+    ("lcm", SD, {}), ("lcm", {**LINEAR, "clip_sample": True, "prediction_type": "v_prediction"}, {}),
+    ("tcd", SD, {"eta": 0.3}), ("tcd", {**SD, "prediction_type": "sample"}, {}),
+    ("deis", SD, {}), ("deis", {**SD, "solver_order": 1, "use_karras_sigmas": True}, {}),
 ]
+#: the schedulers whose steps reach further back than the affine map (they keep the numpy loop)
+NUMPY_ONLY = [("pndm", {**SD, "skip_prk_steps": True}), ("pndm", SD), ("lms", SD), ("unipc", SD),
+              ("dpm++", {**SD, "solver_order": 3}), ("deis", {**SD, "solver_order": 3}),
+              ("dpm-single", SD)]
 
 
 @pytest.mark.parametrize("guided", [False, True])
@@ -76,6 +91,26 @@ def test_step_graph_equals_every_schedulers_numpy_step(name, config, options, gu
     assert worst <= TOLERANCE, f"{name} {config}: worst step error {worst:.2e}"
 
 
+@pytest.mark.parametrize("name, config", NUMPY_ONLY)
+def test_schedulers_beyond_the_affine_map_say_so_and_keep_the_numpy_loop(name, config, tiny_ddpm):
+    scheduler = make_scheduler(name, config)
+    scheduler.set_timesteps(9)
+    assert not scheduler.affine
+    x = np.zeros(SHAPE, np.float32)
+    for t in scheduler.timesteps:             # third-order DPM-Solver plans its first two (lower-order) steps
+        try:
+            scheduler.plan(t)
+        except edgegen.errors.InvalidArgumentError as exc:
+            assert "has no StepCoefficients; call step" in str(exc)
+            break
+        x = scheduler.step(fake_model(x, t), t, x)
+    else:
+        raise AssertionError(f"{name} planned every step")
+    model = edgegen.load(tiny_ddpm[1], provider="cpu")
+    model.latents_on_device = True
+    assert not model._on_device(scheduler)
+
+
 def test_ddpm_with_a_learned_variance_is_not_affine_and_keeps_the_numpy_loop():
     ddpm = make_scheduler("ddpm", {**LINEAR, "variance_type": "learned_range"})
     ddpm.set_timesteps(3)
@@ -110,7 +145,7 @@ def both_loops(model, **options) -> tuple[np.ndarray, np.ndarray]:
     return host, device
 
 
-@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "euler", "euler-a", "dpm++"])
+@pytest.mark.parametrize("scheduler", ["ddpm", "ddim", "heun", "euler", "euler-a", "dpm++", "kdpm2-a"])
 def test_device_loop_equals_numpy_loop_unconditional(tiny_ddpm, scheduler):
     model = edgegen.load(tiny_ddpm[1], provider="cpu")
     assert model.latents_on_device is False        # off by default on the CPU
@@ -119,7 +154,7 @@ def test_device_loop_equals_numpy_loop_unconditional(tiny_ddpm, scheduler):
     assert np.abs(host[0] - host[1]).max() > 1e-2   # rows differ: a row mix-up would show
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "euler-a", "dpm++"])
+@pytest.mark.parametrize("scheduler", ["ddim", "heun", "euler-a", "dpm++"])
 def test_device_loop_equals_numpy_loop_with_guidance_and_img2img(tiny_sd, scheduler):
     model = edgegen.load(tiny_sd[1], provider="cpu")
     host, device = both_loops(model, n=2, seed=1, steps=5, scheduler=scheduler, prompt="a red cat",
