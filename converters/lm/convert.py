@@ -15,6 +15,8 @@ import logging
 import shutil
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,15 +70,16 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         sampler = {**source.sampler, "special_tokens": special_tokens(tokenizer, source.sampler)}
         started = time.perf_counter()
         quiet_libraries()
-        reference = reference_figures(source, tokenizer, sampler.get("context_length"))
+        with _step(source, "the PyTorch reference run", "the model does not run in transformers as loaded"):
+            reference = reference_figures(source, tokenizer, sampler.get("context_length"))
         report(f"reference: PyTorch logits, {len(reference.greedy[0])} greedy tokens x {len(reference.prompts)} "
                f"prompts, NLL over {reference.nll_tokens} tokens ({time.perf_counter() - started:.1f} s)")
 
         started = time.perf_counter()
         export_dir = writer.path("export")
         export_dir.mkdir()
-        with warnings.catch_warnings():  # tracer and exporter chatter about code we do not own
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), _step(source, "the ONNX export", _EXPORT_FIX):
+            warnings.simplefilter("ignore")   # tracer and exporter chatter about code we do not own
             exported = source.export(export_dir)
         source.release()
         plain = _adopt(writer, exported, "decoder_exported.onnx")
@@ -98,7 +101,8 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
             writer.add_graph_file("decoder", cand.file, precision="fp32")
             writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
                                          defaults=source.defaults))
-            figures = compare(writer.stage, reference)
+            with _step(source, f"validating the {cand.label} graph with ONNX Runtime", _EXPORT_FIX):
+                figures = compare(writer.stage, reference)
             results.append((cand, figures))
             report(f"validate {cand.label}: max |logits error| {figures['max_abs_logits_error']:.2e}, greedy "
                    f"{figures['greedy_matching_tokens']}/{figures['greedy_tokens']} identical, NLL "
@@ -141,6 +145,24 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         writer.write(writer.manifest(family="causal-lm", source=manifest_source, sampler=sampler,
                                      defaults=source.defaults, validation=figures))
         return writer.commit()
+
+
+_EXPORT_FIX = ("please report it with the model's config.json; models of a supported architecture "
+               "(llama, qwen2, qwen3_moe, ...) convert")
+
+
+@contextmanager
+def _step(source: LMSource, step: str, fix: str) -> Iterator[None]:
+    """An unexpected exception in ``step`` becomes one line naming the architecture, the step, the root cause
+    and ``fix`` (edgegen's own errors pass as they are)."""
+    try:
+        yield
+    except EdgegenError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (torch, transformers and ONNX Runtime raise many kinds)
+        from edgegen.converters.lm.failures import cause_line
+
+        raise ConversionError(f"converting {source.model_class}: {step} failed: {cause_line(exc)}; {fix}") from exc
 
 
 def _quantize(writer: ArtifactWriter, fp32: str, scheme: str, sampler: dict[str, Any], reference: Any, *,
@@ -241,10 +263,11 @@ def _add_logits_to_keep(path: Path) -> bool:
     """Give the exported graph a ``logits_to_keep`` [1] int64 input (transformers' name; 0 = every position):
     ``Slice(x, -k, end, axis 1)`` on the LM head's input, so generation computes the head for the last position
     only (a prompt's prefill otherwise runs it per position: 50257 x 768 x T multiply-adds for GPT-2, and a
-    [B, T, V] logits tensor).  Only where that is certainly right: the head is a MatMul (then maybe an
-    Add of a 1-D bias, Casts) writing the graph output ``logits`` declared [batch, sequence, vocab] (a
-    MatMul keeps a 3-D input's sequence axis 1).  The graph's weights stay where they are (external data
-    is not loaded).  Returns whether it was added."""
+    [B, T, V] logits tensor).  Only where that is certainly right: the head is a MatMul (then maybe
+    position-wise ops with constant operands: a 1-D bias, Casts, logit scaling and softcapping, :func:`_lm_head`)
+    writing the graph output ``logits`` declared [batch, sequence, vocab] (a MatMul keeps a 3-D input's sequence
+    axis 1).  The graph's weights stay where they are (external data is not loaded).  Returns whether it was
+    added."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -253,12 +276,7 @@ def _add_logits_to_keep(path: Path) -> bool:
     graph = model.graph
     out = next((o for o in graph.output if o.name == "logits"), None)
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-    biases = {t.name for t in graph.initializer if len(t.dims) == 1}
-    head = producer.get("logits")
-    while head is not None and graph.node[head].op_type in ("Add", "Cast"):   # elementwise: a bias [V], a Cast
-        operands = list(graph.node[head].input)
-        rest = [x for x in operands if x not in biases] if graph.node[head].op_type == "Add" else operands[:1]
-        head = producer.get(rest[0]) if len(rest) == 1 else None
+    head = _lm_head(graph, producer)
     if out is None or head is None or graph.node[head].op_type != "MatMul" \
             or len(out.type.tensor_type.shape.dim) != 3 or any(i.name == "logits_to_keep" for i in graph.input):
         return False
@@ -275,6 +293,31 @@ def _add_logits_to_keep(path: Path) -> bool:
     out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
     onnx.save_model(model, str(path))
     return True
+
+
+#: Position-wise ops that may follow the LM head: unary ones, and binary ones whose other operand is a
+#: constant scalar or a 1-D [V] vector (a bias; logit scaling: Cohere's Mul, Granite's Div; Gemma 2's
+#: softcapping Div -> Tanh -> Mul).  Slicing the positions before the head commutes with each of them.
+_AFTER_HEAD_UNARY = frozenset({"Cast", "Tanh", "Identity"})
+_AFTER_HEAD_BINARY = frozenset({"Add", "Sub", "Mul", "Div"})
+
+
+def _lm_head(graph: Any, producer: dict[str, int]) -> int | None:
+    """The index of the MatMul that computes ``logits`` through only :data:`_AFTER_HEAD_UNARY` /
+    :data:`_AFTER_HEAD_BINARY` ops with constant scalar or 1-D operands, or None."""
+    constant_dims = {t.name: list(t.dims) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constant_dims[node.output[0]] = list(node.attribute[0].t.dims)
+    head = producer.get("logits")
+    while head is not None and graph.node[head].op_type in _AFTER_HEAD_UNARY | _AFTER_HEAD_BINARY:
+        node = graph.node[head]
+        if node.op_type in _AFTER_HEAD_UNARY:
+            rest = list(node.input[:1])
+        else:
+            rest = [x for x in node.input if x not in constant_dims or len(constant_dims[x]) > 1]
+        head = producer.get(rest[0]) if len(rest) == 1 else None
+    return head if head is not None and graph.node[head].op_type == "MatMul" else None
 
 
 def _finalize(writer: ArtifactWriter, chosen: str, candidates: list[str]) -> str:

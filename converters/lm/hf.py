@@ -72,9 +72,10 @@ def read_config(model_dir: Path) -> Any:
 
 
 def _first_line(exc: BaseException) -> str:
-    """An error's message cut to one line (transformers' and Optimum's run to many)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+    """An error's root cause in one line (transformers' and Optimum's messages run to many)."""
+    from edgegen.converters.lm.failures import cause_line
+
+    return cause_line(exc)
 
 
 def weights_sha256(model_dir: Path) -> str | None:

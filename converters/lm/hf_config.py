@@ -3,6 +3,7 @@
 Loading transformers takes seconds (its config mapping alone 5 s) and a model minutes, so the
 dispatcher (:mod:`edgegen.converters.api`) reads the file itself first: a broken file, a config
 with no ``model_type``, an encoder-decoder (T5, BART) or encoder-only (BERT) model, or
+a state-space, recurrent or hybrid model (Mamba, RWKV, Jamba: a recurrent state, not a KV cache), or
 ``attention="gqa"`` on a model type it does not cover is refused at once.  Rarer model types are
 refused after transformers loads, by :func:`edgegen.converters.lm.hf.read_config` with transformers'
 own mappings and the same wording (:func:`refusal`).  No torch here.
@@ -51,6 +52,23 @@ _NAMES = {"t5": "T5", "mt5": "mT5", "umt5": "UMT5", "longt5": "LongT5", "bart": 
           "pegasus": "Pegasus", "marian": "Marian", "whisper": "Whisper", "bert": "BERT", "roberta": "RoBERTa",
           "xlm-roberta": "XLM-RoBERTa", "distilbert": "DistilBERT", "albert": "ALBERT", "electra": "ELECTRA",
           "deberta": "DeBERTa", "deberta-v2": "DeBERTa-v2", "camembert": "CamemBERT", "modernbert": "ModernBERT"}
+#: causal LMs that carry a recurrent state between steps (conv and SSM states, an RNN's hidden state), wholly or
+#: in some layers (hybrids), instead of a KV cache only: a causal-lm artifact has no place for that state yet.
+#: The value is what the model is, for the refusal.
+RECURRENT_STATE_TYPES = {
+    "mamba": "a state-space model", "mamba2": "a state-space model", "falcon_mamba": "a state-space model",
+    "rwkv": "a recurrent (RWKV) model", "xlstm": "a recurrent (xLSTM) model",
+    "recurrent_gemma": "a recurrent (Griffin) model", "jamba": "a hybrid of attention and state-space (Mamba) layers",
+    "bamba": "a hybrid of attention and state-space (Mamba2) layers",
+    "zamba": "a hybrid of attention and state-space (Mamba) layers",
+    "zamba2": "a hybrid of attention and state-space (Mamba2) layers",
+    "falcon_h1": "a hybrid of attention and state-space (Mamba2) layers",
+    "granitemoehybrid": "a hybrid of attention and state-space (Mamba2) layers",
+    "nemotron_h": "a hybrid of attention and state-space (Mamba2) layers",
+    "lfm2": "a hybrid of attention and short-convolution layers",
+    "qwen3_next": "a hybrid of attention and linear-attention (gated DeltaNet) layers",
+    "minimax": "a hybrid of attention and linear (lightning) attention layers",
+}
 #: the model types edgegen.converters.lm.gqa_decoder.GQA_MODEL_TYPES names (that module imports torch)
 GQA_MODEL_TYPES = ("llama", "mistral", "qwen2")
 _CAUSAL = "edgegen converts causal (decoder-only) LMs such as gpt2, llama or qwen2"
@@ -62,6 +80,8 @@ def model_kind(model_type: str, config: dict[str, Any]) -> str | None:
         return "encoder-decoder"
     if model_type in ENCODER_ONLY_TYPES and not config.get("is_decoder"):
         return "encoder-only"
+    if model_type in RECURRENT_STATE_TYPES:
+        return "recurrent-state"
     return None
 
 
@@ -81,6 +101,11 @@ def refusal(model_dir: Path, model_type: Any, config: dict[str, Any], kind: str 
     if kind == "encoder-only":
         return (f"{model_dir} holds a {name}, an encoder-only (masked) model that does not generate text "
                 f"left to right: {_CAUSAL}")
+    if kind == "recurrent-state":
+        return (f"{model_dir} holds a {name}, {RECURRENT_STATE_TYPES[model_type]}: it carries a recurrent state "
+                "between steps, not (only) a KV cache, and edgegen's causal-lm artifacts carry a KV cache only, so "
+                "it is not supported yet; the closest options are a transformer LM of a supported architecture "
+                "(llama, qwen3, ...) or, for your own LSTM/GRU module, the rnn-lm spec")
     return None
 
 

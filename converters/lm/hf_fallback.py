@@ -13,9 +13,14 @@ from typing import Any
 
 import torch
 
+from edgegen.converters.lm.failures import cause_line
+from edgegen.converters.lm.moe_export import exportable_experts
 from edgegen.errors import ConversionError
 
 OPSET = 18
+#: What a user can do when torch.export cannot follow a model's code.
+EXPORT_FIX = ("edgegen's export cannot follow this architecture's code yet; please report it with the model's "
+              "config.json (models of a supported architecture such as llama, qwen2 or qwen3_moe convert)")
 
 
 class _FlatHFCache(torch.nn.Module):
@@ -38,27 +43,36 @@ class _FlatHFCache(torch.nn.Module):
         return (out.logits, *presents)
 
 
-def cache_shape(config: Any) -> tuple[int, int, int]:
-    """(layers, kv heads, head size) of a transformers config."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    heads = getattr(text, "num_attention_heads", None) or getattr(text, "n_head", None)
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    hidden = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
-    head_dim = getattr(text, "head_dim", None) or (hidden // heads if hidden and heads else None)
-    if not (layers and kv_heads and head_dim):
-        raise ConversionError(f"cannot tell the cache shape of a {config.model_type} model from its config "
-                              "(num_hidden_layers, num_attention_heads, hidden_size)")
-    return int(layers), int(kv_heads), int(head_dim)
+@torch.no_grad()
+def probed_cache_shapes(model: Any) -> list[tuple[int, int]]:
+    """(heads, head size) of each past tensor (layer 0 key, layer 0 value, ...), as one forward writes them:
+    keys and values may differ (multi-head latent attention: DeepSeek-V2/V3 keys hold nope + rope dims, values
+    v_head_dim), so the config's head_dim alone does not say."""
+    from transformers import DynamicCache
+
+    out = model(input_ids=torch.zeros((1, 2), dtype=torch.int64), past_key_values=DynamicCache(), use_cache=True)
+    layers = getattr(out.past_key_values, "layers", None)
+    if not layers:
+        raise ConversionError(f"{model.config.model_type} returned no KV cache from a forward with use_cache=True; "
+                              "edgegen's causal-lm artifacts carry a KV cache (past_key_values.N.key/value)")
+    shapes = []
+    for layer in layers:
+        for tensor in (layer.keys, layer.values):                              # [B, H_kv, P, D]
+            if tensor is None or tensor.dim() != 4:
+                raise ConversionError(f"{model.config.model_type}'s cache is not [batch, heads, positions, head "
+                                      f"size] per layer (got {None if tensor is None else tuple(tensor.shape)})")
+            shapes.append((int(tensor.shape[1]), int(tensor.shape[3])))
+    return shapes
 
 
 def export_hf_with_cache(model: Any, directory: Path) -> Path:
-    layers, kv_heads, head_dim = cache_shape(model.config)
+    shapes = probed_cache_shapes(model)
+    layers = len(shapes) // 2
     b, p, t = 2, 3, 4
     ids = torch.randint(0, 2, (b, t), dtype=torch.int64)                     # [B, T]
     mask = torch.ones((b, p + t), dtype=torch.int64)                         # [B, P+T]
     positions = torch.arange(p, p + t, dtype=torch.int64).expand(b, t)       # [B, T]
-    past = tuple(torch.zeros((b, kv_heads, p, head_dim)) for _ in range(2 * layers))
+    past = tuple(torch.zeros((b, heads, p, dim)) for heads, dim in shapes)  # [B, H_kv, P, D_key or D_value]
     batch = torch.export.Dim("batch_size", min=1, max=4096)
     seq = torch.export.Dim("sequence_length", min=1, max=1 << 20)
     total = torch.export.Dim("total_sequence_length", min=1, max=1 << 20)
@@ -68,12 +82,13 @@ def export_hf_with_cache(model: Any, directory: Path) -> Path:
     names = [f"{i}.{k}" for i in range(layers) for k in ("key", "value")]
     path = directory / "model.onnx"
     try:
-        torch.onnx.export(_FlatHFCache(model, layers), (ids, mask, positions, past), str(path), dynamo=True,
-                          opset_version=OPSET, dynamic_shapes=shapes, external_data=True, verbose=False,
-                          input_names=["input_ids", "attention_mask", "position_ids",
-                                       *[f"past_key_values.{n}" for n in names]],
-                          output_names=["logits", *[f"present.{n}" for n in names]])
+        with exportable_experts(model):
+            torch.onnx.export(_FlatHFCache(model, layers), (ids, mask, positions, past), str(path), dynamo=True,
+                              opset_version=OPSET, dynamic_shapes=shapes, external_data=True, verbose=False,
+                              input_names=["input_ids", "attention_mask", "position_ids",
+                                           *[f"past_key_values.{n}" for n in names]],
+                              output_names=["logits", *[f"present.{n}" for n in names]])
     except Exception as exc:  # noqa: BLE001  (torch.export raises many kinds)
-        raise ConversionError(f"exporting {model.config.model_type} (not covered by Optimum) failed: "
-                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+        raise ConversionError(f"exporting {model.config.model_type} (not covered by Optimum) with torch.export "
+                              f"failed: {cause_line(exc)}; {EXPORT_FIX}") from exc
     return path

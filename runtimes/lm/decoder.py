@@ -3,7 +3,8 @@
 The graph follows the Optimum / ONNX Runtime GenAI naming: inputs ``input_ids``
 [B, T], optionally ``attention_mask`` [B, P+T] and ``position_ids`` [B, T], and
 ``past_key_values.{i}.key|value`` [B, H_kv, P, D]; outputs ``logits`` [B, T, V] and
-``present.{i}.key|value`` [B, H_kv, P+T, D].  Which optional inputs exist is read from
+``present.{i}.key|value`` [B, H_kv, P+T, D] (D may differ between keys and values:
+:class:`CacheLayout`).  Which optional inputs exist is read from
 the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none; a graph with
 ``logits_to_keep`` [1] (edgegen adds it before the LM head at conversion) is asked for the last
 position's logits only when generating (1) and for every position when scoring (0).
@@ -39,23 +40,32 @@ _KEEP_LAST, _KEEP_ALL = np.array([1], np.int64), np.array([0], np.int64)   # log
 
 @dataclass(frozen=True)
 class CacheLayout:
-    """What the graph's past inputs say about the cache: layers, heads, head size, dtype."""
+    """What the graph's past inputs say about the cache: layers, heads, head sizes, dtype.  Keys and values
+    may have different head sizes (multi-head latent attention, DeepSeek-V2/V3): ``value_head_dim``
+    (None: ``head_dim``, the keys' size)."""
 
     num_layers: int
     num_kv_heads: int
     head_dim: int
     dtype: type
+    value_head_dim: int | None = None
+
+    @property
+    def value_dim(self) -> int:
+        return self.head_dim if self.value_head_dim is None else self.value_head_dim
 
     def empty(self, batch: int, capacity: int = 0) -> list[np.ndarray]:
-        shape = (batch, self.num_kv_heads, capacity, self.head_dim)  # [B, H_kv, P=capacity (0: empty), D]
-        return [np.zeros(shape, dtype=self.dtype) for _ in range(2 * self.num_layers)]
+        """Zero past tensors, layer by layer key then value: [B, H_kv, P=capacity (0: empty), D_key | D_value]."""
+        key, value = ((batch, self.num_kv_heads, capacity, d) for d in (self.head_dim, self.value_dim))
+        return [np.zeros(shape, dtype=self.dtype) for _ in range(self.num_layers) for shape in (key, value)]
 
     def bytes_per_token(self) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * np.dtype(self.dtype).itemsize
+        return self.num_layers * self.num_kv_heads * (self.head_dim + self.value_dim) * np.dtype(self.dtype).itemsize
 
 
 def cache_layout(session: ort.InferenceSession) -> CacheLayout | None:
-    """The cache layout of a decoder graph, or None if it takes no past."""
+    """The cache layout of a decoder graph, or None if it takes no past.  Every key has one shape and every
+    value one shape (the two may differ in head size)."""
     pasts = {}
     for arg in session.get_inputs():
         m = _PAST.match(arg.name)
@@ -65,14 +75,21 @@ def cache_layout(session: ort.InferenceSession) -> CacheLayout | None:
         return None
     layers = 1 + max(layer for layer, _ in pasts)
     missing = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value") if (i, kind) not in pasts]
-    first = pasts[(0, "key")] if (0, "key") in pasts else next(iter(pasts.values()))
-    shape = first.shape
-    if missing or len(shape) != 4 or not isinstance(shape[1], int) or not isinstance(shape[3], int):
+    shapes = {kind: {(arg.shape[1], arg.shape[3]) if len(arg.shape) == 4 else tuple(arg.shape)
+                     for (_, k), arg in pasts.items() if k == kind} for kind in ("key", "value")}
+    fixed = all(len(s) == 1 and len(next(iter(s))) == 2 and all(isinstance(d, int) for d in next(iter(s)))
+                for s in shapes.values())
+    if missing or not fixed or next(iter(shapes["key"]))[0] != next(iter(shapes["value"]))[0]:
         raise GraphMismatchError(
-            f"decoder graph: past inputs must be past_key_values.N.key/value shaped [batch, kv_heads, past, head_dim] "
-            f"(missing: {', '.join(missing) or 'none'}, shape {shape}); re-convert the model with edgegen")
-    return CacheLayout(num_layers=layers, num_kv_heads=shape[1], head_dim=shape[3],
-                       dtype=_NP_DTYPES.get(first.type, np.float32))
+            f"decoder graph: past inputs must be past_key_values.N.key/value shaped [batch, kv_heads, past, head_dim], "
+            f"one shape for every key and one for every value (missing: {', '.join(missing) or 'none'}; key "
+            f"[heads, head_dim] {sorted(map(str, shapes['key']))}, value {sorted(map(str, shapes['value']))}); "
+            "re-convert the model with edgegen")
+    (heads, key_dim), (_, value_dim) = next(iter(shapes["key"])), next(iter(shapes["value"]))
+    first = pasts[(0, "key")]
+    return CacheLayout(num_layers=layers, num_kv_heads=heads, head_dim=key_dim,
+                       dtype=_NP_DTYPES.get(first.type, np.float32),
+                       value_head_dim=None if value_dim == key_dim else value_dim)
 
 
 class StepBinding:
