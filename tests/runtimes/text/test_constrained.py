@@ -193,7 +193,7 @@ def test_an_artifact_cannot_set_response_format():
 
 def test_without_llguidance_the_message_says_how_to_install_it(lm, monkeypatch):
     monkeypatch.setitem(sys.modules, "llguidance", None)   # import llguidance -> ImportError
-    with pytest.raises(InvalidArgumentError, match=r"pip install 'edgegen\[structured\]'"):
+    with pytest.raises(InvalidArgumentError, match=r"llguidance, which edgegen's \[structured\] extra installs"):
         lm.generator(GenerationSettings(response_format={"type": "json_object"}))
 
 
