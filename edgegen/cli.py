@@ -769,6 +769,7 @@ def _short(value: Any) -> str:
 
 
 from edgegen import cli_chat  # noqa: E402,F401  (registers `chat` on the group; it imports this module)
+from edgegen import cli_serve  # noqa: E402,F401
 
 
 def main() -> None:
