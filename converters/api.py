@@ -167,6 +167,14 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
         return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
     if diffusers_class is not None and "model_type" not in config:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
+    from edgegen.converters.seq2seq.convert import is_seq2seq_config
+
+    if is_seq2seq_config(config):   # T5, BART, Marian...: the seq2seq family
+        from edgegen.converters.seq2seq.convert import convert_seq2seq
+
+        what = "an encoder-decoder model"
+        _no_gate(_no_lm_gate(_no_scheduler(_no_attention(options, what), what), "seq2seq"), "seq2seq")
+        return convert_seq2seq(model_dir, output, **options)
     check_lm_config(model_dir, config, options.get("attention", "auto"))
     return _convert_hf_transformers(model_dir, output, **_no_scheduler(options, "a language model"))
 

@@ -396,9 +396,15 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
     for text in texts:
         check_text(text, "the prompt")   # a shell's bytes that are not UTF-8 arrive as lone surrogates
     family = open_artifact(artifact).manifest.family
+    if family == "seq2seq":
+        model = edgegen.load(artifact, **runtime)
+        outputs = [model.generate(text, settings) for text in texts]   # bad prompts: one line, exit 1
+        click.echo(json.dumps([{"prompt": p, "text": t} for p, t in zip(texts, outputs)]) if as_json
+                   else "\n\n".join(outputs))
+        return
     if family not in ("causal-lm", "rnn-lm"):
-        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm and rnn-lm "
-                                   "artifacts")
+        raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; generate runs causal-lm, rnn-lm and "
+                                   "seq2seq artifacts")
     if as_chat or system is not None or template is not None:
         from edgegen.cli_chat import generate_chat
 

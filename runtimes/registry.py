@@ -31,6 +31,7 @@ RUNTIMES: dict[str, str] = {
     "rnn-lm": "edgegen.runtimes.rnn.rnn_lm:RNNLM",
     "diffusion": "edgegen.runtimes.diffusion.diffusion:Diffusion",
     "flow": "edgegen.runtimes.flow.flow:Flow",
+    "seq2seq": "edgegen.runtimes.seq2seq.seq2seq:Seq2Seq",
     "gan": "edgegen.runtimes.image.gan:GAN",
     "vae": "edgegen.runtimes.image.vae:VAE",
     "vq-vae": "edgegen.runtimes.image.vae:VQVAE",

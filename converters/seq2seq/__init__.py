@@ -1,0 +1,1 @@
+"""Encoder-decoder (seq2seq) conversion: T5, BART, mBART, Marian directories via Optimum's exporter."""
