@@ -4,10 +4,13 @@ first token.
 A GPT-2 small shaped model (12 layers, 768 wide, 50257 logits, 1024 positions; random weights) with a
 byte-level tokenizer trained on this file, converted once (``--quantize``, default int8), served by a real
 ``edgegen serve`` process on a free loopback port.  Each client sends ``--requests`` streamed completions one
-after another (distinct ~40-token prompts, greedy, ``--tokens`` new tokens each); a request's time to first
+after another (distinct prompts of ``--prompt-tokens`` (40) tokens, greedy, ``--tokens`` new tokens each); a request's time to first
 token is taken at its first chunk (``logprobs: 0`` makes one per token), the decode figure is every client's
 completion tokens over the wall time of the round.
-Run: ``python benchmarks/serve.py [--quantize int8] [--tokens 64] [--requests 4] [--workdir DIR]``.
+``--cohorts`` runs the same with merging off (each cohort of requests its own graph run per step: the
+scheduler before continuous batching) for comparison.  Every client count runs ``--repeats`` times, interleaved (1, 4, 16, 1, 4, 16, ...); the table gives medians and
+the range.
+Run: ``python benchmarks/serve.py [--quantize int8] [--tokens 64] [--requests 4] [--repeats 3] [--workdir DIR]``.
 
 Measured: see the report of the change that added it (the figures depend on the machine's free cores).
 """
@@ -51,8 +54,15 @@ def build(root: Path, quantize: str) -> Path:
     return edgegen.convert(hf, root / "artifact", quantize=quantize, report=lambda *_: None)
 
 
-def start_server(artifact: Path, max_batch: int, threads: int | None) -> tuple[subprocess.Popen, str]:
-    args = [sys.executable, "-c", "import sys\nfrom edgegen.cli import main\nsys.argv[0]='edgegen'\nmain()", "serve",
+#: the server's launcher; ``--cohorts`` patches merging off (each cohort its own graph run per step, as before it)
+_MAIN = "import sys\nfrom edgegen.cli import main\nsys.argv[0]='edgegen'\nmain()"
+_NO_MERGE = ("from edgegen.runtimes.lm.batch_engine import MergedBatch\n"
+             "MergedBatch.supports = staticmethod(lambda lm: False)\n")
+
+
+def start_server(artifact: Path, max_batch: int, threads: int | None,
+                 merge: bool = True) -> tuple[subprocess.Popen, str]:
+    args = [sys.executable, "-c", _MAIN if merge else _NO_MERGE + _MAIN, "serve",
             f"bench={artifact}", "--port", "0", "--provider", "cpu", "--max-batch", str(max_batch)]
     if threads:
         args += ["--threads", str(threads)]
@@ -67,9 +77,30 @@ def start_server(artifact: Path, max_batch: int, threads: int | None) -> tuple[s
     raise SystemExit("edgegen serve did not start")
 
 
+#: the prompts the clients send, set by main (PROMPT_TOKENS tokens each)
+PROMPTS: list[str] = []
+
+
+def make_prompts(artifact: Path, count: int, length: int) -> list[str]:
+    """``count`` distinct texts of this file that encode to ``length`` tokens each with the artifact's tokenizer
+    (equal lengths: the merged batch's left padding costs nothing; a 600-token BPE trained on this file makes
+    30 words anything from 60 to 300 tokens)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(next(artifact.rglob("tokenizer.json"))))
+    ids = tok.encode(" ".join(WORDS)).ids
+    out = []
+    for i in range(count):
+        start = (i * 97) % (len(ids) - length)
+        text = tok.decode(ids[start:start + length])
+        while len(tok.encode(text).ids) > length:      # a retokenization may be longer by a token or two
+            text = text[:-1]
+        out.append(text)
+    return out
+
+
 def prompt(i: int) -> str:
-    start = (i * 37) % (len(WORDS) - 40)
-    return " ".join(WORDS[start:start + 30])
+    return PROMPTS[i % len(PROMPTS)]
 
 
 def one_request(client, url: str, i: int, tokens: int) -> tuple[float, int]:
@@ -128,30 +159,48 @@ def main() -> None:
     parser.add_argument("--quantize", default="int8")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--requests", type=int, default=4, help="Requests per client, one after another.")
-    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--clients", default="1,4,8,16")
+    parser.add_argument("--prompt-tokens", type=int, default=40)
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads of the server.")
     parser.add_argument("--workdir", type=Path, default=None, help="Keep the model here (default: a temp dir).")
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds of every client count, interleaved.")
+    parser.add_argument("--cohorts", action="store_true",
+                        help="Turn merging off: every cohort of requests runs its own graph per step (the comparison).")
+    parser.add_argument("--json", type=Path, default=None, help="Write every round's figures here.")
     args = parser.parse_args()
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="edgegen-serve-bench-"))
     artifact = root / "artifact" if (root / "artifact" / "edgegen.json").is_file() else build(root, args.quantize)
     levels = [int(c) for c in args.clients.split(",")]
-    proc, url = start_server(artifact, max(levels), args.threads)
+    PROMPTS[:] = make_prompts(artifact, max(levels) * args.requests, args.prompt_tokens)
+    proc, url = start_server(artifact, max(levels), args.threads, merge=not args.cohorts)
+    runs: dict[int, list[dict[str, float]]] = {c: [] for c in levels}
     try:
         round_of(url, 1, 1, 8)                        # warm-up: first-run allocations
-        rows = [round_of(url, c, args.requests, args.tokens) for c in levels]
+        for _ in range(args.repeats):                 # interleaved: a slow spell of the machine hits every level
+            for c in levels:
+                runs[c].append(round_of(url, c, args.requests, args.tokens))
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)
-    print(f"edgegen serve: GPT-2 small shape, quantize={args.quantize}, {args.tokens} greedy tokens per request, "
-          f"{args.requests} streamed requests per client, CPU, {os.cpu_count()} cores")
-    print(f"{'clients':>7} {'requests':>8} {'tokens':>7} {'wall s':>7} {'decode tok/s':>12} {'ttft p50 ms':>11} "
-          f"{'ttft p99 ms':>11}")
-    for r in rows:
-        print(f"{r['clients']:>7} {r['requests']:>8} {r['tokens']:>7} {r['wall_s']:>7.2f} {r['tok_per_s']:>12.1f} "
-              f"{r['ttft_p50_ms']:>11.1f} {r['ttft_p99_ms']:>11.1f}")
-    base = rows[0]["tok_per_s"]
-    print("speed-up over 1 client: " + ", ".join(f"{r['clients']}: {r['tok_per_s'] / base:.2f}x" for r in rows))
+    print(f"edgegen serve{' (merging off: --cohorts)' if args.cohorts else ''}: GPT-2 small shape, quantize="
+          f"{args.quantize}, {args.prompt_tokens}-token prompts, {args.tokens} greedy tokens per request, "
+          f"{args.requests} streamed requests per client, CPU, {os.cpu_count()} cores; median of {args.repeats} "
+          "interleaved runs [min-max]")
+    print(f"{'clients':>7} {'tokens':>7} {'wall s':>7} {'decode tok/s':>22} {'ttft p50 ms':>22} {'ttft p99 ms':>22}")
+
+    def cell(c: int, key: str) -> str:
+        values = [r[key] for r in runs[c]]
+        return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
+
+    for c in levels:
+        print(f"{c:>7} {runs[c][0]['tokens']:>7} {statistics.median(r['wall_s'] for r in runs[c]):>7.2f} "
+              f"{cell(c, 'tok_per_s'):>22} {cell(c, 'ttft_p50_ms'):>22} {cell(c, 'ttft_p99_ms'):>22}")
+    base = statistics.median(r["tok_per_s"] for r in runs[levels[0]])
+    print(f"speed-up over {levels[0]} client(s) (medians): " + ", ".join(
+        f"{c}: {statistics.median(r['tok_per_s'] for r in runs[c]) / base:.2f}x" for c in levels))
+    if args.json:
+        args.json.write_text(json.dumps({str(c): runs[c] for c in levels}, indent=1))
 
 
 if __name__ == "__main__":

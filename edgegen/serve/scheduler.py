@@ -1,5 +1,5 @@
-"""Many clients on one language model: a worker thread that steps every running request, admitting new ones at
-step boundaries (iteration-level scheduling over the runtime's step API).
+"""Many clients on one language model: a worker thread that steps every running request as one batch, new
+requests joining it at step boundaries (continuous, iteration-level batching over the runtime's step API).
 
 Each loaded text model gets one :class:`LMScheduler` with its own worker thread, so the model's graph runs one
 at a time and in a known order.  A request (:class:`LMRequest`: one prompt's token ids, its settings, ``n``
@@ -7,23 +7,30 @@ rows) waits in a bounded FIFO queue (full: :class:`QueueFullError`, HTTP 429).  
 
 1. **admit** at the step boundary every waiting request that fits (at most ``max_batch`` live rows in all);
    requests admitted together whose resolved settings are equal share one *cohort*: one
-   ``lm.generator(settings, batch=rows)`` whose rows run as one left-padded batch (a model whose graph needs
-   unpadded rows, GroupQueryAttention, runs them one by one inside that generator, as the runtime decides);
-2. **step** every cohort once (``generate_next_token``): one token for each live row of every running request,
-   decoded incrementally, cut at stop strings, handed to the request's :class:`Sink` as it comes;
-3. a row that ends is reported at once (its client is answered while the cohort's other rows go on); a
-   cohort whose rows have all ended is dropped.
+   ``lm.generator(settings, batch=rows)`` that runs their prompts as one left-padded batch and gives each its
+   first token;
+2. **merge**: the new cohorts' rows join the running batch
+   (:class:`~edgegen.runtimes.lm.batch_engine.MergedBatch`: their caches padded on the left to the batch's
+   length and stacked), so **one graph run per step** computes the next token of every live row of every
+   request, whatever step it joined at; each cohort then samples its rows from those logits with its own
+   generator (its settings, random stream, grammar, penalties' history), decodes incrementally, cuts at stop
+   strings and hands the text to the request's :class:`Sink` as it comes;
+3. a row that ends is reported at once (its client is answered) and leaves the batch; leading columns that no
+   live row uses are cut, so the batch is as long as its longest live row.
 
-So a new request starts at the next step boundary instead of waiting for the running ones to finish, and the
-cost of a step is one graph run per cohort, not per request.  What this is not: rows of different cohorts are
-never merged into one batch (the step API has no way to add rows to a running generator), and a finished row
-stays in its cohort's batch (computed, ignored) until the cohort ends.
+Greedy requests get the tokens they get alone (rows are independent given the mask; tested).  Requests run in a
+cohort of their own when sharing a *generator* would change their result: a ``response_format`` (its grammar
+state is per generator) or a seeded sampling run (its random stream); they still join the merged batch.
 
-Requests run alone (a cohort of their own rows) when sharing would change their result: a ``response_format``
-(its grammar state is per generator) or a seeded sampling run (its random stream would be shared).  Greedy and
-unseeded requests batch.  A cancelled request (its client went away) stops within one step: its rows end at
-the next boundary, and a cohort whose requests are all cancelled has its generator's cancel event set, which
-stops even a graph run in progress (:mod:`edgegen.runtimes.run_control`).
+Models whose decoder cannot take left-padded rows (GroupQueryAttention artifacts, ``padding: none``) and models
+without a KV cache are not merged (``MergedBatch.supports``): there each cohort runs its own steps (one graph
+run per cohort and step; inside it, rows of different lengths run one by one, as the runtime decides), and a
+finished row stays in its cohort until the cohort ends.
+
+A cancelled request (its client went away) stops within one step: its rows end at the next boundary and leave
+the batch; a cohort whose requests are all cancelled has its generator's cancel event set, which stops even a
+graph run of its own in progress (:mod:`edgegen.runtimes.run_control`); closing the scheduler stops the
+merged run in progress.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edgegen.errors import CancelledError, EdgegenError
+from edgegen.runtimes.lm.batch_engine import MergedBatch
 from edgegen.runtimes.text.decoding import IncrementalDecoder, StopStringMatcher
 from edgegen.runtimes.text.settings import GenerationSettings, Resolved, resolve
 
@@ -101,6 +109,7 @@ class _Cohort:
         self.texts = [""] * len(prompts)
         self.reported = [False] * len(prompts)
         self.logprobs_sent = [0] * len(prompts)
+        self.merged = False              # its rows are in the scheduler's merged batch (after its first token)
 
     def live_rows(self) -> int:
         return int((~self.gen.finished).sum())
@@ -116,6 +125,9 @@ class LMScheduler:
         self._waiting: deque[LMRequest] = deque()
         self._cohorts: list[_Cohort] = []          # the worker's alone (read elsewhere under _cond)
         self._closing = False
+        self._stop = threading.Event()             # set on close: stops a merged run in progress
+        #: the running rows of every cohort as one batch (a model whose runs can merge), else None
+        self.merged: MergedBatch | None = MergedBatch(lm, cancel=self._stop) if MergedBatch.supports(lm) else None
         self._thread = threading.Thread(target=self._loop, name=f"edgegen-serve-{name}", daemon=True)
         self._thread.start()
 
@@ -147,6 +159,7 @@ class LMScheduler:
         """Stop the worker: running and waiting requests end with ShuttingDownError."""
         with self._cond:
             self._closing = True
+            self._stop.set()
             for cohort in self._cohorts:
                 cohort.event.set()
             self._cond.notify()
@@ -165,11 +178,26 @@ class LMScheduler:
                     self._cond.wait()
                 if self._closing:
                     break
-            self._admit()
+            fresh = self._admit()
             for cohort in list(self._cohorts):
+                if cohort in fresh or cohort.merged:
+                    continue
+                if not self._step(cohort):     # a cohort of its own (a model whose runs cannot merge)
+                    self._drop(cohort)
+            for cohort in fresh:               # the prompt's forward and first token, in its own run
                 if not self._step(cohort):
-                    with self._cond:
-                        self._cohorts.remove(cohort)
+                    self._drop(cohort)
+                elif self.merged is not None:
+                    try:
+                        self.merged.add(cohort.gen)
+                    except Exception as exc:  # noqa: BLE001  (its requests fail, the batch and the server go on)
+                        for request in cohort.requests:
+                            request.sink.error(exc)
+                        self._drop(cohort)
+                        continue
+                    cohort.merged = True
+            if self.merged is not None:     # the fresh ones too: their first token is pending
+                self._step_merged([c for c in self._cohorts if c.merged])
             if self.metrics is not None:
                 self.metrics.running(sum(c.live_rows() for c in self._cohorts))
         stopped = ShuttingDownError("the server shut down before this request finished")
@@ -180,8 +208,42 @@ class LMScheduler:
         for request in pending:
             request.sink.error(stopped)
 
-    def _admit(self) -> None:
-        """Take the waiting requests that fit into cohorts (FIFO; one larger than the room waits for it)."""
+    def _drop(self, cohort: _Cohort) -> None:
+        """Forget ``cohort`` (ended, failed or cancelled): its rows leave the merged batch at its next step."""
+        for b in range(cohort.gen.batch):
+            cohort.gen.finish(b, "cancelled")          # a no-op for rows that ended (and were reported)
+        with self._cond:
+            self._cohorts.remove(cohort)
+
+    def _step_merged(self, cohorts: list[_Cohort]) -> None:
+        """One graph run for every row of the merged batch, then each cohort samples its tokens from it."""
+        assert self.merged is not None
+        live = [c for c in cohorts if self._check(c)]
+        for cohort in cohorts:
+            if cohort not in live:
+                self._drop(cohort)
+        self.merged.remove_done()
+        if not live:
+            return
+        try:
+            self.merged.step()
+        except Exception as exc:  # noqa: BLE001  (a failed run fails its requests, not the server)
+            if isinstance(exc, CancelledError):     # only the server closing cancels the merged batch
+                exc = ShuttingDownError("the server shut down before this request finished")
+            for cohort in live:
+                for request in cohort.requests:
+                    request.sink.error(exc)
+                self._drop(cohort)
+            self.merged = MergedBatch(self.lm, cancel=self._stop) if not self._closing else None
+            return
+        for cohort in live:
+            if not self._step(cohort):
+                self._drop(cohort)
+        self.merged.remove_done()
+
+    def _admit(self) -> list[_Cohort]:
+        """Take the waiting requests that fit into cohorts (FIFO; one larger than the room waits for it); the new
+        cohorts."""
         with self._cond:
             room = self.max_batch - sum(c.live_rows() for c in self._cohorts)
             taken: list[LMRequest] = []
@@ -195,8 +257,10 @@ class LMScheduler:
         groups: dict[Any, list[LMRequest]] = {}
         for request in taken:
             groups.setdefault(self._batch_key(request), []).append(request)
+        fresh: list[_Cohort] = []
         for group in groups.values():
-            self._start(group)
+            self._start(group, fresh)
+        return fresh
 
     def _batch_key(self, request: LMRequest) -> Any:
         """Requests with equal keys may share a generator: their resolved settings, unless sharing would change
@@ -209,14 +273,14 @@ class LMScheduler:
             return object()
         return resolved
 
-    def _start(self, group: list[LMRequest]) -> None:
+    def _start(self, group: list[LMRequest], fresh: list[_Cohort]) -> None:
         try:
             resolved = resolve(group[0].settings, self.lm.defaults)
             cohort = _Cohort(self.lm, group, resolved, group[0].settings)
         except Exception as exc:  # noqa: BLE001  (the request's error goes to its client, the worker goes on)
             if len(group) > 1:         # whose fault it was: each alone
                 for request in group:
-                    self._start([request])
+                    self._start([request], fresh)
                 return
             group[0].sink.error(exc)
             return
@@ -225,19 +289,26 @@ class LMScheduler:
                 request.cohort = cohort
             self._cohorts.append(cohort)
             cancelled = all(r.cancel.is_set() for r in group)
+        fresh.append(cohort)
         if cancelled:
             cohort.event.set()
         if self.metrics is not None:
             self.metrics.prompt_tokens(sum(len(r.prompt_ids) * r.n for r in group))
 
-    def _step(self, c: _Cohort) -> bool:
-        """One token for each live row of ``c``; False once the cohort is done."""
+    def _check(self, c: _Cohort) -> bool:
+        """End the rows of ``c`` whose requests were cancelled (reporting what ended); False if none is left."""
         gen = c.gen
         for b, (request, _) in enumerate(c.owner):
             if request.cancel.is_set() and not gen.finished[b]:
                 gen.finish(b, "cancelled")
         self._report_ended(c)
-        if gen.is_done():
+        return not gen.is_done()
+
+    def _step(self, c: _Cohort) -> bool:
+        """One token for each live row of ``c`` (in the merged batch: sampled from the logits its run gave);
+        False once the cohort is done."""
+        gen = c.gen
+        if not self._check(c):
             return False
         live = np.flatnonzero(~gen.finished)
         try:

@@ -1,6 +1,7 @@
 """The web page's script against a live server: in a real headless Chromium (Debian's package; never downloaded
 here), driven over the DevTools protocol on a pipe (``--remote-debugging-pipe``: no WebDriver, no websocket
-library): type a message, see the streamed reply, save a screenshot; skipped where /usr/bin/chromium is missing.
+library): type a message, see the streamed reply, save a screenshot; skipped where /usr/bin/chromium is missing,
+except under CI (CI=true, where .ci/run installs it): there a missing browser fails.
 And in Node with a minimal fake DOM (page_harness.js), where Node is installed: the same script's requests and
 SSE parsing, with the reply arriving in several pieces."""
 
@@ -34,16 +35,19 @@ class DevTools:
     def __init__(self, user_dir: Path) -> None:
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-
-        def fds() -> None:                      # in the child: the protocol's pipes as fds 3 and 4
-            high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w)]   # out of the way
-            os.dup2(high[0], 3)
-            os.dup2(high[1], 4)
-
-        self.proc = subprocess.Popen([str(CHROMIUM), "--headless=new", "--remote-debugging-pipe", "--no-sandbox",
+        # the child's ends as fds 3 and 4, where Chromium wants them: moved out of the way first (>= 10), then
+        # redirected by bash (dash takes one-digit fds only) that execs the browser (a preexec_fn dup2 would not do:
+        # subprocess closes every fd but pass_fds after it)
+        child = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (to_child_r, from_child_w)]
+        os.close(to_child_r)
+        os.close(from_child_w)
+        to_child_r, from_child_w = child
+        self.proc = subprocess.Popen(["/bin/bash", "-c", f'exec "$0" "$@" 3<&{to_child_r} 4>&{from_child_w} '
+                                      f'{to_child_r}<&- {from_child_w}>&-',
+                                      str(CHROMIUM), "--headless=new", "--remote-debugging-pipe", "--no-sandbox",
                                       "--disable-gpu", "--no-first-run", f"--user-data-dir={user_dir}",
                                       "--window-size=1000,800", "about:blank"],
-                                     preexec_fn=fds, pass_fds=(to_child_r, from_child_w),
+                                     pass_fds=(to_child_r, from_child_w),
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -94,8 +98,12 @@ def test_the_pages_script_streams_a_reply_in_node(chat_lm_artifact, tmp_path):
     assert shown["updates"] > 1 and "tokens" in shown["meta"] and "first token" in shown["meta"], shown
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="no /usr/bin/chromium (Debian's chromium package) on this machine")
 def test_typing_a_message_streams_the_reply_into_the_page(chat_lm_artifact, tmp_path):
+    if not CHROMIUM.exists():
+        missing = "no /usr/bin/chromium: install Debian's chromium package (apt-get install chromium)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{missing}; .ci/run installs it where apt-get is available")
+        pytest.skip(missing)
     server = ServeProcess([f"chat={chat_lm_artifact}", "--provider", "cpu", "--threads", "1"], cwd=tmp_path)
     browser = DevTools(tmp_path / "chromium")
     try:
@@ -116,17 +124,27 @@ def test_typing_a_message_streams_the_reply_into_the_page(chat_lm_artifact, tmp_
             raise AssertionError(f"the page never got to: {expression}")
 
         until("document.querySelectorAll('#model option').length > 0")
+        # every text the reply's bubble is given, as it is given (the text nodes its updates add)
+        js("window.seen = []; new MutationObserver((records) => { for (const r of records) for (const n of "
+           "r.addedNodes) if (n.nodeType === 3 && r.target.classList.contains('assistant')) "
+           "window.seen.push(n.textContent) }).observe(document.body, {subtree: true, childList: true}); true")
         js("document.getElementById('temperature').value = '0'; document.getElementById('max-tokens').value = '12';"
            "document.getElementById('input').value = 'Hello from the browser';"
            "document.getElementById('chat-form').requestSubmit(); true")
         until("document.querySelector('.msg.assistant.done') !== null")
         shown = js("document.querySelector('.msg.assistant').firstChild.textContent")
         meta = js("document.querySelector('.msg.assistant .meta').textContent")
+        seen = js("window.seen")
         png = base64.b64decode(browser.call("Page.captureScreenshot", session, format="png")["data"])
         (tmp_path / "page.png").write_bytes(png)
+        shot = os.environ.get("EDGEGEN_PAGE_SCREENSHOT")      # where to keep a copy (a CI artifact)
+        if shot:
+            Path(shot).write_bytes(png)
     finally:
         browser.close()
         server.stop()
     assert shown == greedy_reply(chat_lm_artifact, "Hello from the browser") and "tokens" in meta
     assert "first token" in meta
+    # streamed: the bubble grew piece by piece, each text extending the last, ending at the reply
+    assert len(seen) > 2 and seen[-1] == shown and all(b.startswith(a) for a, b in zip(seen, seen[1:])), seen
     assert png.startswith(b"\x89PNG") and len(png) > 1000

@@ -84,12 +84,49 @@ def test_a_new_request_joins_at_a_step_boundary_while_another_runs(lm, scheduler
         on_piece=lambda count: count == 3 and scheduler.submit([late])))
     scheduler.submit([first])
     wait(first, late)
-    assert late.cohort is not first.cohort
+    assert late.cohort is not first.cohort and scheduler.merged.peak_members == 2     # one batch all the same
     # the late request started and ended while the first was still generating
     assert late.first_token_at < first.sink.done_at and late.sink.done_at < first.sink.done_at
     assert len(first.sink.results[0].token_ids) > 10
     assert first.sink.results[0].text == alone(lm, "first one", long).text
     assert late.sink.results[0].text == alone(lm, "late one").text
+
+
+def test_requests_joining_at_different_steps_run_as_one_batch_and_get_what_they_get_alone(lm, scheduler):
+    """Rows of different cohorts merged: one graph run per step for all of them, each request's tokens (greedy,
+    seeded sampling, several choices) the same as run alone."""
+    long = GenerationSettings(temperature=0, frequency_penalty=0.5, max_new_tokens=60, stop_token_ids=())
+    seeded = GenerationSettings(temperature=1.0, top_p=0.9, seed=5, max_new_tokens=15, ignore_eos=True)
+    greedy = GenerationSettings(temperature=0, frequency_penalty=0.5, max_new_tokens=20, ignore_eos=True)
+    joining = [(f"joins {i}: " + "word " * (3 * i), seeded if i == 2 else greedy, 2 if i == 4 else 1)
+               for i in range(6)]
+    late = [request(lm, p, s, n) for p, s, n in joining]
+    first = request(lm, "the first one", long)
+    merged_step = scheduler.merged.step
+
+    def step():            # the k-th late request is submitted after the k-th merged step: each at its own boundary
+        merged_step()
+        if scheduler.merged.steps <= len(late):
+            scheduler.submit([late[scheduler.merged.steps - 1]])
+
+    scheduler.merged.step = step
+    scheduler.submit([first])
+    wait(first, *late)
+    assert len({id(r.cohort) for r in [first, *late]}) == 7
+    assert scheduler.merged.peak_members == 7 and scheduler.merged.peak_rows == 8
+    generated = sum(len(row.token_ids) for r in [first, *late] for row in r.sink.results.values())
+    # one run per step for everyone: about as many runs as the longest request's steps, not one per request
+    assert scheduler.merged.steps <= max(len(first.sink.results[0].token_ids), len(late) + 20)
+    assert scheduler.merged.steps < generated / 3
+    assert first.sink.results[0].text == alone(lm, "the first one", long).text
+    for r, (p, s, n) in zip(late, joining):
+        want = lm.complete([p], s)[0] if n == 1 else None
+        for row in range(n):
+            got = r.sink.results[row]
+            if want is not None:
+                assert (got.text, got.token_ids, got.finish_reason) == (want.text, want.token_ids, want.finish_reason)
+        if n == 2:       # greedy: both choices are the one greedy answer
+            assert r.sink.results[0].token_ids == r.sink.results[1].token_ids == alone(lm, p, s).token_ids
 
 
 def test_a_cancelled_request_stops_within_a_step_and_its_batch_mates_go_on(lm, scheduler):
@@ -157,3 +194,27 @@ def test_the_queue_is_bounded_all_or_none_and_close_answers_everyone(lm):
     assert all(isinstance(r.sink.errors[0], ShuttingDownError) for r in [running, *waiting])
     with pytest.raises(ShuttingDownError):
         s.submit([request(lm, "after")])
+
+
+def test_group_query_attention_models_run_each_cohort_on_its_own(tmp_path):
+    """A GroupQueryAttention artifact's rows cannot be left-padded: no merged batch; a late request still starts
+    at a step boundary (a cohort of its own) and each gets what it gets alone."""
+    from tests_support import write_tiny_hf_lm
+
+    hf = write_tiny_hf_lm(tmp_path / "hf", "llama", hidden_size=64, max_position_embeddings=128)
+    gqa = edgegen.load(edgegen.convert(hf, tmp_path / "art", attention="gqa"), provider="cpu", threads=1)
+    s = LMScheduler(gqa, name="gqa", max_batch=8, max_queue=8)
+    try:
+        assert s.merged is None
+        long = GenerationSettings(temperature=0, max_new_tokens=100, ignore_eos=True)
+        late = [request(gqa, "late one"), request(gqa, "a longer late one " * 3)]
+        first = request(gqa, "first one", long, sink=Recorder(on_piece=lambda count: count == 3 and s.submit(late)))
+        s.submit([first])
+        wait(first, *late)
+    finally:
+        s.close()
+    assert late[0].cohort is late[1].cohort is not first.cohort
+    assert late[0].first_token_at < first.sink.done_at          # it started while the first ran
+    for r, p, settings in [(first, "first one", long), (late[0], "late one", GREEDY),
+                           (late[1], "a longer late one " * 3, GREEDY)]:
+        assert r.sink.results[0].token_ids == alone(gqa, p, settings).token_ids
