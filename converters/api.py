@@ -146,11 +146,9 @@ def _convert_diffusers(model_dir: Path, output: Path, **options: Any) -> Path:
 
 
 def _refuse_diffusers_component(model_dir: Path, name: str) -> None:
-    if name in ("AutoencoderKL", "VQModel", "AsymmetricAutoencoderKL", "AutoencoderTiny"):
-        within = (": a Stable Diffusion pipeline directory (model_index.json) converts with its VAE"
-                  if name == "AutoencoderKL" else "")
-        raise UnsupportedModelError(f"{model_dir} holds a diffusers {name} on its own; standalone diffusers "
-                                    f"autoencoders (AutoencoderKL, VQModel) are not supported yet{within}")
+    if name in ("AsymmetricAutoencoderKL", "AutoencoderTiny"):
+        raise UnsupportedModelError(f"{model_dir} holds a diffusers {name} on its own; edgegen converts standalone "
+                                    "AutoencoderKL (to a vae artifact) and VQModel (vq-vae) directories")
     raise UnsupportedModelError(f"{model_dir} holds a diffusers {name}; edgegen converts diffusers UNet2DModel "
                                 "directories (with scheduler_config.json) and DDPM, DDIM and Stable Diffusion "
                                 "pipeline directories (model_index.json)")
@@ -165,6 +163,12 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
     diffusers_class = config.get("_class_name")
     if diffusers_class == "UNet2DModel":
         return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
+    if diffusers_class in ("AutoencoderKL", "VQModel") and "model_type" not in config:   # vae / vq-vae artifacts
+        from edgegen.converters.image.diffusers_autoencoder import spec_from_directory
+
+        what = f"a diffusers {diffusers_class}"
+        options = _no_scheduler(_no_attention(options, what), what)
+        return _convert_image_spec(spec_from_directory(model_dir, config), output, **options)
     if diffusers_class is not None and "model_type" not in config:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
     from edgegen.converters.seq2seq.convert import is_seq2seq_config

@@ -181,6 +181,8 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
     dims = sorted({d for g in m.graphs.values() for t in g.inputs for d in t.shape if isinstance(d, str)})
     if dims:
         _echo_plain(f"  free dims  {', '.join(dims)}  (--free-dim NAME=SIZE fixes one)")
+    if m.family == "diffusion" and isinstance(m.sampler.get("scheduler"), dict):   # what sample runs by default
+        _echo_plain(f"  scheduler  {_scheduler_line(m.sampler['scheduler'])}")
     if m.defaults:   # what generate/sample use for every option not given
         _echo_plain(f"  defaults   {_short(m.defaults)}  (options override them)")
     for key, value in m.validation.items():
@@ -193,6 +195,17 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
             _echo_plain(f"             ({_AGREEMENT})")
     if verify:
         _echo_plain("  verified   checksums, graphs load, inputs/outputs match, family checks")
+
+
+def _scheduler_line(record: dict[str, Any]) -> str:
+    """A diffusion manifest's ``sampler.scheduler`` record for people (as ``sample`` prints it), or what it holds
+    when it is not one (info describes; load refuses)."""
+    from edgegen.runtimes.diffusion.sampler import SchedulerRecord
+
+    try:
+        return SchedulerRecord(**record).describe()
+    except (TypeError, KeyError):
+        return _short(record)
 
 
 @cli.command(short_help="Convert a model into a validated artifact.")
@@ -531,6 +544,14 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     family = open_artifact(artifact).manifest.family
     if family in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; use 'edgegen generate' for text")
+    said = click.get_current_context().get_parameter_source   # options given, not defaulted, apply or are refused
+    if not interpolate and said("frames") is not click.core.ParameterSource.DEFAULT:
+        raise InvalidArgumentError("--frames applies to an --interpolate strip; add --interpolate SEED_A SEED_B or "
+                                   "drop --frames")
+    if interpolate and (seed is not None or said("num") is not click.core.ParameterSource.DEFAULT):
+        option = "--seed" if seed is not None else "-n"
+        raise InvalidArgumentError(f"{option} does not apply to --interpolate (the strip runs from SEED_A's latents "
+                                   "to SEED_B's in --frames images); drop it")
     if not output.lower().endswith(".png"):
         raise InvalidArgumentError(f"{output}: images are written as PNG; give a path ending in .png")
     started = time.perf_counter()
@@ -546,7 +567,9 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     refused = [k for k in given if k not in accepted]
     if refused:
         names = ", ".join("--" + k.replace("_", "-") for k in refused)
-        takes = ", ".join("--" + k.replace("_", "-") for k in _SAMPLE_OPTIONS if k in accepted) or "none"
+        applies = getattr(model, "sample_options", None)   # what this artifact takes (diffusion: by conditioning)
+        options = applies() if applies is not None else accepted
+        takes = ", ".join("--" + k.replace("_", "-") for k in _SAMPLE_OPTIONS if k in options) or "none"
         raise InvalidArgumentError(f"{names} do{'es' * (len(refused) == 1)} not apply to this {family} artifact "
                                    f"(its options: {takes})")
     if "progress" in accepted and not as_json and sys.stderr.isatty():
@@ -572,8 +595,12 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
         return
     for p in paths:
         click.echo(f"wrote {p}")
+    ran = ""
+    if family == "diffusion":   # which scheduler ran, and whose choice it was (faithful or said)
+        steps = given.get("steps") or model.defaults.steps
+        ran = f"; scheduler {model.describe_scheduler(given.get('scheduler'))}, {steps} steps"
     click.echo(f"[{model.provider}: {len(images)} image{'s' * (len(images) != 1)} in {sample_s:.2f} s, "
-               f"load {load_s:.2f} s]", err=True)
+               f"load {load_s:.2f} s{ran}]", err=True)
 
 
 #: Families whose runtime encodes and decodes images (``reconstruct``).

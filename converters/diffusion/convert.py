@@ -135,12 +135,22 @@ class _VAEEncoder(torch.nn.Module):
 
 def from_spec(spec: DiffusionSpec) -> DiffusionModel:
     spec.denoiser.eval()
-    return DiffusionModel(
+    model = DiffusionModel(
         denoiser=spec.denoiser, sample_shape=tuple(spec.sample_shape), scheduler_config=dict(spec.scheduler_config),
         model_class=spec.name or f"{type(spec.denoiser).__module__}.{type(spec.denoiser).__qualname__}",
         conditioning="class" if spec.num_classes else "none", num_classes=spec.num_classes,
         null_label=spec.null_label, image_shape=tuple(spec.sample_shape), value_range=tuple(spec.value_range),
         defaults=dict(spec.defaults), checkpoint_sha256=spec.checkpoint_sha256)
+    if spec.vae is not None:   # a latent-space denoiser: the images are what its VAE decodes
+        vae = spec.vae.eval()
+        c, h, w = spec.sample_shape
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        shift = getattr(vae.config, "shift_factor", None)
+        model.vae_decoder, model.vae_encoder = _VAEDecoder(vae), _VAEEncoder(vae)
+        model.vae_scaling_factor = float(vae.config.scaling_factor)
+        model.vae_shift_factor = float(shift) if shift is not None else 0.0
+        model.image_shape, model.value_range = (int(vae.config.out_channels), h * scale, w * scale), (-1.0, 1.0)
+    return model
 
 
 def is_diffusers_unet_dir(path: Path) -> bool:
@@ -177,13 +187,32 @@ def from_directory(path: Path) -> DiffusionModel:
         name = index.get("_class_name")
         kind = PIPELINES.get(name)
         if kind is None:
-            closest = "StableDiffusionPipeline" if "text_encoder" in index or "tokenizer" in index else "DDPMPipeline"
-            raise UnsupportedModelError(f"{path} is a {name}; edgegen converts {', '.join(PIPELINES)} pipelines "
-                                        f"(the closest: {closest})")
+            raise _unsupported_pipeline(path, index, name)
         if kind == "unet":
             return _unet_model(path / "unet", path / "scheduler" / "scheduler_config.json", name)
         return _sd_model(path, name)
     return _unet_model(path, path / "scheduler_config.json", "UNet2DModel")
+
+
+def _unsupported_pipeline(path: Path, index: dict[str, Any], name: Any) -> UnsupportedModelError:
+    """One line for a pipeline directory edgegen does not convert: what it lacks for it (a transformer denoiser:
+    SD3, Flux, DiT...; its scheduler when edgegen has that too), else the closest pipeline it converts."""
+    from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES
+
+    def component(key: str) -> str | None:
+        entry = index.get(key)
+        return entry[1] if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], str) else None
+
+    transformer, scheduler = component("transformer"), component("scheduler")
+    if transformer is None:
+        closest = "StableDiffusionPipeline" if "text_encoder" in index or "tokenizer" in index else "DDPMPipeline"
+        return UnsupportedModelError(f"{path} is a {name}; edgegen converts {', '.join(PIPELINES)} pipelines "
+                                     f"(the closest: {closest})")
+    ours = {cls: n for n, cls in DIFFUSERS_CLASSES.items()}.get(scheduler or "")
+    has = f"edgegen has its {scheduler} ({ours}) but not" if ours else "edgegen cannot convert"
+    return UnsupportedModelError(f"{path} is a {name}: {has} its denoiser, a {transformer} (transformer denoisers "
+                                 "are not converted from pipeline directories yet); wrap the transformer in a "
+                                 f"DiffusionSpec, or convert one of {', '.join(PIPELINES)}")
 
 
 def _read_scheduler(path: Path) -> dict[str, Any]:
@@ -339,7 +368,8 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
 
     scheduler = getattr(diffusers, scheduler_class).from_config(model.scheduler_config)
     scheduler.set_timesteps(steps)
-    latents = torch.from_numpy(noise) * scheduler.init_noise_sigma                       # [B, C, h, w]
+    # the flow-matching schedulers have no init_noise_sigma nor scale_model_input (their pipelines scale nothing)
+    latents = torch.from_numpy(noise) * getattr(scheduler, "init_noise_sigma", 1.0)       # [B, C, h, w]
     batch = latents.shape[0]
     cond: tuple[torch.Tensor, ...] = ()
     cfg = guidance > 1.0 and (model.conditioning == "text" or model.null_label is not None)
@@ -355,7 +385,7 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
     with step_noise_from(scheduler, np.random.default_rng(seed)):
         for t in scheduler.timesteps:
             inp = torch.cat([latents] * 2) if cfg else latents
-            inp = scheduler.scale_model_input(inp, t)
+            inp = scheduler.scale_model_input(inp, t) if hasattr(scheduler, "scale_model_input") else inp
             out = model.denoiser(inp, torch.full((inp.shape[0],), float(t)), *cond)
             if cfg:
                 uncond, text = out.chunk(2)
@@ -383,7 +413,8 @@ def choose_scheduler(model: DiffusionModel, scheduler: str | None = None) -> dic
     source's scheduler config names (``"pipeline"``; one line naming the closest one edgegen has when it lacks
     that class), else edgegen's default (``"default"``: the config names none).  The choice is made on the
     source's config now, so a config it cannot run fails before any export."""
-    from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES, closest_to, resolve_name
+    from edgegen.runtimes.diffusion.scheduler_names import (DIFFUSERS_CLASSES, FLOW_DEFAULT, closest_to,
+                                                           config_is_flow, resolve_name)
     from edgegen.runtimes.diffusion.schedulers import DIFFUSERS_CLASS_NAMES, make_scheduler
 
     requested = scheduler if scheduler is not None else model.defaults.get("scheduler")
@@ -391,8 +422,9 @@ def choose_scheduler(model: DiffusionModel, scheduler: str | None = None) -> dic
     if requested is not None:
         name = resolve_name(requested)
         chosen_by = "pipeline" if DIFFUSERS_CLASSES[name] == class_name else "user"
-    elif not isinstance(class_name, str):
-        name, chosen_by = DEFAULT_SCHEDULER, "default"
+    elif not isinstance(class_name, str):   # a flow-matching schedule (by its keys) has its own default
+        name = FLOW_DEFAULT if config_is_flow(model.scheduler_config) else DEFAULT_SCHEDULER
+        chosen_by = "default"
     elif class_name in DIFFUSERS_CLASS_NAMES:
         name, chosen_by = DIFFUSERS_CLASS_NAMES[class_name], "pipeline"
     else:

@@ -8,10 +8,20 @@ velocity (``v_prediction``) or the clean sample (``sample``)::
 
     sample    float32 [B, *sample_shape]   e.g. [B, 1, 16, 16]
     timestep  float32 [B]                  the scheduler's timestep (0 .. num_train_timesteps - 1;
-                                           Euler-type schedulers give fractional ones)
+                                           Euler-type schedulers give fractional ones; flow matching:
+                                           sigma * num_train_timesteps, 1000 down to > 0)
     labels    int64   [B]                  0 .. num_classes - 1, or null_label (the "no class"
                                            embedding classifier-free guidance runs against)
     out       float32 [B, *sample_shape]
+
+A flow-matching denoiser (SD3 / Flux style: it predicts the velocity ``noise - x0``) takes a
+``FlowMatchEulerDiscreteScheduler`` config instead (``shift``...; no betas) and samples with ``flow-euler``
+only; the noise-schedule schedulers refuse it, and it refuses their configs.
+
+A latent-space denoiser (Stable Diffusion style) names its VAE, a diffusers ``AutoencoderKL`` (``vae=``):
+``sample_shape`` is then its latents' ``[latent_channels, h, w]``, the images are what it decodes (RGB in
+-1..1), and img2img encodes through it.  Without a VAE the samples are the images, so they have 1 (grey)
+or 3 (RGB) channels; anything else is refused when the spec is made (it would be latents written as a PNG).
 
 The noise schedule is a diffusers ``scheduler_config.json`` dict (``num_train_timesteps``,
 ``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction_type``, ...): the runtime's
@@ -41,13 +51,17 @@ class DiffusionSpec:
     #: Class-conditional models: number of classes; ``null_label`` enables guidance.
     num_classes: int | None = None
     null_label: int | None = None
-    #: Pixel values the samples live in (what -1..1 or 0..1 means for the PNG).
+    #: Pixel values the samples live in (what -1..1 or 0..1 means for the PNG; with a vae: its -1..1).
     value_range: tuple[float, float] = (-1.0, 1.0)
     #: Sampling defaults stored in the artifact: scheduler (edgegen's name or the diffusers class name), steps,
     #: guidance.
     defaults: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     checkpoint_sha256: str | None = None
+    #: Latent-space denoisers: the diffusers ``AutoencoderKL`` whose latents ``sample_shape`` describes (its
+    #: ``config.scaling_factor`` / ``shift_factor`` scale them); the images are what it decodes.  Without one the
+    #: samples are the images, grey (1 channel) or RGB (3).
+    vae: Any = None
 
     def __post_init__(self) -> None:
         import torch
@@ -62,6 +76,7 @@ class DiffusionSpec:
                             f"got {shape!r}")
         else:
             object.__setattr__(self, "sample_shape", tuple(shape))
+            problems += _vae_problems(self.vae, self.sample_shape)
         if not isinstance(self.scheduler_config, dict) or "num_train_timesteps" not in self.scheduler_config:
             problems.append("scheduler_config must be a diffusers scheduler config dict with at least "
                             "num_train_timesteps (and beta_schedule, beta_start, beta_end, prediction_type)")
@@ -80,3 +95,26 @@ class DiffusionSpec:
             problems.append(f"defaults may set scheduler, steps and guidance, not {', '.join(sorted(unknown))}")
         if problems:
             raise InvalidArgumentError("DiffusionSpec: " + "; ".join(problems))
+
+
+#: what a spec without a VAE may denoise: images the PNG writer writes (grey or RGB)
+PIXEL_CHANNELS = (1, 3)
+
+
+def _vae_problems(vae: Any, shape: tuple[int, ...]) -> list[str]:
+    """What is wrong with a spec's VAE for samples of ``shape`` (or with its lack of one)."""
+    if vae is None:
+        if len(shape) == 3 and shape[0] not in PIXEL_CHANNELS:
+            return [f"sample_shape {list(shape)} has {shape[0]} channels and there is no vae: a latent-space "
+                    "denoiser needs the AutoencoderKL that decodes its latents (vae=...), and a pixel-space one "
+                    f"denoises images of {' or '.join(map(str, PIXEL_CHANNELS))} channels (grey or RGB)"]
+        return []
+    config = getattr(vae, "config", None)
+    if not all(hasattr(vae, m) for m in ("encode", "decode")) or getattr(config, "scaling_factor", None) is None:
+        return [f"vae must be a diffusers AutoencoderKL (encode, decode and config.scaling_factor), got "
+                f"{type(vae).__name__}"]
+    latent = getattr(config, "latent_channels", None)
+    if len(shape) != 3 or latent != shape[0]:
+        return [f"sample_shape {list(shape)} must be [latent_channels, h, w] of the vae's latents (its "
+                f"latent_channels is {latent})"]
+    return []

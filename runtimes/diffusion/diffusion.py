@@ -143,6 +143,17 @@ class Diffusion:
                 f"{name} (diffusers {DIFFUSERS_CLASSES[name]}, the artifact's default)"
         return f"{name} (diffusers {DIFFUSERS_CLASSES[name]}, instead of the artifact's {default})"
 
+    def sample_options(self) -> tuple[str, ...]:
+        """The keywords of :meth:`sample` that apply to this artifact (the others are refused when given):
+        ``steps`` and ``scheduler`` always, the prompts for text-to-image, ``guidance`` where there is an
+        unconditional embedding, ``image`` / ``strength`` where img2img can encode a start image, ``label`` for
+        class-conditional models."""
+        s = self.sampler
+        img2img = s.vae is None or "vae_encoder" in self.artifact.manifest.graphs
+        return ("steps", "scheduler", *(("prompt", "negative_prompt") if s.conditioning == "text" else ()),
+                *(("guidance",) if self._can_guide() else ()), *(("image", "strength") if img2img else ()),
+                *(("label",) if s.conditioning == "class" else ()))
+
     def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
         """Images along the spherical path between two seeds' initial noise; uint8 ``[frames, H, W, C]``."""
         frames = check_frames(frames)
@@ -258,14 +269,17 @@ class Diffusion:
         if s.conditioning != "text" and (prompt is not None or negative_prompt is not None):
             raise InvalidArgumentError("this diffusion model is not text-conditioned: it takes no prompt "
                                        "(drop --prompt/--negative-prompt)")
-        if guidance is None:
-            return self.defaults.guidance
-        if not self._can_guide() and guidance != 1.0:
+        if guidance is not None and guidance != 1.0 and not self._can_guide():   # 1 is "off" (as truncation 1)
             raise InvalidArgumentError("classifier-free guidance needs a text- or class-conditioned model with an "
                                        "unconditional embedding; this one has none (drop --guidance)")
-        if not np.isfinite(guidance) or guidance < 0:
+        if guidance is not None and (not np.isfinite(guidance) or guidance < 0):
             raise InvalidArgumentError(f"guidance must be a finite number >= 0, got {guidance}")
-        return float(guidance)
+        g = self.defaults.guidance if guidance is None else float(guidance)
+        if negative_prompt is not None and g <= 1.0:   # diffusers ignores it there; edgegen says so
+            raise InvalidArgumentError(f"the negative prompt is the unconditional half of classifier-free guidance, "
+                                       f"which is off at guidance {g:g} (<= 1); give --guidance above 1 or drop "
+                                       "--negative-prompt")
+        return g
 
     def _check_label(self, label: Any, n: int) -> None:
         """Refuse, before anything runs, a label this model does not take or does not have (_conditioning uses it)."""

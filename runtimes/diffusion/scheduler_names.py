@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from edgegen.errors import InvalidArgumentError
 
-__all__ = ["CLOSEST", "DIFFUSERS_CLASSES", "SCHEDULER_CHOICES", "closest_to", "resolve_name"]
+__all__ = ["BETA_KEYS", "CLOSEST", "DIFFUSERS_CLASSES", "FLOW_DEFAULT", "FLOW_KEYS", "FLOW_MATCHING",
+           "SCHEDULER_CHOICES", "closest_to", "config_is_flow", "resolve_name"]
 
 #: edgegen's name -> the diffusers class it reproduces step for step (its ``_class_name``)
 DIFFUSERS_CLASSES: dict[str, str] = {
@@ -27,7 +28,21 @@ DIFFUSERS_CLASSES: dict[str, str] = {
     "tcd": "TCDScheduler",
     "deis": "DEISMultistepScheduler",
     "dpm-single": "DPMSolverSinglestepScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
 }
+
+#: the schedulers of flow-matching models (SD3, Flux...: velocity on the straight path from noise, no betas);
+#: the others sample noise-schedule (variance-preserving) models, and neither kind samples the other's
+FLOW_MATCHING: frozenset[str] = frozenset({"flow-euler"})
+#: the scheduler of a flow-matching config that names no class
+FLOW_DEFAULT = "flow-euler"
+
+#: keys only a flow-matching scheduler config has (a config without ``_class_name`` says its kind by them)
+FLOW_KEYS = frozenset({"shift", "use_dynamic_shifting", "base_shift", "max_shift", "base_image_seq_len",
+                       "max_image_seq_len", "invert_sigmas", "shift_terminal", "time_shift_type",
+                       "stochastic_sampling"})
+#: keys only a noise-schedule config has
+BETA_KEYS = frozenset({"beta_schedule", "beta_start", "beta_end", "trained_betas"})
 
 #: diffusers classes edgegen does not implement -> the closest scheduler it has (what to choose instead)
 CLOSEST: dict[str, str] = {
@@ -55,11 +70,30 @@ def closest_to(class_name: str) -> str:
     """The scheduler edgegen has that is nearest to the diffusers class ``class_name`` (one it lacks)."""
     if class_name in CLOSEST:
         return CLOSEST[class_name]
-    for part, name in (("FlowMatch", "euler"), ("Ancestral", "euler-a"), ("DPM", "dpm++"), ("Euler", "euler"),
+    for part, name in (("FlowMatch", "flow-euler"), ("Ancestral", "euler-a"), ("DPM", "dpm++"), ("Euler", "euler"),
                        ("Heun", "heun"), ("DDIM", "ddim"), ("DDPM", "ddpm"), ("PNDM", "pndm"), ("UniPC", "unipc")):
         if part.lower() in class_name.lower():
             return name
     return "ddim"
+
+
+def config_is_flow(config: object) -> bool | None:
+    """Whether a scheduler config is a flow-matching model's (True), a noise schedule's (False), or cannot say
+    (None): by its ``_class_name`` (a ``FlowMatch*`` class, or one of edgegen's), else by its keys."""
+    if not isinstance(config, dict):
+        return None
+    class_name = config.get("_class_name")
+    if isinstance(class_name, str):
+        if class_name.startswith("FlowMatch"):
+            return True
+        if class_name in _BY_CLASS or class_name in CLOSEST:
+            return False
+    keys = set(config)
+    if keys & FLOW_KEYS and not keys & BETA_KEYS:
+        return True
+    if keys & BETA_KEYS and not keys & FLOW_KEYS:
+        return False
+    return None
 
 
 def resolve_name(name: str) -> str:

@@ -48,7 +48,7 @@ def test_text_to_image_and_img2img_from_the_shell(tiny_sd, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--prompt", "a cat"], "not text-conditioned: it takes no prompt"),
     (["--truncation", "0.7"], "--truncation does not apply to this diffusion artifact (its options: --steps, "
-                              "--scheduler, --prompt, --negative-prompt, --guidance, --image, --strength, --label)"),
+                              "--scheduler, --image, --strength)"),   # an unconditional DDPM: no prompt, no label
     (["--steps", "0"], "steps must be an integer of at least 1"),
     (["--scheduler", "plms"], "unknown scheduler 'plms'; choose one of ddpm, ddim, pndm"),
     (["--free-dim", "batch"], "'batch' is not NAME=SIZE (like batch=1 or denoiser.batch=2)"),

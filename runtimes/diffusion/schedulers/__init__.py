@@ -15,6 +15,8 @@
 - ``tcd``     TCD (Zheng et al. 2024): trajectory consistency distillation's sampler, gamma as ``eta``.
 - ``deis``    DEIS (Zhang & Chen 2023): the exponential integrator, multistep in log(rho), orders 1-3.
 - ``dpm-single`` DPM-Solver(++) singlestep (Lu et al. 2022): groups of steps from one sample, orders 1-3.
+- ``flow-euler`` flow-matching Euler (Esser et al. 2024): SD3 / Flux-style models, velocity along the straight
+  path from noise; the only one for flow-matching models, which the others cannot sample (and vice versa).
 
 The names and the diffusers classes they reproduce are :mod:`edgegen.runtimes.diffusion.scheduler_names`
 (either spelling picks one: ``"pndm"`` or ``"PNDMScheduler"``).  Each runs in the device loop
@@ -43,7 +45,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from edgegen.errors import InvalidArgumentError
-from edgegen.runtimes.diffusion.scheduler_names import DIFFUSERS_CLASSES, closest_to, resolve_name
+from edgegen.runtimes.diffusion.scheduler_names import (DIFFUSERS_CLASSES, FLOW_MATCHING, closest_to, config_is_flow,
+                                                       resolve_name)
 from edgegen.runtimes.diffusion.schedulers.base import Scheduler
 from edgegen.runtimes.diffusion.schedulers.ddim import DDIMScheduler
 from edgegen.runtimes.diffusion.schedulers.ddpm import DDPMScheduler
@@ -52,6 +55,7 @@ from edgegen.runtimes.diffusion.schedulers.dpm_singlestep import DPMSinglestepSc
 from edgegen.runtimes.diffusion.schedulers.dpm_solver import DPMSolverScheduler
 from edgegen.runtimes.diffusion.schedulers.euler import EulerScheduler
 from edgegen.runtimes.diffusion.schedulers.euler_ancestral import EulerAncestralScheduler
+from edgegen.runtimes.diffusion.schedulers.flow_euler import FlowMatchEulerScheduler
 from edgegen.runtimes.diffusion.schedulers.heun import HeunScheduler
 from edgegen.runtimes.diffusion.schedulers.kdpm2 import KDPM2Scheduler
 from edgegen.runtimes.diffusion.schedulers.kdpm2_ancestral import KDPM2AncestralScheduler
@@ -61,20 +65,22 @@ from edgegen.runtimes.diffusion.schedulers.pndm import PNDMScheduler
 from edgegen.runtimes.diffusion.schedulers.tcd import TCDScheduler
 from edgegen.runtimes.diffusion.schedulers.unipc import UniPCScheduler
 
-__all__ = ["DIFFUSERS_CLASS_NAMES", "SCHEDULERS", "Scheduler", "make_scheduler", "scheduler_for_config"]
+__all__ = ["DIFFUSERS_CLASS_NAMES", "SCHEDULERS", "Scheduler", "check_kind", "make_scheduler", "scheduler_for_config"]
 
 #: our name -> scheduler class (in the order of scheduler_names.DIFFUSERS_CLASSES)
 SCHEDULERS: dict[str, type[Scheduler]] = {cls.name: cls for cls in sorted(
     (DDPMScheduler, DDIMScheduler, PNDMScheduler, LMSScheduler, HeunScheduler, EulerScheduler,
      EulerAncestralScheduler, DPMSolverScheduler, UniPCScheduler, KDPM2Scheduler, KDPM2AncestralScheduler,
-     LCMScheduler, TCDScheduler, DEISScheduler, DPMSinglestepScheduler),
+     LCMScheduler, TCDScheduler, DEISScheduler, DPMSinglestepScheduler, FlowMatchEulerScheduler),
     key=lambda cls: list(DIFFUSERS_CLASSES).index(cls.name))}
 
 #: diffusers' ``_class_name`` -> our name
 DIFFUSERS_CLASS_NAMES: dict[str, str] = {cls: name for name, cls in DIFFUSERS_CLASSES.items()}
 
-if set(SCHEDULERS) != set(DIFFUSERS_CLASSES):                       # pragma: no cover - a packaging mistake
-    raise ImportError(f"scheduler_names lists {sorted(DIFFUSERS_CLASSES)} but the registry holds {sorted(SCHEDULERS)}")
+if set(SCHEDULERS) != set(DIFFUSERS_CLASSES) or FLOW_MATCHING != {n for n, c in SCHEDULERS.items()
+                                                                   if c.flow_matching}:   # pragma: no cover
+    raise ImportError(f"scheduler_names lists {sorted(DIFFUSERS_CLASSES)} (flow matching: {sorted(FLOW_MATCHING)}) but "
+                      f"the registry holds {sorted(SCHEDULERS)}")
 
 
 def scheduler_for_config(config: Mapping[str, Any]) -> str:
@@ -92,6 +98,21 @@ def scheduler_for_config(config: Mapping[str, Any]) -> str:
     return name
 
 
+def check_kind(name: str, config: Mapping[str, Any]) -> None:
+    """Refuse a flow-matching scheduler on a noise schedule's config, and the other way round: the model was
+    trained for one kind of path, and the other kind's sampler would draw noise from it without a word."""
+    flow = config_is_flow(dict(config)) if isinstance(config, Mapping) else None
+    if flow is None or flow == (name in FLOW_MATCHING):
+        return
+    what = config.get("_class_name") or ("a flow-matching schedule" if flow else "a schedule of betas")
+    if flow:
+        raise InvalidArgumentError(f"the scheduler config is {what}: a flow-matching model, which the {name} "
+                                   f"scheduler cannot sample; choose {', '.join(sorted(FLOW_MATCHING))}")
+    raise InvalidArgumentError(f"{name} samples flow-matching models, but the scheduler config is {what}, for a "
+                               f"noise-schedule model; choose one of "
+                               f"{', '.join(n for n in SCHEDULERS if n not in FLOW_MATCHING)}")
+
+
 def make_scheduler(name: str | None, config: Mapping[str, Any], *, eta: float = 0.0) -> Scheduler:
     """Scheduler ``name`` (ours or the diffusers class name; None: the one the config's ``_class_name`` names)
     on the config's noise schedule, reading the config as that diffusers class's ``from_config`` does (its
@@ -101,6 +122,7 @@ def make_scheduler(name: str | None, config: Mapping[str, Any], *, eta: float = 
     """
     name = scheduler_for_config(config) if name is None else resolve_name(name)
     cls = SCHEDULERS[name]
+    check_kind(name, config)
     if cls in (DDIMScheduler, TCDScheduler):
         return cls.from_config(config, eta=eta)
     if eta != 0.0:

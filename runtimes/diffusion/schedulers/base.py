@@ -267,6 +267,9 @@ class Scheduler:
     #: evaluation, so a loop over them calls the model twice per step; img2img skips ``order`` per step)
     order: ClassVar[int] = 1
     init_noise_sigma: float = 1.0
+    #: whether it samples flow-matching models (velocity on the straight path from noise, no betas) rather
+    #: than noise-schedule (variance-preserving) ones; no scheduler samples the other kind's models
+    flow_matching: ClassVar[bool] = False
 
     def __init__(self, config: ScheduleConfig) -> None:
         self.config = config

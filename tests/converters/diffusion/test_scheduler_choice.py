@@ -252,3 +252,19 @@ def test_the_command_line_chooses_the_default_scheduler_and_other_families_refus
     hf = tiny_lm_artifact.parent / "hf"
     assert_one_line_error(run_cli("convert", hf, "-o", tmp_path / "lm", "--scheduler", "pndm"),
                           "scheduler applies to diffusion models")
+
+
+def test_sample_and_info_say_which_scheduler_runs_and_whose_choice_it_was(pndm_sd, tmp_path):
+    from tests_support import run_cli
+
+    _, artifact, _, _ = pndm_sd
+    own = run_cli("sample", artifact, "-o", tmp_path / "own.png", "--steps", "3", "--prompt", "a cat")
+    assert own.exit_code == 0, own.output
+    assert "scheduler pndm (diffusers PNDMScheduler, the pipeline's own), 3 steps" in own.stderr
+    other = run_cli("sample", artifact, "-o", tmp_path / "other.png", "--steps", "2", "--prompt", "a cat",
+                    "--scheduler", "EulerDiscreteScheduler")
+    assert other.exit_code == 0, other.output
+    assert "scheduler euler (diffusers EulerDiscreteScheduler, instead of the artifact's pndm), 2 steps" in other.stderr
+    info = run_cli("info", artifact)
+    assert info.exit_code == 0, info.output
+    assert "scheduler  pndm (diffusers PNDMScheduler, the pipeline's own)" in info.output

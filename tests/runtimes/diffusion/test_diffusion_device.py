@@ -45,6 +45,8 @@ CASES = [
     ("lcm", SD, {}), ("lcm", {**LINEAR, "clip_sample": True, "prediction_type": "v_prediction"}, {}),
     ("tcd", SD, {"eta": 0.3}), ("tcd", {**SD, "prediction_type": "sample"}, {}),
     ("deis", SD, {}), ("deis", {**SD, "solver_order": 1, "use_karras_sigmas": True}, {}),
+    ("flow-euler", {"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": 3.0}, {}),
+    ("flow-euler", {"_class_name": "FlowMatchEulerDiscreteScheduler", "stochastic_sampling": True}, {}),
 ]
 #: the schedulers whose steps reach further back than the affine map (they keep the numpy loop)
 NUMPY_ONLY = [("pndm", {**SD, "skip_prk_steps": True}), ("pndm", SD), ("lms", SD), ("unipc", SD),

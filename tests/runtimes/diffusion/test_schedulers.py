@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from edgegen.errors import InvalidArgumentError
+from edgegen.runtimes.diffusion.scheduler_names import FLOW_MATCHING
 from edgegen.runtimes.diffusion.schedulers import DIFFUSERS_CLASS_NAMES, SCHEDULERS, make_scheduler
 from tests_support import fake_model
 
@@ -29,6 +30,8 @@ torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy:DeprecationWarning")
 
 REFERENCE = {ours: theirs for theirs, ours in DIFFUSERS_CLASS_NAMES.items()}
+#: the noise-schedule schedulers this file runs on beta schedules (flow matching: test_flow_match.py)
+VP_SCHEDULERS = [name for name in SCHEDULERS if name not in FLOW_MATCHING]
 #: diffusers modules whose ``randn_tensor`` draws a step's noise (DDIM takes it as an argument)
 NOISE_MODULES = {"ddpm": "scheduling_ddpm", "euler-a": "scheduling_euler_ancestral_discrete",
                  "dpm++": "scheduling_dpmsolver_multistep", "kdpm2-a": "scheduling_k_dpm_2_ancestral_discrete",
@@ -86,7 +89,10 @@ def run_both(name, config, steps, box, *, eta=0.0, strength=None, seed=0):
     else:                                                           # img2img: noise an "image" to the first timestep
         ts = ours.timesteps_for_strength(strength)
         ts_ref, _ = img2img_timesteps(ref, steps, strength)
-        np.testing.assert_allclose(ts, ts_ref.numpy(), rtol=1e-6 if name in INTERPOLATED_TIMESTEPS else 0)
+        # interpolated timesteps: as for the whole schedule above (torch's float32 puts KDPM2 ancestral's last
+        # one at 3.4e-6 where ours is 0 on this AVX2 CPU)
+        np.testing.assert_allclose(ts, ts_ref.numpy(), rtol=1e-6 if name in INTERPOLATED_TIMESTEPS else 0,
+                                   atol=1e-4 if name in INTERPOLATED_TIMESTEPS else 0)
         image = np.tanh(rng.standard_normal(SHAPE, dtype=np.float32))
         noise = rng.standard_normal(SHAPE, dtype=np.float32)
         x = ours.add_noise(image, noise, np.full(SHAPE[0], ts[0]))
@@ -129,7 +135,7 @@ def img2img_timesteps(ref, steps, strength):
 #: >= 15-step branches of the multistep solvers) in OPTIONS, to keep the file fast
 GRID_STEPS = {name: (10, 25) for name in ("ddpm", "ddim", "euler", "euler-a", "dpm++")}
 GRID = [pytest.param(name, prediction, beta, spacing, steps, id=f"{name}-{prediction}-{beta}-{spacing}-{steps}")
-        for name in SCHEDULERS for prediction in ("epsilon", "v_prediction", "sample")
+        for name in VP_SCHEDULERS for prediction in ("epsilon", "v_prediction", "sample")
         for beta in ("linear", "scaled_linear") for spacing in ("leading", "trailing", "linspace")
         for steps in GRID_STEPS.get(name, (10,)) if not (name in NO_SAMPLE_PREDICTION and prediction == "sample")]
 
@@ -272,7 +278,7 @@ SOURCES = ["DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteSche
            "DPMSolverSinglestepScheduler", "LCMScheduler"]
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", VP_SCHEDULERS)
 @pytest.mark.parametrize("source", SOURCES)
 def test_switching_algorithm_reads_another_schedulers_config_like_from_config(name, source, drawn_noise):
     """The full config diffusers saves for ``source`` (every key, DPM-Solver's ``variance_type: null``,
@@ -289,14 +295,14 @@ def test_switching_algorithm_reads_another_schedulers_config_like_from_config(na
     run_both(name, config, 10, drawn_noise)
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", VP_SCHEDULERS)
 @pytest.mark.parametrize("strength", [0.3, 0.75, 1.0])
 def test_img2img_matches_diffusers(name, strength, drawn_noise):
     """Timesteps for a strength, add_noise at the first of them, and the run from there."""
     run_both(name, {**SD, "steps_offset": 1}, 20, drawn_noise, strength=strength)
 
 
-@pytest.mark.parametrize("name", list(SCHEDULERS))
+@pytest.mark.parametrize("name", VP_SCHEDULERS)
 def test_add_noise_matches_diffusers(name):
     ours, ref = make_scheduler(name, SD), reference(name, SD)
     ours.set_timesteps(20)
