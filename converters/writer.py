@@ -41,6 +41,16 @@ from edgegen.runtimes.artifact import check_external_data_references, open_artif
 
 #: ONNX graphs over this size keep their weights in a separate file (protobuf's 2 GB limit).
 EXTERNAL_DATA_THRESHOLD = 1 << 30
+#: Graphs whose tensors hold more bytes than this keep them in one ``<graph>.data`` file, which ONNX Runtime
+#: memory-maps (the causal-LM path; read at call time, so a test can lower it and take the large-model path).
+EXTERNAL_WEIGHTS_BYTES = 16 << 20
+#: Tensors under this many bytes stay inside the graph when the rest go to external data.
+INLINE_TENSOR_BYTES = 1024
+#: Protobuf cannot size or serialize a message past 2 GB: :func:`save_external` refuses to serialize one
+#: over this (a test lowers it, with ModelProto.ByteSize/SerializeToString made to fail past it).
+PROTOBUF_LIMIT_BYTES = (1 << 31) - 1
+#: External tensors of 1 MB and more start at multiples of 64 KB (as onnx aligns them: mappable pages).
+_ALIGN, _ALIGN_FROM = 1 << 16, 1 << 20
 
 
 def tensor_specs(values: Any, initializers: set[str]) -> tuple[TensorSpec, ...]:
@@ -71,6 +81,228 @@ def external_data_files(model: onnx.ModelProto) -> list[str]:
     from onnx.external_data_helper import ExternalDataInfo, _get_all_tensors, uses_external_data
 
     return sorted({ExternalDataInfo(t).location for t in _get_all_tensors(model) if uses_external_data(t)})
+
+
+def tensor_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes of a tensor's data, wherever they are (its external data's length, or inside the proto), without
+    loading or sizing anything larger than the tensor's own fields."""
+    from onnx.external_data_helper import uses_external_data
+
+    if uses_external_data(tensor):
+        entries = {e.key: e.value for e in tensor.external_data}
+        if "length" in entries:
+            return int(entries["length"])
+        count = 1
+        for d in tensor.dims:
+            count *= d
+        return count * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if tensor.HasField("raw_data"):
+        return len(tensor.raw_data)
+    return tensor.ByteSize()   # typed fields: one tensor, under protobuf's limit
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of tensor data held inside the proto (what serializing it would carry), never calling the model's
+    ByteSize (which fails past 2 GB)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    return sum(tensor_nbytes(t) for t in _get_all_tensors(model) if not uses_external_data(t))
+
+
+def tensor_bytes_total(model: onnx.ModelProto) -> int:
+    """Bytes of all the model's tensor data, inside the proto or external."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return sum(tensor_nbytes(t) for t in _get_all_tensors(model))
+
+
+def _external_source(tensor: onnx.TensorProto, base_dir: Path | None) -> tuple[Path, int, int]:
+    entries = {e.key: e.value for e in tensor.external_data}
+    location = Path(entries["location"])
+    path = location if location.is_absolute() or base_dir is None else Path(base_dir) / location
+    offset = int(entries.get("offset", 0))
+    length = int(entries["length"]) if "length" in entries else path.stat().st_size - offset
+    return path, offset, length
+
+
+def read_array(tensor: onnx.TensorProto, base_dir: str | os.PathLike[str] | None = None) -> Any:
+    """A tensor's values as a numpy array, its external data read from the file (relative to ``base_dir``, or an
+    absolute location as :func:`absolute_locations` leaves it) without storing them in the proto."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnx.external_data_helper import uses_external_data
+
+    if not uses_external_data(tensor):
+        return numpy_helper.to_array(tensor)
+    path, offset, length = _external_source(tensor, None if base_dir is None else Path(base_dir))
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    with path.open("rb") as f:
+        f.seek(offset)
+        values = np.frombuffer(f.read(length), dtype=dtype)
+    return values.reshape(tuple(tensor.dims))
+
+
+def absolute_locations(model: onnx.ModelProto, base_dir: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Point every external tensor of ``model`` (loaded with ``load_external_data=False``) at its file by absolute
+    path, so tools that read tensors one at a time (ONNX Runtime's MatMulNBits quantizer, through onnx_ir) find
+    them from wherever they run; :func:`save_external` writes them back relative.  Returns ``model``."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    base = Path(base_dir).absolute()
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location" and not Path(entry.value).is_absolute():
+                    entry.value = str(base / entry.value)
+    return model
+
+
+def load_lazily(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The graph at ``path`` with its weights left in their files (absolute locations: :func:`absolute_locations`)."""
+    return absolute_locations(onnx.load_model(str(path), load_external_data=False), Path(path).parent)
+
+
+class ExternalData:
+    """One external data file written tensor by tensor: each tensor's bytes go to the file as it is added and the
+    tensor becomes a reference to them, so a graph is never held with all its weights inside."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.location = Path(path), Path(path).name
+        self._partial = self.path.with_name(f"{self.path.name}.partial")
+        self._file = self._partial.open("wb")
+        self.bytes = 0
+
+    def _start(self, tensor: onnx.TensorProto, length: int) -> int:
+        offset = self._file.tell()
+        if length >= _ALIGN_FROM and offset % _ALIGN:
+            offset += _ALIGN - offset % _ALIGN
+            self._file.seek(offset)
+        tensor.ClearField("raw_data")
+        del tensor.external_data[:]
+        for key, value in (("location", self.location), ("offset", str(offset)), ("length", str(length))):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        self.bytes += length
+        return offset
+
+    def add(self, tensor: onnx.TensorProto, data: Any) -> onnx.TensorProto:
+        """Write ``data`` (bytes, or a C-contiguous little-endian array) as ``tensor``'s values."""
+        view = memoryview(data).cast("B")
+        self._start(tensor, view.nbytes)
+        self._file.write(view)
+        return tensor
+
+    def add_array(self, name: str, array: Any) -> onnx.TensorProto:
+        """A new external tensor ``name`` holding ``array``."""
+        import numpy as np
+
+        array = np.ascontiguousarray(array)
+        tensor = onnx.TensorProto(name=name, dims=list(array.shape),
+                                  data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        return self.add(tensor, array.reshape(-1).view(np.uint8))
+
+    def copy(self, tensor: onnx.TensorProto, source: Path, offset: int, length: int) -> None:
+        """Copy ``length`` bytes at ``offset`` of ``source`` as ``tensor``'s values (1 MB at a time)."""
+        self._start(tensor, length)
+        with source.open("rb") as f:
+            f.seek(offset)
+            left = length
+            while left:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ConversionError(f"{source} ends before tensor {tensor.name!r}'s data")
+                self._file.write(chunk)
+                left -= len(chunk)
+
+    def close(self) -> None:
+        """Finish the file (it appears under its name only now)."""
+        if not self._file.closed:
+            self._file.close()
+            os.replace(self._partial, self.path)
+
+    def discard(self) -> None:
+        self._file.close()
+        self._partial.unlink(missing_ok=True)
+
+
+def serialize(model: onnx.ModelProto, path: str | os.PathLike[str]) -> None:
+    """Write a graph whose weights are external (the proto is small); refuses one past protobuf's limit with a
+    ConversionError naming it, before protobuf's own EncodeError."""
+    held = inline_bytes(model)
+    if held > PROTOBUF_LIMIT_BYTES:
+        raise ConversionError(f"{Path(path).name} would hold {held / 1e9:.2f} GB of tensors inside its protobuf, "
+                              f"over protobuf's {PROTOBUF_LIMIT_BYTES / 1e9:.2f} GB limit; this is a bug in edgegen "
+                              "(its weights should have gone to external data)")
+    Path(path).write_bytes(model.SerializeToString())
+
+
+def save_external(model: onnx.ModelProto, path: str | os.PathLike[str], *, base_dir: str | os.PathLike[str] | None
+                  = None, threshold: int | None = None) -> list[str]:
+    """Save ``model`` at ``path``; when its tensors hold over ``threshold`` bytes (EXTERNAL_WEIGHTS_BYTES), every
+    tensor of INLINE_TENSOR_BYTES or more goes to one ``<name>.data`` next to it, tensor by tensor: those
+    inside the proto are written out and dropped from it, external ones (relative to ``base_dir``, or absolute)
+    copied from their files.  The model is left referring to the new file.  Never sizes or serializes the model
+    with its weights inside.  Returns the files written (names relative to ``path``'s folder)."""
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    path = Path(path)
+    threshold = EXTERNAL_WEIGHTS_BYTES if threshold is None else threshold
+    tensors = list(_get_all_tensors(model))
+    external = any(uses_external_data(t) for t in tensors) or sum(map(tensor_nbytes, tensors)) > threshold
+    if not external:
+        serialize(model, path)
+        return [path.name]
+    base = Path(base_dir) if base_dir is not None else path.parent
+    sink = ExternalData(path.with_name(f"{path.name}.data"))
+    try:
+        for tensor in tensors:
+            if uses_external_data(tensor):
+                source, offset, length = _external_source(tensor, base)
+                sink.copy(tensor, source, offset, length)
+            elif tensor_nbytes(tensor) >= INLINE_TENSOR_BYTES:
+                if not tensor.HasField("raw_data"):   # typed fields (float_data, ...): as raw bytes first
+                    from onnx import numpy_helper
+
+                    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor), tensor.name))
+                data = tensor.raw_data
+                sink.add(tensor, data)
+                del data
+    except BaseException:
+        sink.discard()
+        raise
+    sink.close()
+    serialize(model, path)
+    return [path.name, sink.location]
+
+
+def move_graph(src: Path, dst: Path) -> list[str]:
+    """Move the graph at ``src`` (and its external data) to ``dst`` with its weights in one ``<dst>.data``
+    (:func:`save_external`'s rule); a graph whose weights already sit in one file is renamed, not copied.
+    Returns the files at ``dst``'s folder."""
+    model = onnx.load_model(str(src), load_external_data=False)
+    files = external_data_files(model)
+    data = dst.with_name(f"{dst.name}.data")
+    if len(files) == 1 and not Path(files[0]).is_absolute() and inline_bytes(model) <= EXTERNAL_WEIGHTS_BYTES:
+        from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+        (src.parent / files[0]).rename(data)
+        for tensor in _get_all_tensors(model):
+            if uses_external_data(tensor):
+                for entry in tensor.external_data:
+                    if entry.key == "location":
+                        entry.value = data.name
+        serialize(model, dst)
+        if src != dst:
+            src.unlink()
+        return [dst.name, data.name]
+    written = save_external(model, dst, base_dir=src.parent)
+    for name in files:
+        if (src.parent / name) != data:
+            (src.parent / name).unlink(missing_ok=True)
+    if src != dst:
+        src.unlink(missing_ok=True)
+    return written
 
 
 def _alive(pid: int) -> bool:
@@ -224,7 +456,7 @@ class ArtifactWriter:
     def add_graph(self, role: str, model: onnx.ModelProto, *, precision: str, file: str | None = None) -> GraphSpec:
         """Save ``model`` as ``<role>.onnx`` (weights external when large) and record its spec."""
         file = file or f"{role}.onnx"
-        large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if model.ByteSize() >= 0 else True
+        large = tensor_bytes_total(model) > EXTERNAL_DATA_THRESHOLD   # never model.ByteSize(): fails past 2 GB
         onnx.save_model(model, str(self.path(file)), save_as_external_data=large,
                         all_tensors_to_one_file=True, location=f"{file}.data" if large else None)
         return self.add_graph_file(role, file, precision=precision)

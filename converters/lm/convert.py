@@ -35,10 +35,9 @@ if TYPE_CHECKING:
     from edgegen.converters.lm.quant_gate import GateResult
 
 log = logging.getLogger("edgegen.convert")
-#: ONNX files over this size are saved with external data (protobuf's limit is 2 GB).
-LARGE_MODEL_BYTES = 1_800_000_000
-#: Final graphs with more weight bytes than this keep them in decoder.onnx.data (memory-mapped).
-EXTERNAL_WEIGHTS_BYTES = 16 << 20
+# Graphs with more weight bytes than edgegen.converters.writer.EXTERNAL_WEIGHTS_BYTES keep them in one external
+# data file from the export on (decoder.onnx.data at the end, memory-mapped by ONNX Runtime): no step loads,
+# sizes or serializes a protobuf holding the weights, which fails past protobuf's 2 GB limit.
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,8 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
 
     check_options(quantize, lm_head, max_ppl_increase)
     tokenizer = tokenizers.Tokenizer.from_str(source.tokenizer_json)
+    if source.memory_estimate:
+        report(source.memory_estimate)
     with ArtifactWriter(output, overwrite=overwrite) as writer:
         writer.add_asset("tokenizer", "tokenizer.json", source.tokenizer_json)
         if source.chat_template is not None:
@@ -78,10 +79,11 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
         started = time.perf_counter()
         export_dir = writer.path("export")
         export_dir.mkdir()
+        source.progress = report
         with warnings.catch_warnings(), _step(source, "the ONNX export", _EXPORT_FIX):
             warnings.simplefilter("ignore")   # tracer and exporter chatter about code we do not own
             exported = source.export(export_dir)
-        source.release()
+        source.release()   # the reference figures are computed: ONNX work from here on holds no torch weights
         plain = _adopt(writer, exported, "decoder_exported.onnx")
         keeps = _add_logits_to_keep(writer.path(plain))
         shutil.rmtree(export_dir)
@@ -110,7 +112,11 @@ def convert_lm(source: LMSource, output: str | Path, *, overwrite: bool = False,
                    f"{figures['decode_ms_per_token']:.2f} ms/token" + ("" if figures["passed"] else
                                                                          f"  FAILED: {figures['failure']}"))
         chosen, figures = choose(results)
+        started = time.perf_counter()
         final = _finalize(writer, chosen.file, [cand.file for cand, _ in results])
+        if writer.path(f"{final}.data").is_file():
+            report(f"finalize: {final} + {final}.data ({writer.path(f'{final}.data').stat().st_size / 1e9:.2f} GB, "
+                   f"{time.perf_counter() - started:.1f} s)")
         figures = {**figures, "graph": chosen.label, "optimizer": _optimizer_summary(results, source)}
         precision = "fp32"
         required = True
@@ -239,7 +245,10 @@ def optimize_graph(path: Path, out: Path, source: LMSource) -> Candidate | None:
         fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
         if not fusions:
             return None
-        model.save_model_to_file(str(out), use_external_data_format=path.stat().st_size > LARGE_MODEL_BYTES)
+        from edgegen.converters import writer
+
+        large = sum(p.stat().st_size for p in path.parent.glob(f"{path.name}*")) > writer.EXTERNAL_WEIGHTS_BYTES
+        model.save_model_to_file(str(out), use_external_data_format=large, all_tensors_to_one_file=True)
     except Exception as exc:  # noqa: BLE001  (the optimizer is best effort; the exported graph stays)
         log.warning("transformer optimizer skipped: %s", exc)
         return None
@@ -247,15 +256,12 @@ def optimize_graph(path: Path, out: Path, source: LMSource) -> Candidate | None:
 
 
 def _adopt(writer: ArtifactWriter, exported: Path, name: str) -> str:
-    """Move an exported .onnx (and its external data files) to the stage's top level."""
-    import onnx
+    """Move an exported .onnx to the stage's top level as ``name``, its weights in one ``<name>.data`` when over
+    EXTERNAL_WEIGHTS_BYTES (an exporter's inline or one-file-per-tensor weights are rewritten tensor by tensor;
+    one data file is renamed), so every later step works on an external-data graph."""
+    from edgegen.converters.writer import move_graph
 
-    from edgegen.converters.writer import external_data_files
-
-    model = onnx.load_model(str(exported), load_external_data=False)
-    for data in external_data_files(model):
-        (exported.parent / data).rename(writer.path(data))
-    exported.rename(writer.path(name))
+    move_graph(exported, writer.path(name))
     return name
 
 
@@ -291,7 +297,9 @@ def _add_logits_to_keep(path: Path) -> bool:
         graph.node.insert(head + offset, node)
     graph.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, [1]))
     out.type.tensor_type.shape.dim[1].dim_param = "logits_length"
-    onnx.save_model(model, str(path))
+    from edgegen.converters.writer import serialize
+
+    serialize(model, path)   # loaded without its external data: the weights stay where they are
     return True
 
 
@@ -324,14 +332,12 @@ def _finalize(writer: ArtifactWriter, chosen: str, candidates: list[str]) -> str
     """Keep only the chosen graph, as ``decoder.onnx``; weights over EXTERNAL_WEIGHTS_BYTES go
     to ``decoder.onnx.data``, which ONNX Runtime memory-maps instead of copying through a
     protobuf: loading then peaks at about the model's size, not twice it."""
-    import onnx
+    from edgegen.converters.writer import move_graph
 
-    model = onnx.load_model(str(writer.path(chosen)))  # the torch model is gone: one copy in memory
     for file in candidates:
-        _remove_graph(writer, file)
-    external = model.ByteSize() > EXTERNAL_WEIGHTS_BYTES if model.ByteSize() >= 0 else True
-    onnx.save_model(model, str(writer.path("decoder.onnx")), save_as_external_data=external,
-                    all_tensors_to_one_file=True, location="decoder.onnx.data", size_threshold=1024)
+        if file != chosen:
+            _remove_graph(writer, file)
+    move_graph(writer.path(chosen), writer.path("decoder.onnx"))   # renamed, not loaded: no copy in memory
     return "decoder.onnx"
 
 

@@ -64,19 +64,28 @@ def rotary_caches(config: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Graph:
-    """Nodes and initializers under construction."""
+    """Nodes and initializers under construction; with a ``sink`` (:class:`edgegen.converters.writer.ExternalData`)
+    each weight goes to the external data file as it is made, so the graph never holds the weights (only the
+    torch model does, and one float32 copy of one tensor at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Any = None) -> None:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
+        self.sink = sink
 
     def const(self, name: str, array: np.ndarray | torch.Tensor) -> str:
         from onnx import numpy_helper
 
+        from edgegen.converters.writer import INLINE_TENSOR_BYTES
+
         if isinstance(array, torch.Tensor):
             array = array.detach().float().numpy()
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.sink is not None and array.nbytes >= INLINE_TENSOR_BYTES:
+            self.inits.append(self.sink.add_array(name, array))
+        else:
+            self.inits.append(numpy_helper.from_array(array, name))
         return name
 
     def op(self, op_type: str, inputs: list[str], n_out: int = 1, domain: str = "", **attrs: Any) -> list[str]:
@@ -94,8 +103,10 @@ class _Graph:
         return y if module.bias is None else self.op("Add", [y, self.const(f"{name}.bias", module.bias)])[0]
 
 
-def build_gqa_decoder(model: Any) -> Any:
-    """The decoder ModelProto of a transformers Llama / Mistral / Qwen2 causal LM (float32)."""
+def build_gqa_decoder(model: Any, sink: Any = None, progress: Any = None) -> Any:
+    """The decoder ModelProto of a transformers Llama / Mistral / Qwen2 causal LM (float32); with ``sink``
+    (an :class:`~edgegen.converters.writer.ExternalData`) its weights are written there as they are made.
+    ``progress(line)``: a line every quarter of the layers on models of 8 layers and more."""
     from onnx import TensorProto, helper
 
     config = model.config
@@ -106,7 +117,7 @@ def build_gqa_decoder(model: Any) -> Any:
     kinds = getattr(config, "layer_types", None) or ["sliding_attention" if window > 0 else "full_attention"] * len(
         model.model.layers)                                       # qwen2 names each layer's kind; mistral does not
     eps = float(config.rms_norm_eps)
-    g = _Graph()
+    g = _Graph(sink)
     cos, sin = rotary_caches(config)
     g.const("cos_cache", cos), g.const("sin_cache", sin)
     one = g.const("one_i64", np.array([1], np.int64))
@@ -122,7 +133,10 @@ def build_gqa_decoder(model: Any) -> Any:
     hidden = g.op("Gather", [g.const("embed_tokens.weight", base.embed_tokens.weight), "input_ids"])[0]  # [B, S, H]
     residual, pending = hidden, None   # pending: the last block's output, still to be added to residual
     past_inputs, present_outputs = [], []
+    n_layers = len(base.layers)
     for i, layer in enumerate(base.layers):
+        if progress is not None and n_layers >= 8 and i and i % max(1, n_layers // 4) == 0:
+            progress(f"export: {i}/{n_layers} layers written")
         attn, p = layer.self_attn, f"layers.{i}"
         ln_in = g.const(f"{p}.input_layernorm.weight", layer.input_layernorm.weight)
         if pending is None:
@@ -181,13 +195,23 @@ def build_gqa_decoder(model: Any) -> Any:
                              producer_name="edgegen", ir_version=8)
 
 
-def export_gqa_decoder(model: Any, directory: Path, external_bytes: int = 16 << 20) -> Path:
-    """Write ``model.onnx`` (weights over ``external_bytes`` in ``model.onnx.data``) into ``directory``."""
-    import onnx
+def export_gqa_decoder(model: Any, directory: Path, external_bytes: int | None = None, progress: Any = None) -> Path:
+    """Write ``model.onnx`` into ``directory``; when the weights (float32) pass ``external_bytes``
+    (:data:`edgegen.converters.writer.EXTERNAL_WEIGHTS_BYTES`) they go to ``model.onnx.data`` tensor by tensor
+    while the graph is built: no protobuf ever holds them, so models past protobuf's 2 GB limit export."""
+    from edgegen.converters import writer
 
-    proto = build_gqa_decoder(model)
     path = directory / "model.onnx"
-    weights = sum(t.ByteSize() for t in proto.graph.initializer)
-    onnx.save_model(proto, str(path), save_as_external_data=weights > external_bytes, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    limit = writer.EXTERNAL_WEIGHTS_BYTES if external_bytes is None else external_bytes
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    sink = writer.ExternalData(directory / "model.onnx.data") if weights > limit else None
+    try:
+        proto = build_gqa_decoder(model, sink, progress)
+    except BaseException:
+        if sink is not None:
+            sink.discard()
+        raise
+    if sink is not None:
+        sink.close()
+    writer.serialize(proto, path)   # left inside: tensors under INLINE_TENSOR_BYTES (or all, under the limit)
     return path

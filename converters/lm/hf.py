@@ -170,6 +170,9 @@ class HFLMSource(LMSource):
             generation = None
         sampler = sampler_section(config, generation)
         chat_template = read_chat_template(model_dir, tokenizer, sampler["eos_token_ids"])  # before the weights load
+        from edgegen.converters.lm.memory import check_memory
+
+        memory = check_memory(model_dir)   # refuses, naming the figures, when the model clearly cannot fit
         try:  # .bin checkpoints are read by transformers with torch.load(weights_only=True)
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
         except Exception as exc:  # noqa: BLE001
@@ -190,7 +193,8 @@ class HFLMSource(LMSource):
             num_heads=int(heads), hidden_size=int(hidden),
             converter="edgegen gqa_decoder (GroupQueryAttention)" if attention == "gqa"
             else "optimum.exporters.onnx (text-generation-with-past)" if self.use_optimum
-            else "edgegen hf_fallback (torch.onnx.export)", opset=None, chat_template=chat_template)
+            else "edgegen hf_fallback (torch.onnx.export)", opset=None, chat_template=chat_template,
+            memory_estimate=memory)
 
     @torch.no_grad()
     def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -215,7 +219,7 @@ class HFLMSource(LMSource):
         if self.attention == "gqa":
             from edgegen.converters.lm.gqa_decoder import export_gqa_decoder
 
-            path = export_gqa_decoder(self._model, directory)
+            path = export_gqa_decoder(self._model, directory, progress=self.progress)
         elif self.use_optimum:
             from optimum.exporters.onnx import onnx_export_from_model
 

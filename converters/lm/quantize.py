@@ -66,8 +66,9 @@ HEAD_BLOCK = 128
 #: Weight bits of the MatMulNBits schemes, and of an LM head stored as ``lm_head`` says.
 BITS = {"int8": 8, "int4": 4}
 EMBEDDING_BLOCK = 128
-#: Graphs with more initializer bytes than this keep them in ``<name>.data`` (memory-mapped by ORT).
-EXTERNAL_WEIGHTS_BYTES = 16 << 20
+#: Graphs with more initializer bytes than this keep them in ``<name>.data`` (memory-mapped by ORT); None:
+#: edgegen.converters.writer.EXTERNAL_WEIGHTS_BYTES (16 MB).
+EXTERNAL_WEIGHTS_BYTES: int | None = None
 #: Ops between the LM head's MatMul/Gemm and ``logits`` that do not change which op made them.
 _PASS_THROUGH = {"Reshape", "Identity", "Cast", "Squeeze", "Unsqueeze", "Flatten", "Add"}
 
@@ -147,13 +148,31 @@ def _fp16(src: Path, exclude: list[str]) -> onnx.ModelProto:
     # Nodes kept in float32 need every value's type, to place Casts around them: onnx's shape inference
     # cannot type the transformer optimizer's fused com.microsoft ops (an untyped FastGelu output left
     # a float16 x float32 MatMul that failed to load), ORT's symbolic shape inference can, and
-    # OnnxModel.convert_float_to_float16 runs it first (in memory: a model past 2 GB is not served here).
+    # OnnxModel.convert_float_to_float16 runs it first -- on the whole model in memory, which serializes it (fails
+    # past 2 GB).  So the types are inferred here on the graph without its weights (they stay in their file:
+    # inference needs their shapes only), merged as OnnxModel merges them, and the conversion then runs with
+    # shape inference off, followed by OnnxModel's Cast clean-up.
     import onnx
+    from onnx import TensorProto, ValueInfoProto
+    from onnxruntime.transformers.float16 import convert_float_to_float16
     from onnxruntime.transformers.onnx_model import OnnxModel
+    from onnxruntime.transformers.shape_infer_helper import SymbolicShapeInferenceHelper
 
-    model = OnnxModel(onnx.load_model(str(src)))
-    model.convert_float_to_float16(use_symbolic_shape_infer=True, keep_io_types=True, node_block_list=exclude)
-    return model.model
+    stripped = onnx.load_model(str(src), load_external_data=False)
+    typed = SymbolicShapeInferenceHelper(stripped).infer_shapes(stripped, auto_merge=True, guess_output_rank=False)
+    model = onnx.load_model(str(src))
+    known = {vi.name for vi in model.graph.value_info}
+    for vi in typed.graph.value_info if typed is not None else []:
+        if vi.name and vi.name not in known and vi.type.tensor_type.elem_type != TensorProto.UNDEFINED:
+            copy = ValueInfoProto()
+            copy.CopyFrom(vi)
+            copy.type.tensor_type.ClearField("shape")
+            model.graph.value_info.append(copy)
+    converted = OnnxModel(convert_float_to_float16(model, disable_shape_infer=True, keep_io_types=True,
+                                                   node_block_list=exclude))
+    converted.remove_cascaded_cast_nodes()
+    converted.remove_useless_cast_nodes()
+    return converted.model
 
 
 def _nbits(model: onnx.ModelProto, lm_head: list[str], bits: int, block_size: int, accuracy_level: int,
@@ -212,6 +231,8 @@ def _quantize_embeddings(model: onnx.ModelProto) -> list[str]:
     import numpy as np
     from onnx import helper, numpy_helper
 
+    from edgegen.converters.writer import read_array
+
     inits, uses = initializers(model), consumers(model)
     done, nodes = [], []
     for node in model.graph.node:
@@ -222,7 +243,7 @@ def _quantize_embeddings(model: onnx.ModelProto) -> list[str]:
             nodes.append(node)
             continue
         block = next(b for b in (EMBEDDING_BLOCK, 64, 32, 16) if table.dims[1] % b == 0)
-        values = numpy_helper.to_array(table).astype(np.float32)                    # [V, H]
+        values = read_array(table).astype(np.float32)                               # [V, H] (from its file)
         blocks = values.reshape(values.shape[0], -1, block)                         # [V, H / block, block]
         scale = np.abs(blocks).max(axis=-1) / 127.0                                 # [V, H / block]
         scale[scale == 0] = 1.0
@@ -268,10 +289,20 @@ def _import_nbits_quantizer() -> Any:
 # -- graph preparation and census -----------------------------------------------------------
 
 def _prepared(src: Path) -> tuple[onnx.ModelProto, list[str], dict[str, int]]:
-    """The graph (weights loaded once), in the MatMul form the quantizers read, and its LM head."""
-    import onnx
+    """The graph in the MatMul form the quantizers read, and its LM head.  The weights stay in their external
+    data file (absolute locations, :func:`edgegen.converters.writer.load_lazily`): ONNX Runtime's quantizer reads
+    each MatMul's weight from there as it quantizes it, so no float copy of the whole model is held; only the
+    weights the rewrites below transpose (a Gemm's, a Transpose's input) are read in."""
+    from edgegen.converters.writer import load_lazily, read_array
 
-    model = onnx.load_model(str(src))
+    model = load_lazily(src)
+    rewrites = {n.input[1] for n in model.graph.node if n.op_type == "Gemm" and len(n.input) > 1} | {
+        n.input[0] for n in model.graph.node if n.op_type == "Transpose"}
+    for tensor in model.graph.initializer:
+        if tensor.name in rewrites and tensor.data_location == onnx_external():
+            from onnx import numpy_helper
+
+            tensor.CopyFrom(numpy_helper.from_array(read_array(tensor), tensor.name))
     rewritten = {"gemm_to_matmul": gemm_to_matmul(model), "transpose_folded": _fold_weight_transposes(model)}
     return model, _lm_head(model), rewritten
 
@@ -368,15 +399,18 @@ def _census(model: onnx.ModelProto, scheme: str) -> tuple[int, list[str]]:
     return quantized, kept
 
 
-def _save(model: onnx.ModelProto, dst: Path) -> list[str]:
-    """Save at dst; initializers over EXTERNAL_WEIGHTS_BYTES in total go to one ``<dst>.data``."""
-    import onnx
+def onnx_external() -> int:
+    from onnx import TensorProto
 
-    data = dst.with_name(f"{dst.name}.data")
-    data.unlink(missing_ok=True)  # external data is appended to: never to a stale file
-    weights = sum(t.ByteSize() for t in model.graph.initializer)
-    external = weights > EXTERNAL_WEIGHTS_BYTES
+    return TensorProto.EXTERNAL
+
+
+def _save(model: onnx.ModelProto, dst: Path) -> list[str]:
+    """Save at dst; initializers over EXTERNAL_WEIGHTS_BYTES in total go to one ``<dst>.data``, tensor by tensor
+    (quantized ones from memory, float ones the quantizers left copied from the source graph's data file):
+    the model is never sized or serialized with its weights inside."""
+    from edgegen.converters.writer import save_external
+
+    dst.with_name(f"{dst.name}.data").unlink(missing_ok=True)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(model, str(dst), save_as_external_data=external, all_tensors_to_one_file=True,
-                    location=data.name, size_threshold=1024)
-    return [dst.name, data.name] if external and data.exists() else [dst.name]
+    return save_external(model, dst, threshold=EXTERNAL_WEIGHTS_BYTES)

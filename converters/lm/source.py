@@ -31,6 +31,10 @@ class LMSource:
     opset: int | None
     #: The artifact's chat_template.json document (:mod:`edgegen.converters.text.chat_template`), or None.
     chat_template: dict[str, Any] | None = None
+    #: Where long steps (the export of a large model) report progress lines; the pipeline sets it.
+    progress: Any = None
+    #: The up-front memory estimate line (:mod:`edgegen.converters.lm.memory`), reported first; None: none made.
+    memory_estimate: str | None = None
 
     def full_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """PyTorch logits [B, T, V] (float32) of whole sequences [B, T], no cache."""

@@ -233,13 +233,23 @@ def _reader(path: Path, names: list[str], tmp: Path) -> Any:
     import onnx
     import onnxruntime as ort
 
-    model = onnx.load_model(str(path))
+    external = graph_bytes(path) > EXTERNAL_DATA_BYTES
+    model = onnx.load_model(str(path), load_external_data=not external)
     outputs = {v.name for v in model.graph.output}
     # no declared type: ONNX Runtime infers it (float16 in an fp16 graph)
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(x) for x in names if x not in outputs)
+    if external:   # the weights stay in their file: the augmented graph sits beside it while the session loads
+        from edgegen.converters.writer import serialize
+
+        augmented = path.parent / f".outputs_{path.name}"
+        serialize(model, augmented)
+        try:
+            session = ort.InferenceSession(str(augmented), providers=["CPUExecutionProvider"])
+        finally:
+            augmented.unlink(missing_ok=True)
+        return lambda feed: session.run(names, feed)
     augmented = tmp / f"outputs_{path.name}"
-    onnx.save_model(model, str(augmented), save_as_external_data=graph_bytes(path) > EXTERNAL_DATA_BYTES,
-                    all_tensors_to_one_file=True, location=f"{augmented.name}.data")
+    onnx.save_model(model, str(augmented))
     session = ort.InferenceSession(str(augmented), providers=["CPUExecutionProvider"])
     return lambda feed: session.run(names, feed)
 
