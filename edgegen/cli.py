@@ -380,6 +380,10 @@ def logprobs_json(lm: Any, completion: Any) -> dict[str, Any]:
 @click.option("--system", default=None, help="With --chat (implied): the system message.")
 @click.option("--template", default=None, metavar="chatml|FILE",
               help="With --chat (implied): this chat template instead of the artifact's (chatml, or a .jinja file).")
+@click.option("--speculative", type=click.Choice(["off", "ngram"]), default=None,
+              help="ngram: draft the next tokens from an earlier occurrence of the last few (prompt lookup) and "
+                   "verify them in one decoder run: the same text, faster where it repeats (code edits) "
+                   "[default: the artifact's, else off].")
 @generation_options
 @runtime_options
 @click.option("--json", "as_json", is_flag=True,

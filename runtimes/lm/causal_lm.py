@@ -232,6 +232,10 @@ class CausalLM(TextModel):
 
     # -- the step API ------------------------------------------------------------------------------
     def _new_generator(self, settings: Resolved, batch: int, cancel: threading.Event | None) -> Generator:
+        if settings.speculative == "ngram" and batch == 1 and self.graph.layout is not None:
+            from edgegen.runtimes.lm.speculative import NgramGenerator   # it subclasses Generator
+
+            return NgramGenerator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
         return Generator(self.graph, self.sampler, settings, batch=batch, cancel=cancel)
 
     def _vocab_size(self) -> int | None:

@@ -7,7 +7,8 @@ The graph follows the Optimum / ONNX Runtime GenAI naming: inputs ``input_ids``
 :class:`CacheLayout`).  Which optional inputs exist is read from
 the session, so a graph that needs no positions (BLOOM, ALiBi) is fed none; a graph with
 ``logits_to_keep`` [1] (edgegen adds it before the LM head at conversion) is asked for the last
-position's logits only when generating (1) and for every position when scoring (0).
+position's logits only when generating (1), for the last k when verifying a speculative draft
+(:meth:`DecoderGraph.step_window`) and for every position when scoring (0).
 
 The cache stays inside ONNX Runtime between steps: each step's ``present`` OrtValues are
 bound as the next step's ``past`` through IO binding, so no cache tensor is converted to
@@ -163,6 +164,22 @@ class DecoderGraph:
 
         ``share``: the graph writes the new positions into ``past`` in place (see :meth:`reserve`), which is
         bound as the present too and returned.  ``state``: the run's :class:`StepBinding` (default: a new one)."""
+        logits, present = self._run(input_ids, attention_mask, position_ids, past, share, state, 1)
+        return logits[:, -1, :], present
+
+    def step_window(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
+                    past: list[ort.OrtValue], keep: int, share: bool = False,
+                    state: StepBinding | None = None) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """As :meth:`step`, but the logits of the last ``keep`` positions [B, keep, V] float32 (speculative
+        decoding verifies a drafted window in one run; a graph with ``logits_to_keep`` computes only those)."""
+        if not 1 <= keep <= input_ids.shape[1]:
+            raise ValueError(f"keep must be in [1, {input_ids.shape[1]}], got {keep}")
+        return self._run(input_ids, attention_mask, position_ids, past, share, state, keep)
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None, position_ids: np.ndarray | None,
+             past: list[ort.OrtValue], share: bool, state: StepBinding | None,
+             keep: int) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """One forward -> (logits of the last ``keep`` positions [B, keep, V] float32, present)."""
         state = state or self.new_binding()
         binding = state.binding
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, dtype=np.int64))
@@ -173,12 +190,12 @@ class DecoderGraph:
             assert position_ids is not None
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         if self.has_logits_to_keep:
-            binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
+            binding.bind_cpu_input("logits_to_keep", _KEEP_LAST if keep == 1 else np.array([keep], np.int64))
         # logits first: get_outputs() lists outputs in the order they were first bound
-        last_only = input_ids.shape[1] == 1 or self.has_logits_to_keep        # the graph returns [B, 1, V]
-        into_numpy = self._logits_into_numpy and last_only
+        exact = input_ids.shape[1] == keep or self.has_logits_to_keep        # the graph returns [B, keep, V]
+        into_numpy = self._logits_into_numpy and exact
         if into_numpy:  # ORT writes them into a fresh numpy array: returned without a copy, owned by the caller
-            logits = np.empty((input_ids.shape[0], 1, self.vocab_size), np.float32)                # [B, 1, V]
+            logits = np.empty((input_ids.shape[0], keep, self.vocab_size), np.float32)             # [B, keep, V]
             binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         else:
             binding.bind_output("logits", "cpu")
@@ -196,8 +213,8 @@ class DecoderGraph:
         outputs = None if share and into_numpy else binding.get_outputs()
         if not into_numpy:
             # a copy: outputs[0].numpy() views memory that ORT frees with the OrtValue
-            logits = np.array(outputs[0].numpy()[:, -1:, :], dtype=np.float32)               # [B, 1, V] of [B, T, V]
-        return logits[:, -1, :], past if share else list(outputs[1:])
+            logits = np.array(outputs[0].numpy()[:, -keep:, :], dtype=np.float32)           # [B, keep, V] of [B, T, V]
+        return logits, past if share else list(outputs[1:])
 
     def full_logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Logits of every position [B, T, V] for a whole sequence (validation, scoring)."""

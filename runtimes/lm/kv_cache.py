@@ -59,9 +59,14 @@ def trimmed(state: KVState, keep: int, device: str, device_id: int, copy: bool) 
         return state.past            # the mask decides what is read; new positions overwrite the rest
     if not copy and state.past and state.past[0].shape()[2] == keep:
         return state.past            # grow caches are never written by a run: shared as they are
+    return truncated(state.past, keep, device, device_id)
+
+
+def truncated(past: Sequence[ort.OrtValue], keep: int, device: str, device_id: int) -> list[ort.OrtValue]:
+    """A copy of the first ``keep`` positions of each cache tensor [B, H_kv, P, D] (a grow cache rolled back)."""
     # copies: numpy() may view memory that the OrtValue frees when it goes
     return [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v.numpy()[:, :, :keep]), device, device_id)
-            for v in state.past]
+            for v in past]
 
 
 class PrefixCache:

@@ -58,6 +58,11 @@ class GenerationSettings:
     #: ``{"type": "json_schema", "json_schema": {"schema": {...}}}``, ``{"type": "regex", "regex": "..."}``,
     #: ``{"type": "grammar", "grammar": "<Lark>"}`` (:mod:`edgegen.runtimes.text.constrained`).
     response_format: Any = None
+    #: Speculative decoding: "ngram" drafts the next tokens from an earlier occurrence of the last few tokens
+    #: (prompt lookup) and verifies them in one decoder run; the output is what plain decoding gives (it is lossless
+    #: for every sampler), only faster where text repeats (code edits).  "off": plain decoding.  Runtimes that
+    #: cannot speculate (batches, decoders without a KV cache, rnn-lm) decode plainly.
+    speculative: str | None = None
 
     def __post_init__(self) -> None:
         # A str is ONE stop string (iterating "\n\n" would make two one-character stops) and an int ONE
@@ -89,7 +94,10 @@ class GenerationSettings:
 BUILTIN = GenerationSettings(
     max_new_tokens=128, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
     repetition_penalty=1.0, presence_penalty=0.0, frequency_penalty=0.0, stop=(), stop_token_ids=(),
-    truncate_prompt=False, ignore_eos=False, logprobs=False, top_logprobs=0)
+    truncate_prompt=False, ignore_eos=False, logprobs=False, top_logprobs=0, speculative="off")
+
+#: The values of ``speculative``.
+SPECULATIVE_MODES = ("off", "ngram")
 
 #: OpenAI's bound on top_logprobs.
 MAX_TOP_LOGPROBS = 20
@@ -111,6 +119,8 @@ class Resolved:
     #: None: no logprobs; N >= 0: each token's logprob and its N likeliest alternatives.
     top_logprobs: int | None = None
     response_format: Any = None
+    #: "off" or "ngram" (GenerationSettings.speculative)
+    speculative: str = "off"
 
 
 def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resolved:
@@ -140,6 +150,9 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
         problems.append(f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}], got {shown(s.top_logprobs)}")
     elif s.top_logprobs and s.logprobs is not True:
         problems.append("top_logprobs needs logprobs=True (--logprobs)")
+    if not isinstance(s.speculative, str) or s.speculative not in SPECULATIVE_MODES:
+        problems.append(f"speculative must be one of {', '.join(map(repr, SPECULATIVE_MODES))}, "
+                        f"got {shown(s.speculative)}")
     response_format = None
     try:
         if parse_response_format(s.response_format) is not None:   # {"type": "text"} is no constraint
@@ -157,7 +170,8 @@ def resolve(settings: GenerationSettings, defaults: GenerationSettings) -> Resol
     return Resolved(max_new_tokens=s.max_new_tokens, sampling=sampling, stop=stop,  # type: ignore[arg-type]
                     stop_token_ids=frozenset(int(x) for x in stop_ids), seed=s.seed,
                     truncate_prompt=bool(s.truncate_prompt), ignore_eos=bool(s.ignore_eos),
-                    top_logprobs=s.top_logprobs if s.logprobs else None, response_format=response_format)
+                    top_logprobs=s.top_logprobs if s.logprobs else None, response_format=response_format,
+                    speculative=s.speculative)  # type: ignore[arg-type]
 
 
 def sources(settings: GenerationSettings, defaults: GenerationSettings) -> dict[str, tuple[Any, str]]:
