@@ -384,13 +384,22 @@ def logprobs_json(lm: Any, completion: Any) -> dict[str, Any]:
               help="ngram: draft the next tokens from an earlier occurrence of the last few (prompt lookup) and "
                    "verify them in one decoder run: the same text, faster where it repeats (code edits) "
                    "[default: the artifact's, else off].")
+@click.option("--num-beams", type=click.IntRange(min=1, max=64), default=None,
+              help="seq2seq: beam search over this many beams (1 = greedy or sampled) [default: the artifact's].")
+@click.option("--length-penalty", type=float, default=None,
+              help="seq2seq beam search: finished beams score sum(logprobs) / length**this (>0 favours longer).")
+@click.option("--early-stopping/--no-early-stopping", default=None,
+              help="seq2seq beam search: stop once num_beams hypotheses finished [default: the artifact's].")
+@click.option("--no-repeat-ngram-size", type=click.IntRange(min=0), default=None, metavar="N",
+              help="seq2seq: never repeat an n-gram of this size (0 = off).")
 @generation_options
 @runtime_options
 @click.option("--json", "as_json", is_flag=True,
               help="Print completions, the settings used (and where each came from) and timings as JSON (no "
                    "streaming).")
 def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: dict[str, Any], as_chat: bool,
-             system: str | None, template: str | None, **options: Any) -> None:
+             system: str | None, template: str | None, num_beams: int | None, length_penalty: float | None,
+             early_stopping: bool | None, no_repeat_ngram_size: int | None, **options: Any) -> None:
     """Generate text from a causal-lm or rnn-lm ARTIFACT.
 
     Standard output gets each prompt followed by its continuation, ending in a newline: one prompt
@@ -413,9 +422,16 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
     for text in texts:
         check_text(text, "the prompt")   # a shell's bytes that are not UTF-8 arrive as lone surrogates
     family = open_artifact(artifact).manifest.family
+    beams = {k: v for k, v in {"num_beams": num_beams, "length_penalty": length_penalty,
+                               "early_stopping": early_stopping, "no_repeat_ngram_size": no_repeat_ngram_size}.items()
+             if v is not None}
+    if beams and family in ("causal-lm", "rnn-lm"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in beams)
+        raise InvalidArgumentError(f"{flags} (beam search) apply to seq2seq artifacts, and {artifact} is a "
+                                   f"{family!r} artifact; drop {'them' if len(beams) > 1 else 'it'}")
     if family == "seq2seq":
         model = edgegen.load(artifact, **runtime)
-        outputs = [model.generate(text, settings) for text in texts]   # bad prompts: one line, exit 1
+        outputs = [model.generate(text, settings, **beams) for text in texts]   # bad prompts: one line, exit 1
         click.echo(json.dumps([{"prompt": p, "text": t} for p, t in zip(texts, outputs)]) if as_json
                    else "\n\n".join(outputs))
         return

@@ -3,7 +3,8 @@
 Optimum's exporter writes ``encoder_model.onnx``, ``decoder_model.onnx`` and ``decoder_with_past_model.onnx``
 (its input and output names are kept); the artifact carries them as the ``encoder``, ``decoder`` and
 ``decoder_with_past`` graphs, the model's ``tokenizer.json`` and the generation config's token ids and
-beam defaults.  ``int8`` quantizes the MatMul weights dynamically (as the causal-LM family's int8).
+beam defaults.  ``int8`` quantizes the weight MatMuls dynamically under a quality gate measured against the fp32
+graphs (:mod:`edgegen.converters.seq2seq.quantize`); the figures go into ``validation.quantization``.
 """
 
 from __future__ import annotations
@@ -130,25 +131,50 @@ def convert_seq2seq(model_dir: Path, output: Path, *, quantize: str = "auto", ov
         _export(model_dir, Path(tmp))
         import onnx
 
-        for role, file in GRAPHS.items():
-            src = Path(tmp) / file
-            if precision == "int8-dynamic":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                dst = Path(tmp) / f"{role}.int8.onnx"
-                quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-                src = dst
-            writer.add_graph(role, onnx.load_model(str(src)), precision=precision)
+        exported = {role: Path(tmp) / file for role, file in GRAPHS.items()}
+        for role, src in exported.items():
+            writer.add_graph(role, onnx.load_model(str(src)), precision="fp32")
         writer.add_asset("tokenizer", "tokenizer.json", tokenizer)
-        opset = max((o.version for o in onnx.load_model(str(Path(tmp) / GRAPHS["encoder"]),
+        opset = max((o.version for o in onnx.load_model(str(exported["encoder"]),
                                                         load_external_data=False).opset_import
                      if o.domain in ("", "ai.onnx")), default=None)
         source = Source(model_class=str((config.get("architectures") or [config.get("model_type")])[0]),
                         converter="edgegen.converters.seq2seq (optimum)", opset=opset,
                         libraries=library_versions())
-        writer.write(writer.manifest(family="seq2seq", source=source, sampler=sampler, defaults=defaults))
+        validation: dict[str, Any] = {}
+        if precision == "int8-dynamic":
+            writer.write(writer.manifest(family="seq2seq", source=source, sampler=sampler, defaults=defaults))
+            kept, validation["quantization"] = _quantize(writer.stage, exported, Path(tmp),
+                                                         str(config.get("model_type")), report)
+            for role, file in kept.items():
+                writer.add_graph(role, onnx.load_model(str(file)), precision=precision)
+        writer.write(writer.manifest(family="seq2seq", source=source, sampler=sampler, defaults=defaults,
+                                     validation=validation))
         path = writer.commit()
     return path
+
+
+def _quantize(stage: Path, exported: dict[str, Path], tmp: Path, model_type: str,
+              report: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, Any]]:
+    """int8 graphs that meet the quality gate (:mod:`edgegen.converters.seq2seq.quantize`), measured against
+    the staged fp32 artifact with the runtime; their validation.quantization figures."""
+    from edgegen.converters.seq2seq.quantize import fidelity, run_gate
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.seq2seq.seq2seq import Seq2Seq
+    from edgegen.runtimes.session import SessionConfig, create_session
+
+    config = SessionConfig(provider="cpu")
+    fp32 = Seq2Seq.from_artifact(open_artifact(stage), config)
+
+    def measure(graphs: dict[str, Path]) -> dict[str, Any]:
+        sessions = {role: create_session(file, config, "cpu", label=file.name, role=role)
+                    for role, file in graphs.items()}
+        return fidelity(fp32, fp32.with_sessions(sessions))
+
+    kept, figures = run_gate(exported, tmp, model_type, measure, report)
+    size = sum(f.stat().st_size for f in kept.values()) / sum(f.stat().st_size for f in exported.values())
+    report(f"quantize int8: graphs {size:.2f}x the fp32 size")
+    return kept, {**figures, "size_ratio": round(size, 4)}
 
 
 def _export(model_dir: Path, out: Path) -> None:

@@ -152,6 +152,18 @@ class Seq2Seq:
         return beam_search(step, s.decoder_start_token_id, forcing, resolved.max_new_tokens, rows,
                            float(beams.length_penalty), beams.early_stopping)
 
+    def forced_logits(self, input_ids: Sequence[int], decoder_ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits [T, V] at each of ``decoder_ids``' T positions (teacher-forced: the decoder start
+        token, then ``decoder_ids[:-1]``), through ``decoder`` then ``decoder_with_past`` as generation runs."""
+        hidden, mask = self._encode(np.asarray([list(input_ids)], dtype=np.int64))
+        step = _Stepper(self, hidden, mask)
+        tokens = [self.sampler.decoder_start_token_id, *decoder_ids[:-1]]
+        return np.stack([step(np.array([[t]], dtype=np.int64), None)[0] for t in tokens])   # [T, V]
+
+    def with_sessions(self, sessions: dict[str, Any]) -> Seq2Seq:
+        """The same model (tokenizer, sampler, defaults) running other graphs: a converter's variant."""
+        return Seq2Seq(self.artifact, sessions, self.tokenizer, self.sampler, self.defaults, self.beams)
+
     def _encode(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mask = np.ones_like(ids)
         session = self.sessions["encoder"]
