@@ -47,6 +47,7 @@ import torch
 from edgegen.converters.diffusion.spec import DiffusionSpec
 from edgegen.converters.export.graph import OPSET, GraphExport, export_graph
 from edgegen.converters.writer import ArtifactWriter
+from edgegen.converters.weights import safetensors_only
 from edgegen.errors import ConversionError, InvalidArgumentError, UnsupportedModelError
 from edgegen.manifest import Source
 
@@ -160,23 +161,6 @@ def is_diffusers_unet_dir(path: Path) -> bool:
         return False
 
 
-#: weight files that are Python pickles: loading one runs whatever code it holds
-PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
-
-
-def _safetensors_only(component: Path) -> None:
-    """Refuse a diffusers component folder whose weights are only pickled, before diffusers loads it."""
-    if not component.is_dir() or any(component.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for pattern in PICKLED for p in component.glob(pattern))
-    if pickled:
-        raise UnsupportedModelError(f"{component} holds only pickled weights ({', '.join(pickled)}); edgegen loads "
-                                    "safetensors only: save the model again with diffusers' "
-                                    "save_pretrained(safe_serialization=True)")
-    raise ConversionError(f"{component} has no weights (no *.safetensors file); save the model there with "
-                          "save_pretrained")
-
-
 def from_directory(path: Path) -> DiffusionModel:
     """Load a diffusers pipeline (model_index.json) or UNet2DModel directory."""
     import diffusers
@@ -240,7 +224,7 @@ def _unet_model(unet_dir: Path, scheduler_path: Path, pipeline: str) -> Diffusio
     from diffusers import UNet2DModel
 
     config = _read_scheduler(scheduler_path)
-    _safetensors_only(unet_dir)
+    safetensors_only(unet_dir)
     unet = UNet2DModel.from_pretrained(unet_dir, use_safetensors=True).eval()
     if unet.config.num_class_embeds or unet.config.class_embed_type:
         raise UnsupportedModelError(f"{unet_dir}: class-conditional UNet2DModel (class_embed_type) is not supported "
@@ -263,7 +247,7 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
                                   "text_encoder, tokenizer, unet, vae and scheduler (save it with save_pretrained)")
     config = _read_scheduler(path / "scheduler" / "scheduler_config.json")
     for part in ("text_encoder", "unet", "vae"):
-        _safetensors_only(path / part)
+        safetensors_only(path / part)
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
     tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()

@@ -20,14 +20,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgegen.errors import ConversionError, UnsupportedModelError
+from edgegen.converters.weights import safetensors_only
+from edgegen.errors import UnsupportedModelError
 
 __all__ = ["AUTOENCODERS", "spec_from_directory"]
 
 #: diffusers ``_class_name`` -> the artifact family it converts to
 AUTOENCODERS = {"AutoencoderKL": "vae", "VQModel": "vq-vae"}
-#: weight files that are Python pickles: loading one runs whatever code it holds
-PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 def _image_shape(path: Path, config: dict[str, Any]) -> tuple[int, int, int]:
@@ -46,19 +45,6 @@ def _image_shape(path: Path, config: dict[str, Any]) -> tuple[int, int, int]:
     return channels, h, w
 
 
-def _check_weights(path: Path) -> None:
-    """Refuse, before torch loads, a directory whose weights are missing or only pickled."""
-    if any(path.glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for pattern in PICKLED for p in path.glob(pattern))
-    if pickled:
-        raise UnsupportedModelError(f"{path} holds only pickled weights ({', '.join(pickled)}); edgegen loads "
-                                    "safetensors only: save the model again with diffusers' "
-                                    "save_pretrained(safe_serialization=True)")
-    raise ConversionError(f"{path} has no weights (no *.safetensors file); save the autoencoder there with "
-                          "save_pretrained")
-
-
 def spec_from_directory(path: Path, config: dict[str, Any]) -> Any:
     """The ``VAESpec`` (AutoencoderKL) or ``VQVAESpec`` (VQModel) of the diffusers directory ``path``, whose
     config.json is ``config``."""
@@ -67,7 +53,7 @@ def spec_from_directory(path: Path, config: dict[str, Any]) -> Any:
         raise UnsupportedModelError(f"{path} holds a diffusers {name}; edgegen converts standalone "
                                     f"{' and '.join(AUTOENCODERS)} directories")
     image_shape = _image_shape(path, config)
-    _check_weights(path)
+    safetensors_only(path, "autoencoder")   # before torch loads anything
     import diffusers
 
     from edgegen.converters.image.autoencoder_modules import KLDecoder, KLEncoder, VQDecoder, VQEncoder
