@@ -26,6 +26,7 @@ from edgegen.converters.image.spec import GANSpec, VAESpec, VQVAESpec
 from edgegen.converters.lm.spec import CausalLMSpec
 from edgegen.converters.quantization.defaults import check_target
 from edgegen.converters.rnn.spec import RNNLMSpec
+from edgegen.converters.tabular.spec import TabularSpec
 from edgegen.errors import EdgegenError, InvalidArgumentError, UnsupportedModelError
 
 
@@ -218,13 +219,22 @@ def _convert_image_spec(spec: GANSpec | VAESpec | VQVAESpec, output: Path, *, qu
     return convert_image(spec, output, quantize=quantize, quantization_default=default, **options)
 
 
+def _convert_tabular_spec(spec: TabularSpec, output: Path, **options: Any) -> Path:
+    from edgegen.converters.tabular.convert import convert_tabular
+
+    for key in ("optimize", "target"):
+        options.pop(key, None)
+    return convert_tabular(spec, output, **_no_gate(_no_lm_gate(options, "tabular"), "tabular"))
+
+
 #: spec type -> converter
 SPEC_CONVERTERS: dict[type, Callable[..., Path]] = {CausalLMSpec: _convert_causal_lm_spec,
                                                     RNNLMSpec: _convert_rnn_lm_spec,
                                                     DiffusionSpec: _convert_diffusion_spec,
                                                     FlowSpec: _convert_flow_spec,
                                                     GANSpec: _convert_image_spec, VAESpec: _convert_image_spec,
-                                                    VQVAESpec: _convert_image_spec}
+                                                    VQVAESpec: _convert_image_spec,
+                                                    TabularSpec: _convert_tabular_spec}
 #: marker file of a directory -> converter (first match wins)
 DIRECTORY_CONVERTERS: dict[str, Callable[..., Path]] = {"model_index.json": _convert_diffusers,
                                                         "config.json": _convert_config_dir}

@@ -35,6 +35,7 @@ _LAZY = {
     "VAESpec": "edgegen.converters.image.spec",
     "VQVAESpec": "edgegen.converters.image.spec",
     "FlowSpec": "edgegen.converters.flow.spec",
+    "TabularSpec": "edgegen.converters.tabular.spec",
 }
 
 __all__ = ["ArtifactError", "CancelledError", "ContextOverflowError", "ConversionError", "EdgegenError",
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from edgegen.converters.image.spec import GANSpec, VAESpec, VQVAESpec
     from edgegen.converters.lm.spec import CausalLMSpec
     from edgegen.converters.rnn.spec import RNNLMSpec
+    from edgegen.converters.tabular.spec import TabularSpec
     from edgegen.runtimes.registry import FamilyRuntime
     from edgegen.runtimes.text.settings import GenerationSettings
 

@@ -183,6 +183,12 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
         _echo_plain(f"  free dims  {', '.join(dims)}  (--free-dim NAME=SIZE fixes one)")
     if m.family == "diffusion" and isinstance(m.sampler.get("scheduler"), dict):   # what sample runs by default
         _echo_plain(f"  scheduler  {_scheduler_line(m.sampler['scheduler'])}")
+    if m.family == "tabular":
+        from edgegen.cli_tabular import columns_line
+
+        line = columns_line(m.sampler)
+        if line:
+            _echo_plain(f"  columns    {line}")
     if m.defaults:   # what generate/sample use for every option not given
         _echo_plain(f"  defaults   {_short(m.defaults)}  (options override them)")
     for key, value in m.validation.items():
@@ -523,11 +529,14 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
                    "truncation", "label", "temperature")
 
 
-@cli.command(short_help="Draw images from an image-model artifact into a PNG.")
+@cli.command(short_help="Draw images (PNG) or table rows (CSV, JSON lines, Parquet) from an artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="PNG to write (a grid when -n > 1, unless --separate).")
-@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True, help="How many images.")
+              help="PNG to write (a grid when -n > 1, unless --separate); tabular: .csv, .jsonl or .parquet.")
+@click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True,
+              help="How many images (tabular: rows).")
+@click.option("--condition", default=None, metavar="COLUMN=VALUE",
+              help="Tabular (ctgan): condition every row on this value of a discrete column.")
 @click.option("--seed", type=click.IntRange(min=0), default=None, help="Same seed, same images.")
 @click.option("--steps", type=int, default=None, help="Diffusion: denoising steps.")
 @click.option("--scheduler", default=None, metavar="NAME",
@@ -552,8 +561,9 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
 @click.option("--json", "as_json", is_flag=True, help="Print the files written and timings as JSON.")
 def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: tuple[int, int] | None,
            frames: int, separate: bool, upscale: int, runtime: dict[str, Any], as_json: bool,
-           **family_options: Any) -> None:
-    """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG."""
+           condition: str | None, **family_options: Any) -> None:
+    """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG, or rows from a
+    tabular one into CSV, JSON lines or Parquet."""
     import inspect
     import time
 
@@ -565,6 +575,18 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     if family in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; use 'edgegen generate' for text")
     said = click.get_current_context().get_parameter_source   # options given, not defaulted, apply or are refused
+    if family == "tabular":
+        from edgegen.cli_tabular import sample_tabular
+
+        image_only = [k for k in ("interpolate", "frames", "separate", "upscale", *_SAMPLE_OPTIONS)
+                      if said(k) is not click.core.ParameterSource.DEFAULT]
+        if image_only:
+            raise InvalidArgumentError(f"--{image_only[0].replace('_', '-')} applies to image artifacts; a tabular "
+                                       "artifact takes -n, --seed, --condition and -o (.csv, .jsonl, .parquet)")
+        return sample_tabular(artifact, output, num, seed, condition, runtime, as_json, _echo_json)
+    if condition is not None:
+        raise InvalidArgumentError(f"--condition applies to tabular artifacts; this is a {family!r} artifact "
+                                   "(class-conditional image models take --label)")
     if not interpolate and said("frames") is not click.core.ParameterSource.DEFAULT:
         raise InvalidArgumentError("--frames applies to an --interpolate strip; add --interpolate SEED_A SEED_B or "
                                    "drop --frames")

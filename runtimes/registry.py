@@ -35,6 +35,7 @@ RUNTIMES: dict[str, str] = {
     "gan": "edgegen.runtimes.image.gan:GAN",
     "vae": "edgegen.runtimes.image.vae:VAE",
     "vq-vae": "edgegen.runtimes.image.vae:VQVAE",
+    "tabular": "edgegen.runtimes.tabular.tabular:Tabular",
 }
 
 

@@ -58,3 +58,20 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny-sd")
     source = write_tiny_sd_pipeline(root / "pipe")
     return source, edgegen.convert(source, root / "artifact")
+
+
+@pytest.fixture(scope="session")
+def tiny_tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, Path]]:
+    """{"ctgan": (fitted CTGAN, its artifact), "tvae": (fitted TVAE, its artifact)}: tiny models fitted for a few
+    epochs on tests/tabular_support.py's mixed table, converted once per session."""
+    pytest.importorskip("ctgan")
+    import edgegen
+    from edgegen.converters.tabular import TabularSpec
+    from tabular_support import fit
+
+    root = tmp_path_factory.mktemp("tiny-tabular")
+    out = {}
+    for kind in ("ctgan", "tvae"):
+        model = fit(kind)
+        out[kind] = (model, edgegen.convert(TabularSpec(model=model), root / kind))
+    return out

@@ -16,7 +16,7 @@ import pytest
 
 import edgegen.runtimes
 
-HEAVY = ("torch", "transformers", "diffusers", "optimum", "onnx", "tensorflow")
+HEAVY = ("torch", "transformers", "diffusers", "optimum", "onnx", "tensorflow", "pandas", "pyarrow", "ray", "ctgan")
 
 
 def loaded_after(code: str) -> dict:
