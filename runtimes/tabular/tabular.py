@@ -7,8 +7,11 @@ Graphs (written by :mod:`edgegen.converters.tabular.convert`)::
             runs in training mode while sampling; no cond input when the table has no discrete column)
     tvae:   decoder    z [B, embedding_dim] float32                                -> logits [B, data_dim]
 
-Sampling, one block of ``block_rows`` rows at a time from ``rng = np.random.default_rng(seed)``, drawn in this
-order per block (so ``sample_rows(n, seed=s)`` is a prefix of ``sample_rows(n + k, seed=s)``):
+Sampling, one block of ``block_rows`` rows at a time.  Block ``k`` draws from its own stream,
+``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))``, so blocks are drawn in parallel
+threads, ``sample_rows(n, seed=s)`` is a prefix of ``sample_rows(n + k, seed=s)``, and rows ``first_row`` on
+(``sample_rows(n, seed=s, first_row=i)``, i a multiple of ``block_rows``) are the same rows wherever they are
+drawn: a batch job's shards together equal one serial call.  Per block, in this order:
 
 - ctgan: z ~ N(0, I); unless conditioned, each row's condition vector: one category of one discrete column,
   drawn with the training frequencies over all discrete columns' categories (``sample_original_condvec``);
@@ -29,7 +32,9 @@ sdv-dev/CTGAN#236): the same rows as ctgan for the first discrete column, the in
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -44,10 +49,16 @@ from edgegen.runtimes.tabular.transform import GUMBEL_TAU, TabularSampler, inver
 
 __all__ = ["Tabular"]
 
-#: rows handed to ONNX Runtime at once (whole blocks): big enough to amortize a run, small in memory
-ROWS_PER_RUN = 1 << 15
+#: rows handed to ONNX Runtime at once (whole blocks): enough to amortize a run, few enough to stay in cache
+#: (measured: 2,000-4,000 rows per run are fastest for ctgan's default sizes; 32,000 take 1.5x as long)
+ROWS_PER_RUN = 1 << 12
 #: the most rows one call may ask for (a count, not memory: memory is checked separately)
 MAX_ROWS = 1 << 31
+
+
+def block_rng(entropy: int, block: int) -> np.random.Generator:
+    """Block ``block``'s own stream of the seed whose SeedSequence entropy is ``entropy``."""
+    return np.random.default_rng(np.random.SeedSequence(entropy, spawn_key=(block,)))
 
 
 class Tabular:
@@ -108,33 +119,48 @@ class Tabular:
         return cls(artifact, provider, sampler, sessions[role])
 
     # -- the family contract ------------------------------------------------------------------------------------
-    def sample_rows(self, n: int, *, seed: int | None = None,
-                    condition: Mapping[str, Any] | None = None) -> Table:
+    def sample_rows(self, n: int, *, seed: int | None = None, condition: Mapping[str, Any] | None = None,
+                    first_row: int = 0) -> Table:
         """``n`` rows as a :class:`Table` (columns in the training data's order and dtypes); same seed, same rows.
 
         ``condition``: ``{column: value}`` for one discrete column (ctgan): every row's condition vector names
-        that value, which makes it far more likely, not certain (as in ctgan)."""
+        that value, which makes it far more likely, not certain (as in ctgan).  ``first_row`` (a multiple of
+        ``block_rows``): start at that row of the seed's rows, for jobs that draw them in parts."""
         n = _check_rows(n)
-        cond_row = self._condition(condition)
-        rng = rng_for(seed)
-        self._check_memory(n)
         bs = self.sampler.block_rows
-        blocks = -(-n // bs)
-        parts, done = [], 0
+        if isinstance(first_row, bool) or not isinstance(first_row, (int, np.integer)) or first_row < 0 or \
+                first_row % bs or first_row > MAX_ROWS:
+            raise InvalidArgumentError(f"first_row must be a non-negative multiple of the model's block of {bs} rows, "
+                                       f"got {first_row!r}")
+        cond_row = self._condition(condition)
+        rng_for(seed)                                                        # checks the seed
+        entropy = np.random.SeedSequence(seed).entropy
+        self._check_memory(n)
+        first, blocks = first_row // bs, -(-n // bs)
         per_run = max(1, ROWS_PER_RUN // bs)
-        while done < blocks:
-            todo = min(per_run, blocks - done)
-            noise = [self.draw_block(rng, cond_row) for _ in range(todo)]
-            stacked = {k: np.concatenate([b[k] for b in noise]) if noise[0][k] is not None else None
-                       for k in noise[0]}
-            parts.append(self.activate(**stacked))
-            done += todo
-        matrix = np.concatenate(parts)[:n]
-        return self.to_table(matrix)
+        runs = [range(start, min(start + per_run, first + blocks)) for start in range(first, first + blocks, per_run)]
+        parts, alphas = [], []
+        with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:   # numpy fills release the GIL
+            def draws(ks: range) -> list:
+                return [pool.submit(self.draw_block, block_rng(entropy, k), cond_row) for k in ks]
+            pending = draws(runs[0])
+            for i in range(len(runs)):
+                noise = [f.result() for f in pending]
+                if i + 1 < len(runs):   # the next run's draws, while ONNX Runtime runs this one
+                    pending = draws(runs[i + 1])
+                stacked = {key: None if noise[0][key] is None else np.concatenate([b[key] for b in noise])
+                           for key in noise[0]}
+                act, alpha = self._activate(**stacked)
+                parts.append(act)
+                alphas.append(alpha)
+        join = lambda xs: xs[0] if len(xs) == 1 else np.concatenate(xs)   # noqa: E731
+        matrix, alpha = join(parts)[:n], None if alphas[0] is None else join(alphas)[:n]
+        return Table(inverse_transform(self.sampler, matrix, alpha), {c.name: c.dtype for c in self.sampler.columns})
 
-    def sample(self, n: int, *, seed: int | None = None, condition: Mapping[str, Any] | None = None) -> Table:
+    def sample(self, n: int, *, seed: int | None = None, condition: Mapping[str, Any] | None = None,
+               first_row: int = 0) -> Table:
         """The same as :meth:`sample_rows` (the name other families use)."""
-        return self.sample_rows(n, seed=seed, condition=condition)
+        return self.sample_rows(n, seed=seed, condition=condition, first_row=first_row)
 
     # -- the float path: explicit noise ----------------------------------------------------------------------------
     def draw_block(self, rng: np.random.Generator, cond_row: np.ndarray | None = None) -> dict[str, Any]:
@@ -153,7 +179,8 @@ class Tabular:
             else:
                 cond = np.zeros((bs, s.condition_dim), dtype=np.float32)
                 cond[np.arange(bs), self._cond_index[rng.choice(len(self._cond_p), bs, p=self._cond_p)]] = 1
-        gumbel = -np.log(rng.standard_exponential((bs, len(self._soft)), dtype=np.float32))
+        # -log(Exp(1)), drawn in float64: a float32 exponential is 0 often enough (about 1 in 10**7) to give inf
+        gumbel = (-np.log(rng.standard_exponential((bs, len(self._soft))))).astype(np.float32)
         return {"z": z, "cond": cond, "gumbel": gumbel, "eps": None}
 
     def logits(self, z: np.ndarray, cond: np.ndarray | None = None) -> np.ndarray:
@@ -180,20 +207,39 @@ class Tabular:
                  eps: np.ndarray | None = None) -> np.ndarray:
         """The activated matrix from explicit noise: ctgan float32 ``tanh`` alphas and ``(logit + gumbel) / tau``
         spans; tvae ``tanh`` of everything, float64, with ``sigma * eps`` added to the alphas."""
+        act, alpha = self._activate(z, cond, gumbel, eps)
+        if alpha is None:
+            return act
+        act = act.astype(np.float64)
+        act[:, self._alpha] = alpha
+        return act
+
+    def _activate(self, z: np.ndarray, cond: np.ndarray | None = None, gumbel: np.ndarray | None = None,
+                  eps: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(the activated matrix in float32, tvae's noisy alphas in float64 [rows, continuous columns] or None)."""
         out = self.logits(z, cond)
         if self.sampler.model == "tvae":
-            act = np.tanh(out).astype(np.float64)
-            if len(self._alpha):
-                if eps is None or np.shape(eps) != (len(out), len(self._alpha)):
-                    raise InvalidArgumentError(f"eps must be [rows, {len(self._alpha)}]")
-                act[:, self._alpha] += np.asarray(self.sampler.sigmas, dtype=np.float64) * eps
-            return act
+            act = np.tanh(out, out=out)
+            if not len(self._alpha):
+                return act, None
+            if eps is None or np.shape(eps) != (len(out), len(self._alpha)):
+                raise InvalidArgumentError(f"eps must be [rows, {len(self._alpha)}]")
+            return act, act[:, self._alpha].astype(np.float64) + np.asarray(self.sampler.sigmas) * eps
         if gumbel is None or np.shape(gumbel) != (len(out), len(self._soft)):
             raise InvalidArgumentError(f"gumbel must be [rows, {len(self._soft)}]")
-        act = np.empty_like(out)
-        act[:, self._alpha] = np.tanh(out[:, self._alpha])
-        act[:, self._soft] = (out[:, self._soft] + gumbel.astype(np.float32)) / np.float32(GUMBEL_TAU)
-        return act
+        gumbel = np.asarray(gumbel, dtype=np.float32)
+        act, used, tau = out, 0, np.float32(GUMBEL_TAU)      # in place, span by span (slices, not fancy indexing)
+        for column, start in spans(self.sampler):
+            if column.kind == "continuous":
+                np.tanh(act[:, start], out=act[:, start])
+                start, width = start + 1, column.width - 1
+            else:
+                width = column.width
+            span = act[:, start:start + width]
+            span += gumbel[:, used:used + width]
+            span /= tau
+            used += width
+        return act, None
 
     def to_table(self, matrix: np.ndarray) -> Table:
         """Rows from an activated matrix (:meth:`activate`)."""

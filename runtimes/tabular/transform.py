@@ -158,19 +158,24 @@ def spans(sampler: TabularSampler) -> list[tuple[Column, int]]:
     return out
 
 
-def inverse_transform(sampler: TabularSampler, data: np.ndarray) -> dict[str, np.ndarray]:
+def inverse_transform(sampler: TabularSampler, data: np.ndarray,
+                      alphas: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Columns from the activated matrix ``data`` [rows, data_dim] (float32 as ctgan's generator gives it, or
     float64 where TVAE's noise was added): ``{name: array}`` in the table's order, each in its column's dtype
     (object arrays of Python values for object, category and string columns).
 
     Continuous: ctgan's ``_inverse_transform_continuous`` then rdt's ``ClusterBasedNormalizer`` (clip, the
     component from the argmax, ``alpha * 4 * std + mean``, round for integer dtypes); discrete: rdt's
-    ``OneHotEncoder`` (the argmax's category)."""
+    ``OneHotEncoder`` (the argmax's category).  ``alphas`` [rows, continuous columns] float64, when given,
+    replaces the matrix's alpha values (TVAE's, with their noise added in float64 over a float32 matrix)."""
     out: dict[str, np.ndarray] = {}
+    j = 0
     for column, start in spans(sampler):
         part = data[:, start:start + column.width]
         if column.kind == "continuous":
-            alpha = np.clip(part[:, 0].astype(np.float64), -1, 1)                       # [rows]
+            alpha = part[:, 0] if alphas is None else alphas[:, j]
+            j += 1
+            alpha = np.clip(alpha.astype(np.float64), -1, 1)                             # [rows]
             k = np.argmax(part[:, 1:], axis=1)                                          # [rows]
             means, stds = np.asarray(column.means), np.asarray(column.stds)
             values = alpha * STD_MULTIPLIER * stds[k] + means[k]                        # rdt's order of operations
