@@ -93,6 +93,13 @@ class Tabular:
         else:
             self._cond_p = self._cond_index = None
 
+    @property
+    def part_rows(self) -> int:
+        """Rows of one ONNX Runtime run (whole blocks).  Parts of a seed's rows drawn with ``first_row`` at multiples
+        of this are bit-identical to one call's; at other multiples of ``block_rows`` ctgan's BatchNorm statistics,
+        reduced over a run's blocks together, may differ in the last float bits."""
+        return max(1, ROWS_PER_RUN // self.sampler.block_rows) * self.sampler.block_rows
+
     @classmethod
     def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> Tabular:
         from edgegen.strict import from_json
@@ -137,7 +144,7 @@ class Tabular:
         entropy = np.random.SeedSequence(seed).entropy
         self._check_memory(n)
         first, blocks = first_row // bs, -(-n // bs)
-        per_run = max(1, ROWS_PER_RUN // bs)
+        per_run = self.part_rows // bs
         runs = [range(start, min(start + per_run, first + blocks)) for start in range(first, first + blocks, per_run)]
         parts, alphas = [], []
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:   # numpy fills release the GIL
