@@ -294,6 +294,22 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         path = Path(source)
         if not path.exists():
             raise InvalidArgumentError(f"{path} does not exist; give a model directory or file.py:function")
+        if path.is_file() and path.suffix.lower() in (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib"):
+            raise UnsupportedModelError(
+                f"{path} is a pickle (ctgan's save, torch.save, joblib): loading one runs whatever code it holds, so "
+                "edgegen does not open it; for a model you trust, load it yourself in Python and convert "
+                "TabularSpec(model=...) (ctgan) or a spec, or save it as safetensors (for ctgan: "
+                "edgegen.converters.tabular.save_checkpoint) and convert that")
+        if path.is_file() and path.suffix.lower() == ".safetensors" and path.name == "model.safetensors":
+            path = path.parent
+        if path.is_dir() and (path / "model.safetensors").is_file() and not (path / "config.json").exists() \
+                and not (path / "model_index.json").exists():
+            from edgegen.converters.tabular.checkpoint import is_checkpoint
+
+            if is_checkpoint(path / "model.safetensors"):
+                return _convert_tabular_spec(TabularSpec.from_checkpoint(path), Path(output),
+                                             **_no_scheduler(_no_attention(options, "a tabular checkpoint"),
+                                                             "a tabular checkpoint"))
         if path.is_dir():
             for marker, converter in DIRECTORY_CONVERTERS.items():
                 if (path / marker).is_file():

@@ -36,6 +36,17 @@ def write_checkpoint(network: Network, file: Path) -> Path:
     return file
 
 
+def is_checkpoint(file: Path) -> bool:
+    """Whether a safetensors file's metadata names edgegen's tabular checkpoint format (reads the header only)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), "np") as f:
+            return (f.metadata() or {}).get("format") == CHECKPOINT_FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def read_checkpoint(file: Path) -> tuple[str, dict, dict[str, torch.Tensor], list[float]]:
     """(kind, sampler dict, tensors, BatchNorm eps) from an edgegen tabular checkpoint, checked."""
     from safetensors import SafetensorError, safe_open

@@ -100,3 +100,23 @@ def test_checkpoint_round_trip_gives_the_same_artifact_rows(tiny_tabular, tmp_pa
         manifest = edgegen.load(again).artifact.manifest
         assert manifest.source.checkpoint_sha256 == spec.checkpoint_sha256
         assert manifest.validation["reference"].startswith("PyTorch")
+
+
+def test_cli_converts_a_checkpoint_directory_and_refuses_pickles(tiny_tabular, tmp_path):
+    from click.testing import CliRunner
+
+    from edgegen.cli import cli
+    from edgegen.converters.tabular import save_checkpoint
+
+    fitted, path = tiny_tabular["ctgan"]
+    save_checkpoint(fitted, tmp_path / "ckpt")
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "ckpt"), "-o", str(tmp_path / "art")])
+    assert result.exit_code == 0, result.output
+    a, b = edgegen.load(path).sample_rows(50, seed=1), edgegen.load(tmp_path / "art").sample_rows(50, seed=1)
+    assert all(a[k].tolist() == b[k].tolist() for k in a.columns)
+    fitted.save(str(tmp_path / "model.pkl"))           # ctgan's own save: a torch pickle
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "model.pkl"), "-o", str(tmp_path / "never")])
+    assert result.exit_code == 1 and "is a pickle" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "never").exists()
+    result = CliRunner().invoke(cli, ["convert", str(tmp_path / "ckpt"), "-o", str(tmp_path / "q"), "-q", "int8"])
+    assert result.exit_code == 1 and "kept in fp32" in result.output
