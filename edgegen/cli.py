@@ -845,6 +845,7 @@ def _short(value: Any) -> str:
 
 from edgegen import cli_chat  # noqa: E402,F401  (registers `chat` on the group; it imports this module)
 from edgegen import cli_serve  # noqa: E402,F401
+from edgegen import cli_batch  # noqa: E402,F401
 
 
 def main() -> None:
