@@ -86,6 +86,12 @@ def _placeholders(text: str, cwd: Path) -> str:
     return text
 
 
+def _bundled() -> tuple:
+    from edgegen.demo import BUNDLED
+
+    return BUNDLED
+
+
 def run_demo(cwd: Path) -> tuple[str, float]:
     """`edgegen demo` in ``cwd`` (through this interpreter): its terminal output and wall time."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}   # stdout and stderr interleave as on a terminal
@@ -136,7 +142,7 @@ def blocks(cwd: Path) -> dict[str, str]:
         "demo": f"```text\n$ edgegen demo\n{first}\n```",
         "pycode-sample": f"```python\n{pycode_sample(cwd / DEMO_OUT / 'pycode.txt')}\n```",
         "timings": textwrap.fill(f"On this machine ({cores} CPU cores, {day}) the first `edgegen demo` took "
-                                 f"{first_s:.0f} s (converting and validating all six models, importing torch), "
+                                 f"{first_s:.0f} s (converting and validating all {len(_bundled())} models, importing torch), "
                                  f"the second {second_s:.0f} s (reusing the artifacts).", width=115),
     }
 

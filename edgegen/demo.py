@@ -113,6 +113,21 @@ def _run_digits_flow(model: Any, out: Path, say: Callable[[str], None]) -> dict[
     return _unconditional_grid(model, out, "digits_flow", say, "RealNVP flow samples (default temperature, seed 0)")
 
 
+def _run_wine(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """1,000 rows of the wine CTGAN (seed 0) to wine.csv, and the share of class_1 when conditioned on it."""
+    started = time.perf_counter()
+    table = model.sample_rows(1000, seed=0)
+    seconds = time.perf_counter() - started
+    path = table.write(out / "wine.csv")
+    conditioned = model.sample_rows(1000, seed=0, condition={"cultivar": "class_1"})
+    shown = ("cultivar", "alcohol", "color_intensity", "color_intensity_level", "proline")
+    say(f"CTGAN wine rows (seed 0): wrote {path} ({len(table.columns)} columns); the first 3, in part:")
+    for row in table.head(3).rows():
+        say("    " + ", ".join(f"{k} {row[k]:.4g}" if isinstance(row[k], float) else f"{k} {row[k]}" for k in shown))
+    return {"output": str(path), "rows": len(table), "rows_per_s": round(len(table) / seconds),
+            "class_1_share_conditioned": round(float((conditioned["cultivar"] == "class_1").mean()), 3)}
+
+
 BUNDLED = (
     Bundled("pycode", "pycode.py:spec", "pycode/model.safetensors", _run_pycode),
     Bundled("charlstm", "charlstm_bundled.py:spec", "charlstm/model.safetensors", _run_charlstm),
@@ -120,6 +135,7 @@ BUNDLED = (
     Bundled("digits_gan", "digits_gan.py:spec", "digits_gan/model.safetensors", _run_digits_gan),
     Bundled("digits_vae", "digits_vae.py:spec", "digits_vae/model.safetensors", _run_digits_vae),
     Bundled("digits_flow", "digits_flow.py:spec", "digits_flow/model.safetensors", _run_digits_flow),
+    Bundled("wine_tabular", "wine_tabular.py:spec", "wine_tabular/model.safetensors", _run_wine),
 )
 
 
@@ -127,7 +143,8 @@ BUNDLED = (
 _FIGURE_TEXT = {"prompt_tokens": "{} prompt tokens", "new_tokens": "{} new tokens",
                 "time_to_first_token_ms": "first token {} ms", "decode_tokens_per_s": "{} tokens/s",
                 "batch_of_3_decode_tokens_per_s": "{} tokens/s in all for a batch of 3", "images": "{} images",
-                "sample_s": "sampled in {} s"}
+                "sample_s": "sampled in {} s", "rows": "{} rows", "rows_per_s": "{} rows/s",
+                "class_1_share_conditioned": "class_1 share {} when conditioned on it"}
 
 
 def _sha256(path: Path) -> str:

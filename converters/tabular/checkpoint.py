@@ -15,12 +15,14 @@ built: a hostile or damaged file is refused with one line.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 from edgegen.converters.tabular.extract import Network
 from edgegen.converters.tabular.spec import CHECKPOINT_FORMAT
+from edgegen.converters.writer import _umask
 from edgegen.errors import ConversionError, InvalidArgumentError, ManifestError
 from edgegen.strict import from_json, parse_json, to_json
 
@@ -32,6 +34,7 @@ def write_checkpoint(network: Network, file: Path) -> Path:
             "bn_eps": json.dumps(network.bn_eps)}
     tmp = file.with_name(f".{file.name}.tmp")
     save_file({k: v.contiguous() for k, v in network.tensors.items()}, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o666 & ~_umask())        # the user's umask, like any file (safetensors writes 0600)
     tmp.replace(file)
     return file
 
