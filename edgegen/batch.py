@@ -49,7 +49,7 @@ PARTIAL = ".partial-"
 #: family -> what a batch of it makes
 #: items per shard for prompts and images (table rows: see _row_shard_size)
 DEFAULT_SHARD_SIZE = 64
-KINDS = {"causal-lm": "text", "rnn-lm": "text", "gan": "images", "vae": "images", "vq-vae": "images",
+KINDS = {"causal-lm": "text", "rnn-lm": "text", "seq2seq": "text", "gan": "images", "vae": "images", "vq-vae": "images",
          "flow": "images", "diffusion": "images", "tabular": "rows"}
 ROW_FORMATS = ("parquet", "csv", "jsonl")
 NEEDS_RAY = "edgegen batch needs Ray: pip install 'edgegen[scale]'"
@@ -222,6 +222,10 @@ def text_item(model: Any, item: Mapping[str, Any], settings: Any) -> dict[str, A
     if "messages" in item:
         reply = model.chat(item["messages"], settings)
         text, finish, completion = reply.content, reply.finish_reason, reply.completion
+    elif model.family == "seq2seq":   # encoder-decoder: the artifact's own decoding (greedy, sampled or beams)
+        ids = model.generate_ids(model.encode(item["prompt"]), settings)
+        done = bool(ids) and ids[-1] in model.sampler.eos_token_ids
+        return {"text": model.decode(ids), "finish_reason": "stop" if done else "length"}
     else:
         completion = model.complete([item["prompt"]], settings)[0]
         text, finish = completion.text, completion.finish_reason
@@ -499,6 +503,9 @@ def plan_job(artifact: str | os.PathLike[str], *, prompts_file: Any, count: int 
                                        f"template, and {artifact} has none; give {{\"prompt\": ...}} lines instead")
         job_input: dict[str, Any] = {"path": str(Path(prompts_file).absolute()), "sha256": sha}
         recorded = _text_settings(settings)
+        if family == "seq2seq" and recorded.get("logprobs"):
+            raise InvalidArgumentError("--logprobs applies to causal LMs; a seq2seq artifact's batch gives text and "
+                                       "finish_reason: drop --logprobs")
     else:
         if prompts_file is not None or count is None:
             raise InvalidArgumentError(f"a {family} artifact draws {kind}: give --count N (not --input)")

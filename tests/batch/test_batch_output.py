@@ -136,3 +136,21 @@ def test_chat_lines_equal_the_serial_chat(ray_local, chat_lm_artifact, tmp_path)
         lm.chat(chats[0], replace(SETTINGS, seed=seed_of(0))).content,
         lm.complete(["import os"], replace(SETTINGS, seed=seed_of(1)))[0].text,
         lm.chat(chats[1], replace(SETTINGS, seed=seed_of(2))).content]
+
+
+def test_seq2seq_job_equals_the_serial_runtime(ray_local, prompts_file, tmp_path):
+    """Text-to-text artifacts batch like causal LMs: each line's output is the artifact's own decoding with the
+    item's seed."""
+    pytest.importorskip("transformers")
+    from seq2seq_support import write_tiny_seq2seq
+
+    from edgegen.batch import run_batch
+
+    art = edgegen.convert(write_tiny_seq2seq(tmp_path / "hf", "t5"), tmp_path / "t5")
+    run_batch(art, tmp_path / "out", prompts_file=prompts_file, seed=SEED, settings=SETTINGS, shard_size=3)
+    model = edgegen.load(art, "cpu")
+    serial = [model.decode(model.generate_ids(model.encode(p), replace(SETTINGS, seed=seed_of(i))))
+              for i, p in enumerate(PROMPTS)]
+    lines = read_lines(tmp_path / "out")
+    assert [r["text"] for r in lines] == serial and len(set(serial)) > 1
+    assert {r["finish_reason"] for r in lines} <= {"stop", "length"}
