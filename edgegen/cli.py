@@ -179,7 +179,7 @@ def info(artifact: str, verify: bool, as_json: bool) -> None:
         _echo_plain(f"  asset      {name:<14} {ref.file:<24} {'':<13} {_mib(sizes[ref.file])}")
     _echo_plain(f"  total      {_mib(sum(sizes.values()))}")
     dims = sorted({d for g in m.graphs.values() for t in g.inputs for d in t.shape if isinstance(d, str)})
-    if dims:
+    if dims and m.family != "tabular":   # a CTGAN graph's batch must stay a multiple of its block of rows
         _echo_plain(f"  free dims  {', '.join(dims)}  (--free-dim NAME=SIZE fixes one)")
     if m.family == "diffusion" and isinstance(m.sampler.get("scheduler"), dict):   # what sample runs by default
         _echo_plain(f"  scheduler  {_scheduler_line(m.sampler['scheduler'])}")
