@@ -35,7 +35,7 @@ class TabularSpec:
     model: Any = None
     name: str | None = None
     checkpoint_sha256: str | None = None
-    #: set by :meth:`from_checkpoint`: (kind, sampler dict, {tensor name: tensor})
+    #: set by :meth:`from_checkpoint`: (kind, sampler dict, {tensor name: tensor}, BatchNorm eps)
     loaded: Any = None
 
     def __post_init__(self) -> None:
