@@ -79,21 +79,23 @@ def test_directml_sessions_run_one_call_at_a_time(tmp_path):
     binding = session.io_binding()
     binding.bind_cpu_input("x", x)
     binding.bind_output("y")
-    results = []
-    calls = [lambda: results.append(session.run(["y"], {"x": x})[0]),
-             lambda: results.append(session.run_with_iobinding(binding)),
-             lambda: results.append(session.run_with_ort_values(["y"], {"x": ort.OrtValue.ortvalue_from_numpy(x)}))]
+    results = {}                                               # by call: the threads finish in any order
+    calls = [lambda: results.__setitem__("run", session.run(["y"], {"x": x})[0]),
+             lambda: results.__setitem__("iobinding", session.run_with_iobinding(binding)),
+             lambda: results.__setitem__("ort_values", session.run_with_ort_values(
+                 ["y"], {"x": ort.OrtValue.ortvalue_from_numpy(x)}))]
     with session.run_lock:                                     # another call is running: each must wait for it
         threads = [threading.Thread(target=call) for call in calls]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(0.3)
-        assert all(thread.is_alive() for thread in threads) and results == []
+        assert all(thread.is_alive() for thread in threads) and results == {}
     for thread in threads:
         thread.join(10)
     assert len(results) == 3 and not any(thread.is_alive() for thread in threads)
-    np.testing.assert_array_equal(results[0], x + np.arange(4))
+    np.testing.assert_array_equal(results["run"], x + np.arange(4))
+    np.testing.assert_array_equal(binding.copy_outputs_to_cpu()[0], x + np.arange(4))
 
 
 def test_cuda_settings():
