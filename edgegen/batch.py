@@ -185,14 +185,19 @@ def prepare_output(output: Path, job: BatchJob) -> None:
 
 # -- the actors --------------------------------------------------------------------------------------------------
 
+def _fsync_one(path: Path) -> None:
+    """Flush one file or folder entry to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync(path: Path) -> None:
     """Flush a file, or a folder and the files in it, to the disk."""
     for p in [*sorted(path.iterdir()), path] if path.is_dir() else [path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync_one(p)
 
 
 def _commit(tmp: Path, final: Path) -> None:
@@ -200,15 +205,7 @@ def _commit(tmp: Path, final: Path) -> None:
     _fsync(tmp)
     os.replace(tmp, final)
     with contextlib.suppress(OSError):     # some file systems refuse to sync a folder
-        _fsync_dir(final.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        _fsync_one(final.parent)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -515,14 +512,15 @@ def plan_job(artifact: str | os.PathLike[str], *, prompts_file: Any, count: int 
             names = ", ".join("--" + k.replace("_", "-") for k in given)
             raise InvalidArgumentError(f"{names} appl{'y' if len(given) > 1 else 'ies'} to text artifacts, not to "
                                        f"this {family} artifact; drop {'them' if len(given) > 1 else 'it'}")
-        recorded = _draw_settings(family, steps, condition, row_format)
-        if condition:     # a column or value the table lacks: one line now, not a failed shard per actor later
+        recorded = _draw_settings(family, steps, condition, row_format)   # refuses a condition but for tables
+        job_input, items = {"count": count}, None
+        if family == "tabular":
             import edgegen
 
-            edgegen.load(art.root, "cpu", threads=1).sample_rows(1, seed=0, condition=condition)
-        job_input, items = {"count": count}, None
-        if family == "tabular":   # whole blocks per shard: the shards are parts of one seed's rows
-            shard_size = _row_shard_size(art, shard_size)
+            model = edgegen.load(art.root, "cpu", threads=1)
+            if condition:     # a column or value the table lacks: one line now, not a failed shard per actor later
+                model.sample_rows(1, seed=0, condition=condition)
+            shard_size = _row_shard_size(model, shard_size)   # whole blocks: the shards are parts of one seed's rows
     if shard_size is None:
         shard_size = DEFAULT_SHARD_SIZE
     job = BatchJob(artifact=str(art.root.absolute()), artifact_sha256=_sha256(art.root / "edgegen.json"),
@@ -531,11 +529,8 @@ def plan_job(artifact: str | os.PathLike[str], *, prompts_file: Any, count: int 
     return job, items, len(items) if items is not None else count
 
 
-def _row_shard_size(art: Any, shard_size: int | None) -> int:
+def _row_shard_size(model: Any, shard_size: int | None) -> int:
     """Table rows per shard: a multiple of the model's block of rows (default: 4 of its runs, ``part_rows``)."""
-    import edgegen
-
-    model = edgegen.load(art.root, "cpu", threads=1)
     block, part = model.sampler.block_rows, model.part_rows
     if shard_size is None:
         return 4 * part
