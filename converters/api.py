@@ -294,7 +294,9 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         path = Path(source)
         if not path.exists():
             raise InvalidArgumentError(f"{path} does not exist; give a model directory or file.py:function")
-        if path.is_file() and path.suffix.lower() in (".pkl", ".pickle", ".pt", ".pth", ".bin", ".ckpt", ".joblib"):
+        from edgegen.converters.weights import PICKLED_SUFFIXES
+
+        if path.is_file() and path.suffix.lower() in PICKLED_SUFFIXES:
             raise UnsupportedModelError(
                 f"{path} is a pickle (ctgan's save, torch.save, joblib): loading one runs whatever code it holds, so "
                 "edgegen does not open it; for a model you trust, load it yourself in Python and convert "

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from edgegen.errors import ConversionError, UnsupportedModelError
 
-__all__ = ["PICKLED", "safetensors_only"]
+__all__ = ["PICKLED", "PICKLED_SUFFIXES", "safetensors_only"]
 
 #: weight files that are Python pickles: loading one runs whatever code it holds
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+#: the suffixes of those, and of other pickles a model may be handed over as (ctgan's save, joblib)
+PICKLED_SUFFIXES = (*(pattern[1:] for pattern in PICKLED), ".pickle", ".joblib")
 
 
 def safetensors_only(component: Path, what: str = "model") -> None:

@@ -106,7 +106,7 @@ def convert_tabular(spec: TabularSpec, output: str | Path, *, overwrite: bool = 
     sampler = from_json(TabularSampler, network.sampler, where="sampler", error=ConversionError,
                         fix="this model's data transform is not one edgegen can write")
     module = (CTGANGenerator if network.kind == "ctgan" else TVAEDecoder)(network).eval()
-    reference = _reference_network(network)
+    reference = _reference_network(network, module)
     report(f"read: {network.kind} with {len(sampler.columns)} columns ({_kinds(sampler)}), {sampler.data_dim} "
            f"matrix values per row, {sum(t.numel() for t in network.tensors.values()):,} weights "
            f"({time.perf_counter() - started:.1f} s)")
@@ -141,12 +141,12 @@ def convert_tabular(spec: TabularSpec, output: str | Path, *, overwrite: bool = 
         return writer.commit()
 
 
-def _reference_network(network: Network) -> torch.nn.Module:
-    """ctgan's own network (a copy, in ctgan's sampling mode: the generator in training mode), else ours."""
+def _reference_network(network: Network, module: torch.nn.Module) -> Any:
+    """ctgan's own network (a copy, in ctgan's sampling mode: the generator in training mode), else ``module``."""
     import copy
 
     if network.reference is None:
-        return (CTGANGenerator if network.kind == "ctgan" else TVAEDecoder)(network).eval()
+        return module
     if network.kind == "ctgan":
         gen = copy.deepcopy(network.reference._generator).cpu().train()   # its running stats are not ours to move
 
@@ -180,9 +180,10 @@ def _check_graph(path: Path, module: torch.nn.Module, reference: Any, sampler: A
     for blocks in (1, 3):
         example = _example(sampler, blocks, torch.Generator().manual_seed(blocks))
         (ours,) = session.run(["logits"], {n: t.numpy() for n, t in zip(names, example)})
-        error = max(float(np.max(np.abs(ours - net(*example).numpy()))) for net in (module, reference))
+        nets = (module,) if reference is module else (module, reference)
+        error = max(float(np.max(np.abs(ours - net(*example).numpy()))) for net in nets)
         if not error <= ATOL:
-            raise ConversionError(f"the exported {names and 'graph'} differs from the network by {error:.3g} "
+            raise ConversionError(f"the exported graph differs from the network by {error:.3g} "
                                   f"(> {ATOL:g}) at {blocks} block(s) of {sampler.block_rows} rows")
         errors[blocks] = error
     return errors

@@ -69,8 +69,7 @@ class Tabular:
     def __init__(self, artifact: Artifact, provider: str, sampler: TabularSampler, session: Any) -> None:
         self.artifact, self.provider, self.sampler, self.session = artifact, provider, sampler, session
         self.columns = [c.name for c in sampler.columns]
-        self._role = "generator" if sampler.model == "ctgan" else "decoder"
-        s, start = sampler, 0
+        s = sampler
         alpha, soft = [], []                                                 # matrix columns by activation
         for column, start in spans(s):
             if column.kind == "continuous":
