@@ -84,6 +84,19 @@ def train_tiny_tokenizer(vocab_size: int = 300):
     return tok
 
 
+def convert_tiny_cache_lm(root: Path, kind: str) -> tuple[Path, Path]:
+    """(artifact, Hugging Face directory) of a tiny LM with a 192-position context: ``gpt2`` (a growing KV cache)
+    or ``llama-gqa`` (GroupQueryAttention, a shared KV buffer; head size 16, the smallest ONNX Runtime's CPU
+    GroupQueryAttention takes)."""
+    import edgegen
+
+    if kind == "gpt2":
+        hf = write_tiny_hf_lm(root / "hf", "gpt2", n_positions=192)
+        return edgegen.convert(hf, root / "art", optimize=False), hf
+    hf = write_tiny_hf_lm(root / "hf", "llama", hidden_size=64, max_position_embeddings=192)
+    return edgegen.convert(hf, root / "art", attention="gqa"), hf
+
+
 def write_tiny_hf_lm(dest: Path, arch: str, seed: int = 0, **overrides: object) -> Path:
     """Save a random-weight ``arch`` causal LM with a trained tokenizer as a Hugging Face directory
     (``overrides``: config fields over TINY_LM_CONFIGS[arch])."""

@@ -13,7 +13,7 @@ import edgegen
 from edgegen import GenerationSettings
 from edgegen.errors import InvalidArgumentError
 from edgegen.runtimes.lm.kv_cache import MIN_PREFIX_TOKENS, KVState, PrefixCache
-from tests_support import write_tiny_hf_lm
+from tests_support import convert_tiny_cache_lm
 
 pytest.importorskip("torch")
 
@@ -22,13 +22,7 @@ GREEDY = GenerationSettings(temperature=0, max_new_tokens=12, ignore_eos=True)
 
 @pytest.fixture(scope="module", params=["gpt2", "llama-gqa"])
 def lm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp(request.param)
-    if request.param == "gpt2":
-        hf = write_tiny_hf_lm(root / "hf", "gpt2", n_positions=192)
-        art = edgegen.convert(hf, root / "art", optimize=False)
-    else:   # head size 16: the smallest ONNX Runtime's CPU GroupQueryAttention takes
-        hf = write_tiny_hf_lm(root / "hf", "llama", hidden_size=64, max_position_embeddings=192)
-        art = edgegen.convert(hf, root / "art", attention="gqa")
+    art, _hf = convert_tiny_cache_lm(tmp_path_factory.mktemp(request.param), request.param)
     model = edgegen.load(art, provider="cpu")
     assert model.sampler.kv_buffer == ("shared" if request.param == "llama-gqa" else "grow")
     return model

@@ -20,7 +20,7 @@ from edgegen.errors import InvalidArgumentError
 from edgegen.runtimes.lm.batch_engine import MergedBatch
 from edgegen.runtimes.lm import speculative
 from edgegen.runtimes.lm.speculative import NgramGenerator, lookup_draft
-from tests_support import run_cli, torch_greedy, write_tiny_hf_lm
+from tests_support import convert_tiny_cache_lm, run_cli, torch_greedy
 
 pytest.importorskip("torch")
 
@@ -42,13 +42,7 @@ PROMPT = ("def fibonacci(n):\n    if n < 2:\n        return n\n    return fibona
 @pytest.fixture(scope="module", params=["gpt2", "llama-gqa"])
 def model(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     """(loaded artifact, its Hugging Face directory)."""
-    root = tmp_path_factory.mktemp(request.param)
-    if request.param == "gpt2":
-        hf = write_tiny_hf_lm(root / "hf", "gpt2", n_positions=192)
-        art = edgegen.convert(hf, root / "art", optimize=False)
-    else:   # head size 16: the smallest ONNX Runtime's CPU GroupQueryAttention takes
-        hf = write_tiny_hf_lm(root / "hf", "llama", hidden_size=64, max_position_embeddings=192)
-        art = edgegen.convert(hf, root / "art", attention="gqa")
+    art, hf = convert_tiny_cache_lm(tmp_path_factory.mktemp(request.param), request.param)
     lm = edgegen.load(art, provider="cpu", threads=1)
     assert lm.sampler.kv_buffer == ("shared" if request.param == "llama-gqa" else "grow")
     return lm, hf
