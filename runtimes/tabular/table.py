@@ -93,6 +93,8 @@ class Table:
         renamed into place: a failed write leaves no half file.  Returns the path."""
         fmt = fmt or format_for(path)
         target = Path(path)
+        if not target.parent.is_dir():   # say so by the path asked for, not by the temporary file's name
+            raise InvalidArgumentError(f"{target.parent}: no such folder; create it or choose another output path")
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         try:
             if fmt == "parquet":

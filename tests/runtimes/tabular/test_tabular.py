@@ -276,3 +276,9 @@ def test_parts_drawn_from_first_row_make_the_whole(tiny_tabular, kind):
 
 def test_seedless_sampling_differs(ctgan_model):
     assert not _same(ctgan_model.sample_rows(30), ctgan_model.sample_rows(30))
+
+
+def test_missing_output_folder_named(ctgan_model, tmp_path):
+    with pytest.raises(InvalidArgumentError, match=r"no-such: no such folder"):
+        ctgan_model.sample_rows(3).write(tmp_path / "no-such" / "rows.csv")
+    assert not (tmp_path / "no-such").exists()
