@@ -172,6 +172,14 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
         return _convert_image_spec(spec_from_directory(model_dir, config), output, **options)
     if diffusers_class is not None and "model_type" not in config:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
+    from edgegen.converters.tts.vits import is_tts_config
+
+    if is_tts_config(config):   # VitsModel (MMS-TTS): the tts family
+        from edgegen.converters.tts.vits import convert_vits
+
+        what = "a VITS voice"
+        _no_gate(_no_lm_gate(_no_scheduler(_no_attention(options, what), what), "tts"), "tts")
+        return convert_vits(model_dir, output, **options)
     from edgegen.converters.seq2seq.convert import is_seq2seq_config
 
     if is_seq2seq_config(config):   # T5, BART, Marian...: the seq2seq family

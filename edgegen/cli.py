@@ -574,6 +574,8 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     family = open_artifact(artifact).manifest.family
     if family in ("causal-lm", "rnn-lm"):
         raise InvalidArgumentError(f"{artifact} is a {family!r} artifact; use 'edgegen generate' for text")
+    if family == "tts":
+        raise InvalidArgumentError(f"{artifact} is a tts artifact; use 'edgegen speak {artifact} \"text\" -o out.wav'")
     said = click.get_current_context().get_parameter_source   # options given, not defaulted, apply or are refused
     if family == "tabular":
         from edgegen.cli_tabular import sample_tabular
@@ -846,6 +848,7 @@ def _short(value: Any) -> str:
 from edgegen import cli_chat  # noqa: E402,F401  (registers `chat` on the group; it imports this module)
 from edgegen import cli_serve  # noqa: E402,F401
 from edgegen import cli_batch  # noqa: E402,F401
+from edgegen import cli_speak  # noqa: E402,F401
 
 
 def main() -> None:

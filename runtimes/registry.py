@@ -36,6 +36,7 @@ RUNTIMES: dict[str, str] = {
     "vae": "edgegen.runtimes.image.vae:VAE",
     "vq-vae": "edgegen.runtimes.image.vae:VQVAE",
     "tabular": "edgegen.runtimes.tabular.tabular:Tabular",
+    "tts": "edgegen.runtimes.tts.tts:TTS",
 }
 
 

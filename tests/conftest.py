@@ -61,6 +61,22 @@ def tiny_sd(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def tiny_voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """{"single": (VitsModel directory, its artifact), "speakers": (...)}: tiny random VITS voices
+    (tests/tts_support.py), the second with 3 speakers and the deterministic duration predictor; converted once
+    per session (about 35 s each)."""
+    import edgegen
+    from tts_support import make_voice
+
+    root = tmp_path_factory.mktemp("tiny-voices")
+    out = {}
+    for name, options in (("single", {}), ("speakers", {"speakers": 3, "stochastic": False})):
+        source = make_voice(root / f"{name}-hf", **options)
+        out[name] = (source, edgegen.convert(str(source), root / name))
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, Path]]:
     """{"ctgan": (fitted CTGAN, its artifact), "tvae": (fitted TVAE, its artifact)}: tiny models fitted for a few
     epochs on tests/tabular_support.py's mixed table, converted once per session."""

@@ -23,9 +23,9 @@ import edgegen
 import edgegen.converters
 import edgegen.runtimes
 
-FAMILIES = {"lm", "rnn", "diffusion", "image", "flow", "seq2seq", "tabular"}
+FAMILIES = {"lm", "rnn", "diffusion", "image", "flow", "seq2seq", "tabular", "tts"}
 #: sub-packages of each half that are shared core (named for what they do)
-SHARED = {"converters": {"export", "quantization", "text"}, "runtimes": {"text"}}
+SHARED = {"converters": {"export", "quantization", "text"}, "runtimes": {"text", "audio"}}
 CORE = {"edgegen.errors", "edgegen.manifest", "edgegen.strict"}
 DISPATCHERS = {"edgegen.converters.api"}
 
