@@ -46,6 +46,10 @@ from edgegen.manifest import Source
 OPSET = 18
 #: graph checks against PyTorch (max abs) and the end-to-end gate (dB)
 ATOL, MIN_SNR_DB = 1e-4, 40.0
+#: the quantized decoder's gate: SNR of its waveforms against the fp32 artifact's, the same draws (dB)
+MIN_QUANTIZED_SNR_DB = 20.0
+#: --quantize schemes: the decoder only (the encoder's durations are ceil'd: a quantized encoder moves them)
+SCHEMES = {"fp16": "fp16", "int8": "int8-dynamic"}
 #: token counts the graphs are checked at (neither is the export length)
 CHECK_LENGTHS = (3, 17)
 EXPORT_LENGTH = 9
@@ -316,15 +320,17 @@ def _check_graph(path: Path, module: torch.nn.Module, examples: list[tuple[torch
 def convert_vits(model_dir: Path, output: str | Path, *, quantize: str = "auto", overwrite: bool = False,
                  report: Callable[[str], None] = lambda _line: None, **_ignored: Any) -> Path:
     """Convert the VitsModel directory ``model_dir`` (weights, config and VitsTokenizer files) into a tts
-    artifact at ``output``; fp32 only for now."""
+    artifact at ``output``.  ``quantize``: ``auto`` / ``none`` keep fp32; ``fp16`` or ``int8`` (dynamic, Conv and
+    MatMul weights) quantize the decoder, whose waveforms must stay within MIN_QUANTIZED_SNR_DB of the fp32
+    artifact's on the same draws (recorded in validation.quantization)."""
     from edgegen.converters.versions import library_versions
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.session import SessionConfig
     from edgegen.runtimes.tts.tts import TTS
 
-    if quantize not in ("auto", "none"):
-        raise InvalidArgumentError(f"tts artifacts are fp32 for now; --quantize {quantize} does not apply to a VITS "
-                                   "voice (drop it, or pass --quantize none)")
+    if quantize not in ("auto", "none", *SCHEMES):
+        raise InvalidArgumentError(f"a VITS voice converts as fp32 (auto, none), or with its decoder in fp16 or "
+                                   f"int8; --quantize {quantize} does not apply")
     config_json = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_directory(model_dir, config_json)
     text = read_vits_tokenizer(model_dir)
@@ -374,8 +380,45 @@ def convert_vits(model_dir: Path, output: str | Path, *, quantize: str = "auto",
         figures["graph_max_abs_error"] = errors
         report(f"validate: {len(figures['sentences'])} sentences through the runtime vs transformers' VitsModel on "
                f"the same draws: SNR {figures['min_snr_db']:.1f} dB at worst (gate {MIN_SNR_DB:g} dB)")
+        if quantize in SCHEMES:
+            figures["quantization"] = _quantize(writer, voice, quantize, report)
         writer.write(writer.manifest(family="tts", source=source, sampler=sampler, validation=figures))
         return writer.commit()
+
+
+def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[str], None]) -> dict[str, Any]:
+    """The staged decoder in ``scheme``, measured against the fp32 voice ``fp32`` on the test sentences (the same
+    seeds: the fp32 encoder gives the same durations and draws); replaces the fp32 decoder when it meets the gate."""
+    import tempfile
+
+    from edgegen.converters.quantization.graphs import prepare, quantize_graph, quiet_ort, remove_graph, tool
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.session import SessionConfig
+    from edgegen.runtimes.tts.tts import TTS
+
+    started = time.perf_counter()
+    file = f"decoder.{scheme}.onnx"
+    with tempfile.TemporaryDirectory(prefix="edgegen-tts-") as tmp, quiet_ort():
+        prepared = prepare(writer.path("decoder.onnx"), Path(tmp) / "decoder.prepared.onnx")
+        quantize_graph(prepared, writer.path(file), scheme, [], [])
+    writer.add_graph_file("decoder", file, precision=SCHEMES[scheme])
+    writer.write(writer.manifest(family="tts", source=fp32.artifact.manifest.source, sampler=fp32.artifact.manifest.sampler))
+    quantized = TTS.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
+    snrs = []
+    for i, sentence in enumerate(test_sentences(fp32)):
+        snrs.append(snr_db(fp32.speak(sentence, seed=i)[0], quantized.speak(sentence, seed=i)[0]))
+    worst = min(snrs)
+    if not worst >= MIN_QUANTIZED_SNR_DB:
+        raise ConversionError(f"the {scheme} decoder's speech is {worst:.1f} dB SNR against fp32 (gate "
+                              f"{MIN_QUANTIZED_SNR_DB:g} dB); convert with --quantize none (fp32)"
+                              + (" or fp16" if scheme == "int8" else ""))
+    remove_graph(writer.path("decoder.onnx"))
+    size = lambda spec_file: writer.path(spec_file).stat().st_size   # noqa: E731
+    report(f"quantize: decoder {scheme}, SNR {worst:.1f} dB against fp32 at worst (gate {MIN_QUANTIZED_SNR_DB:g} dB), "
+           f"{size(file) / 2**20:.2f} MiB ({time.perf_counter() - started:.1f} s)")
+    return {"scheme": scheme, "graphs": ["decoder"], "snr_db": snrs, "min_snr_db": worst,
+            "gate": {"min_snr_db": MIN_QUANTIZED_SNR_DB}, "fp32_decoder_sha256": fp32.artifact.manifest.graphs["decoder"].sha256,
+            "tool": tool(scheme)}
 
 
 def test_sentences(voice: Any) -> list[str]:

@@ -123,10 +123,33 @@ def test_context_bound_is_at_least_the_receptive_field(tiny_voices) -> None:
     assert 0 < reach <= context_frames(model.config)
 
 
+def test_fp16_decoder_is_measured_against_fp32(tiny_voices, tmp_path) -> None:
+    source, fp32_artifact = tiny_voices["single"]
+    artifact = edgegen.convert(str(source), tmp_path / "fp16", quantize="fp16")
+    manifest = json.loads((artifact / "edgegen.json").read_text())
+    assert manifest["graphs"]["decoder"]["precision"] == "fp16" and manifest["graphs"]["encoder"]["precision"] == "fp32"
+    q = manifest["validation"]["quantization"]
+    assert q["scheme"] == "fp16" and q["min_snr_db"] >= q["gate"]["min_snr_db"]
+    assert not (artifact / "decoder.onnx").exists()
+    fp32, half = edgegen.load(fp32_artifact), edgegen.load(artifact)
+    a, b = fp32.speak("measured again here", seed=9)[0], half.speak("measured again here", seed=9)[0]
+    assert a.shape == b.shape and 30 <= snr_db(a, b) < 200   # close to fp32, and not fp32 itself
+
+
+def test_quantization_gate_refuses(tiny_voices, tmp_path, monkeypatch) -> None:
+    import edgegen.converters.tts.vits as vits
+    from edgegen.errors import ConversionError
+
+    monkeypatch.setattr(vits, "MIN_QUANTIZED_SNR_DB", 150.0)
+    with pytest.raises(ConversionError, match=r"int8 decoder's speech is .* dB SNR against fp32 \(gate 150 dB\)"):
+        edgegen.convert(str(tiny_voices["single"][0]), tmp_path / "int8", quantize="int8")
+    assert not (tmp_path / "int8").exists()
+
+
 def test_refusals(tiny_voices, tmp_path) -> None:
     source, _ = tiny_voices["single"]
-    with pytest.raises(InvalidArgumentError, match="fp32 for now"):
-        edgegen.convert(str(source), tmp_path / "q", quantize="int8")
+    with pytest.raises(InvalidArgumentError, match="int4 does not apply"):
+        edgegen.convert(str(source), tmp_path / "q", quantize="int4")
     pickled = tmp_path / "pickled"
     shutil.copytree(source, pickled)
     (pickled / "model.safetensors").unlink()
