@@ -172,7 +172,7 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
         return _convert_image_spec(spec_from_directory(model_dir, config), output, **options)
     if diffusers_class is not None and "model_type" not in config:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
-    from edgegen.converters.tts.vits import is_tts_config
+    from edgegen.converters.tts import is_tts_config
 
     if is_tts_config(config):   # VitsModel (MMS-TTS): the tts family
         from edgegen.converters.tts.vits import convert_vits

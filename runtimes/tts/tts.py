@@ -58,6 +58,7 @@ class VitsSampler:
     hop_length: int
     flow_size: int
     vocab_size: int
+    attention_heads: int
     stochastic_duration: bool
     num_speakers: int
     speaker_embedding_size: int
@@ -73,11 +74,13 @@ class VitsSampler:
 
         if self.model != "vits":
             raise FieldError(("model", f"must be 'vits', got {self.model!r}"))
-        for name in ("sampling_rate", "hop_length", "flow_size", "vocab_size", "num_speakers", "bytes_per_frame"):
+        for name in ("sampling_rate", "hop_length", "flow_size", "vocab_size", "attention_heads", "num_speakers",
+                     "bytes_per_frame"):
             if getattr(self, name) < 1:
                 raise FieldError((name, f"must be positive, got {getattr(self, name)!r}"))
-        if self.context_frames < 0 or self.speaker_embedding_size < 0:
-            raise FieldError(("context_frames", "must not be negative"))
+        for name in ("context_frames", "speaker_embedding_size"):
+            if getattr(self, name) < 0:
+                raise FieldError((name, "must not be negative"))
         if (self.num_speakers > 1) != (self.speaker_embedding_size > 0):
             raise FieldError(("speaker_embedding_size", "must be positive exactly for a multi-speaker voice"))
         for name in ("noise_scale", "noise_scale_duration", "speaking_rate"):
@@ -166,7 +169,8 @@ class TTS:
               speaking_rate: float | None = None, unknown: str = "refuse") -> tuple[np.ndarray, int]:
         """``(samples, rate)``: float32 samples [n] of ``text`` spoken at ``rate`` Hz; same seed, same samples.
 
-        ``speaker``: a multi-speaker voice's speaker id (default 0).  ``noise_scale`` (the prior's spread),
+        ``speaker``: a multi-speaker voice's speaker id (default 0; transformers' ``VitsModel`` called without
+        ``speaker_id`` uses no speaker embedding at all, which edgegen's graphs do not offer).  ``noise_scale`` (the prior's spread),
         ``noise_scale_duration`` (how much durations vary), ``speaking_rate`` (>1 faster): the voice's own
         values unless given.  ``unknown="drop"`` drops letters the voice cannot say, as transformers does
         (by default they are refused, named)."""
@@ -225,6 +229,9 @@ class TTS:
             raise InvalidArgumentError(f"the text maps to token id(s) {bad} that this voice's model has no embedding "
                                        f"for (it has {s.vocab_size}); remove the tokenizer's special tokens from the text")
         input_ids = np.asarray([ids], dtype=np.int64)                                # [1, T]
+        # the encoder's relative attention holds a few [heads, T, T] float32 matrices per layer
+        check_fits(8 * s.attention_heads * len(ids) ** 2 * 4, f"encoding a text of {len(ids)} tokens",
+                   "split the text into sentences and speak them one at a time")
         feed: dict[str, np.ndarray] = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids),
                                        "noise_scale_duration": np.asarray(scale_duration, dtype=np.float32),
                                        "length_scale": np.asarray(1.0 / rate, dtype=np.float32)}
@@ -238,10 +245,12 @@ class TTS:
         durations = out["durations"][0, 0]                                           # [T] float (ceil'd)
         if not np.all(np.isfinite(durations)) or float(durations.sum()) > 1 << 31:
             raise InvalidArgumentError(f"the voice predicts {float(durations.sum()):.3g} frames for this text at "
-                                       f"speaking_rate {rate:g}; raise speaking_rate")
+                                       f"speaking_rate {rate:g} and noise_scale_duration {scale_duration:g}; raise "
+                                       "speaking_rate or lower noise_scale_duration")
         counts = durations.astype(np.int64)
         frames = max(int(counts.sum()), 1)                                          # transformers' clamp_min(1)
-        self._check_memory(frames, "speaking this text", "pass a shorter text or a higher speaking_rate")
+        check_fits(4 * s.flow_size * frames * 4, "speaking this text", "pass a shorter text or a higher "
+                   "speaking_rate")                                                # the plan: 3 [1, C, L] arrays
         means = np.zeros((1, s.flow_size, frames), dtype=np.float32)               # [1, C, L]
         log_vars = np.zeros_like(means)
         if counts.sum() > 0:
@@ -263,6 +272,10 @@ class TTS:
             feed["speaker_embeddings"] = plan["speaker_embeddings"]
         (waveform,) = self.decoder.run(["waveform"], feed)
         hop = self.sampler.hop_length
+        if waveform.shape != (1, (hi - lo) * hop):
+            raise ManifestError(f"{self.artifact.root}: the decoder gave {list(waveform.shape)} samples for {hi - lo} "
+                                f"frames, not [1, {(hi - lo) * hop}] (hop_length {hop} in edgegen.json); re-convert "
+                                "the voice")
         samples = waveform[0, (start - lo) * hop:(stop - lo) * hop]
         if not np.all(np.isfinite(samples)):
             raise InvalidArgumentError("the voice produced non-finite samples (NaN or inf) for this text and these "
@@ -279,4 +292,7 @@ class TTS:
         return int(speaker) if n > 1 else None
 
     def _check_memory(self, frames: int, what: str, fix: str) -> None:
-        check_fits(frames * self.sampler.bytes_per_frame, what, fix)
+        """The decoder's memory for ``frames``; the manifest's figure, never below what the flow's state and the
+        waveform alone need (a tampered bytes_per_frame cannot switch the check off)."""
+        s = self.sampler
+        check_fits(frames * max(s.bytes_per_frame, 16 * (s.flow_size + s.hop_length)), what, fix)

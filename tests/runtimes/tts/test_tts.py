@@ -61,10 +61,58 @@ def test_memory_is_refused_in_one_line(voice, monkeypatch) -> None:
     import edgegen.runtimes.memory as memory
 
     monkeypatch.setattr(memory, "available_bytes", lambda: 1 << 16)
-    with pytest.raises(InvalidArgumentError, match="speaking this text needs about"):
+    with pytest.raises(InvalidArgumentError, match="encoding a text of 441 tokens needs about"):
         voice.speak(TEXT * 20)
     with pytest.raises(InvalidArgumentError, match="chunk_seconds"):
         list(voice.stream(TEXT, chunk_seconds=0))
+
+
+def test_stream_speaks_what_does_not_fit_at_once(voice, monkeypatch) -> None:
+    """Memory enough for the encoder and one window, not for the whole decode: speak refuses and says to stream,
+    stream speaks it, equal to the unconstrained speak."""
+    import edgegen.runtimes.memory as memory
+
+    text, rate = TEXT * 10, 0.05                      # slow: many frames per token
+    whole, _ = voice.speak(text, seed=1, speaking_rate=rate)
+    s = voice.sampler
+    per_frame = max(s.bytes_per_frame, 16 * (s.flow_size + s.hop_length))
+    frames = len(whole) // s.hop_length
+    tokens = len(voice.text.encode(text))
+    window = round(0.05 * s.sampling_rate / s.hop_length) + 2 * s.context_frames
+    small = max(8 * s.attention_heads * tokens ** 2 * 4, 16 * s.flow_size * frames, window * per_frame)
+    assert small * 2 < frames * per_frame             # the setting this test is about
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(small * 2 / memory.HEADROOM))
+    with pytest.raises(InvalidArgumentError, match="use stream()"):
+        voice.speak(text, seed=1, speaking_rate=rate)
+    streamed = np.concatenate(list(voice.stream(text, seed=1, speaking_rate=rate, chunk_seconds=0.05)))
+    assert streamed.shape == whole.shape and np.allclose(streamed, whole, atol=1e-5)
+
+
+def test_tampered_bytes_per_frame_cannot_switch_memory_off(tiny_voices, tmp_path, monkeypatch) -> None:
+    import edgegen.runtimes.memory as memory
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_voices["single"][1], art)
+    manifest = json.loads((art / "edgegen.json").read_text())
+    manifest["sampler"]["bytes_per_frame"] = 1
+    (art / "edgegen.json").write_text(json.dumps(manifest))
+    voice = edgegen.load(art)
+    frames = len(voice.speak("a b", seed=0, speaking_rate=0.01)[0]) // voice.sampler.hop_length
+    s = voice.sampler
+    between = (16 * s.flow_size + 16 * (s.flow_size + s.hop_length)) // 2   # above the plan's need, below the floor's
+    monkeypatch.setattr(memory, "available_bytes", lambda: int(between * frames / memory.HEADROOM))
+    with pytest.raises(InvalidArgumentError, match="speaking this text needs about"):
+        voice.speak("a b", seed=0, speaking_rate=0.01)
+
+
+def test_wrong_hop_length_is_caught(tiny_voices, tmp_path) -> None:
+    art = tmp_path / "art"
+    shutil.copytree(tiny_voices["single"][1], art)
+    manifest = json.loads((art / "edgegen.json").read_text())
+    manifest["sampler"]["hop_length"] = 15
+    (art / "edgegen.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match="hop_length 15"):
+        edgegen.load(art).speak(TEXT)
 
 
 def test_ids_beyond_the_embedding_are_refused(tiny_voices, tmp_path) -> None:
