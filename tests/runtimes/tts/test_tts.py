@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,16 @@ from edgegen.cli import cli
 from edgegen.errors import InvalidArgumentError, ManifestError
 
 TEXT = "hello there"
+
+
+def tampered(tiny_voices, tmp_path, edit) -> Path:
+    """A copy of the single-speaker voice whose manifest's sampler section ``edit`` changed in place."""
+    art = tmp_path / "art"
+    shutil.copytree(tiny_voices["single"][1], art)
+    manifest = json.loads((art / "edgegen.json").read_text())
+    edit(manifest["sampler"])
+    (art / "edgegen.json").write_text(json.dumps(manifest))
+    return art
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +102,7 @@ def test_stream_speaks_what_does_not_fit_at_once(voice, monkeypatch) -> None:
 def test_tampered_bytes_per_frame_cannot_switch_memory_off(tiny_voices, tmp_path, monkeypatch) -> None:
     import edgegen.runtimes.memory as memory
 
-    art = tmp_path / "art"
-    shutil.copytree(tiny_voices["single"][1], art)
-    manifest = json.loads((art / "edgegen.json").read_text())
-    manifest["sampler"]["bytes_per_frame"] = 1
-    (art / "edgegen.json").write_text(json.dumps(manifest))
+    art = tampered(tiny_voices, tmp_path, lambda sampler: sampler.update(bytes_per_frame=1))
     voice = edgegen.load(art)
     frames = len(voice.speak("a b", seed=0, speaking_rate=0.01)[0]) // voice.sampler.hop_length
     s = voice.sampler
@@ -106,21 +113,13 @@ def test_tampered_bytes_per_frame_cannot_switch_memory_off(tiny_voices, tmp_path
 
 
 def test_wrong_hop_length_is_caught(tiny_voices, tmp_path) -> None:
-    art = tmp_path / "art"
-    shutil.copytree(tiny_voices["single"][1], art)
-    manifest = json.loads((art / "edgegen.json").read_text())
-    manifest["sampler"]["hop_length"] = 15
-    (art / "edgegen.json").write_text(json.dumps(manifest))
+    art = tampered(tiny_voices, tmp_path, lambda sampler: sampler.update(hop_length=15))
     with pytest.raises(ManifestError, match="hop_length 15"):
         edgegen.load(art).speak(TEXT)
 
 
 def test_ids_beyond_the_embedding_are_refused(tiny_voices, tmp_path) -> None:
-    art = tmp_path / "art"
-    shutil.copytree(tiny_voices["single"][1], art)
-    manifest = json.loads((art / "edgegen.json").read_text())
-    manifest["sampler"]["vocab_size"] = 5
-    (art / "edgegen.json").write_text(json.dumps(manifest))
+    art = tampered(tiny_voices, tmp_path, lambda sampler: sampler.update(vocab_size=5))
     with pytest.raises(InvalidArgumentError, match="no embedding"):
         edgegen.load(art).speak(TEXT)
 
@@ -134,11 +133,7 @@ def test_ids_beyond_the_embedding_are_refused(tiny_voices, tmp_path) -> None:
     (lambda s: s.update(context_frames=-1), "context_frames"),
 ])
 def test_tampered_manifest_is_refused(tiny_voices, tmp_path, edit, match) -> None:
-    art = tmp_path / "art"
-    shutil.copytree(tiny_voices["single"][1], art)
-    manifest = json.loads((art / "edgegen.json").read_text())
-    edit(manifest["sampler"])
-    (art / "edgegen.json").write_text(json.dumps(manifest))
+    art = tampered(tiny_voices, tmp_path, edit)
     with pytest.raises(ManifestError, match=match):
         edgegen.load(art)
 
