@@ -148,20 +148,37 @@ class IncrementalDecoder:
         new_text = self._decode(self._window)
         prefix_text = self._prefix_text
         pending = len(self._window) - self._read
-        if not final and pending < MAX_PENDING and (
-                new_text.endswith(REPLACEMENT) or len(new_text) <= len(prefix_text)):
-            if new_text == prefix_text:
-                self._settle_empty()
-            return ""
+        end = len(self._window)                  # the tokens read this step: _window[_read:end]
+        if not final and (new_text.endswith(REPLACEMENT) or len(new_text) <= len(prefix_text)):
+            if pending < MAX_PENDING:
+                if new_text == prefix_text:
+                    self._settle_empty()
+                return ""
+            if new_text.endswith(REPLACEMENT):   # held back too long: emit up to the last whole character
+                end, new_text = self._last_whole_character(new_text)
         piece = new_text[len(prefix_text):]
         # The tokens just read become the next step's context (reaching back if they
-        # start inside a character or decode to nothing on their own).
-        start, self._prefix_text = self._context(self._window, self._read, max(self._read - MAX_REACH, 0))
+        # start inside a character or decode to nothing on their own); the rest stay pending.
+        start, self._prefix_text = self._context(self._window[:end], self._read, max(self._read - MAX_REACH, 0))
         self._window = self._window[start:]
-        self._read = len(self._window)
+        self._read = end - start
         if piece:
             self._pieces.append(piece)
         return piece
+
+    def _last_whole_character(self, text: str) -> tuple[int, str]:
+        """The longest window, ending at most :data:`MAX_REACH` tokens back, whose text ends in a whole character.
+
+        A character's bytes span up to 4 tokens; a ByteFallback decoder turns *every* byte of a run that ends
+        inside a character into U+FFFD, so cutting the run there would lose the whole characters before it too.
+        Where no such cut exists the bytes really are broken, and the whole window is emitted as it decodes.
+        """
+        n = len(self._window)
+        for end in range(n - 1, max(self._read, n - MAX_REACH), -1):
+            cut = self._decode(self._window[:end])
+            if not cut.endswith(REPLACEMENT) and len(cut) > len(self._prefix_text):
+                return end, cut
+        return n, text
 
 
 class StopStringMatcher:

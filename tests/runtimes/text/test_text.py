@@ -212,6 +212,32 @@ def test_a_prompt_ending_inside_a_character_gets_it_whole(tokenizers_by_name, na
         assert_clean(pieces, "")
 
 
+@pytest.mark.parametrize("name", ["bytelevel", "byte_fallback"])
+def test_text_held_back_past_the_pending_limit_is_cut_at_a_whole_character(tokenizers_by_name, name):
+    """Chunks that always end inside a 4-byte character force the decoder to emit at MAX_PENDING tokens: it
+    emits up to the last whole character (ByteFallback turns every byte of a run that ends inside a character
+    into U+FFFD, so emitting the window as it decodes there would lose the whole run)."""
+    from edgegen.runtimes.text.decoding import MAX_PENDING
+
+    tok = tokenizers_by_name[name]
+    text = "ok " + "𝔘" * (MAX_PENDING // 2)             # not in the training corpus: 4 byte tokens each
+    ids = tok.encode(text).ids
+    first = next(k for k in range(len(ids)) if tok.decode(ids[:k]) == "ok")
+    gen = ids[first:]
+    assert len([t for t in gen if REPLACEMENT in tok.decode([t])]) >= 4 * (MAX_PENDING // 2) - 1   # bytes, split
+    whole = {k for k in range(len(gen) + 1) if not tok.decode(ids[:first + k]).endswith(REPLACEMENT)}
+    chunks, at = [], 0
+    while at < len(gen):                                      # every chunk but the last ends inside a character
+        size = next((n for n in (4, 3, 2, 1) if at + n < len(gen) and at + n not in whole), len(gen) - at)
+        chunks.append(size)
+        at += size
+    assert sum(chunks[:-1]) >= MAX_PENDING
+    pieces = stream(tok, ids[:first], gen, chunks)
+    assert "".join(pieces) == text[len("ok"):]
+    assert_clean(pieces, text)
+    assert sum(1 for p in pieces if p) >= 2                    # the limit did force text out before the end
+
+
 def test_metaspace_leading_space_after_a_space_token(tokenizers_by_name):
     tok = tokenizers_by_name["metaspace"]
     text = "日本語のテキストと 🙂 絵文字"
