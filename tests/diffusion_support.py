@@ -87,3 +87,47 @@ def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "ep
                                    requires_safety_checker=False)
     pipe.save_pretrained(dest)
     return dest
+
+
+def write_tiny_sdxl_pipeline(dest: Path, seed: int = 0, scheduler: str = "EulerDiscreteScheduler",
+                             force_zeros_for_empty_prompt: bool = True) -> Path:
+    """A StableDiffusionXLPipeline directory (two CLIP text encoders, the second with a projection and "!" as
+    its pad token as SDXL's, a UNet with ``text_time`` added conditioning, an AutoencoderKL, SDXL's scaled-linear
+    schedule with its own scheduler class), small (16x16 images), at ``dest``."""
+    import tempfile
+
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    c = SD_SIZES["tiny"]
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = _tiny_clip_tokenizer(Path(tmp), c["max_length"])
+        tokenizer_2 = CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"),
+                                    model_max_length=c["max_length"], pad_token="!")
+    def text_config(**extra):
+        return CLIPTextConfig(vocab_size=len(tokenizer), **c["text"], max_position_embeddings=c["max_length"],
+                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id, **extra)
+    text_encoder = CLIPTextModel(text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(text_config(projection_dim=24))
+    unet = UNet2DConditionModel(
+        sample_size=c["latent"], in_channels=4, out_channels=4, layers_per_block=c["layers"],
+        block_out_channels=c["unet_blocks"], norm_num_groups=c["groups"], cross_attention_dim=64,
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 24,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=c["vae_blocks"],
+                        norm_num_groups=c["groups"], layers_per_block=1, sample_size=c["latent"] * 2,
+                        scaling_factor=0.13025, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+    sched = getattr(diffusers, scheduler)(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                          beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=sched,
+                                     force_zeros_for_empty_prompt=force_zeros_for_empty_prompt)
+    pipe.save_pretrained(dest)
+    return dest

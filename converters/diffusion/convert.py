@@ -5,14 +5,17 @@ Sources:
 - a diffusers pipeline directory (``model_index.json``): ``DDPMPipeline`` / ``DDIMPipeline``
   (a ``UNet2DModel`` + scheduler, the google/ddpm-cifar10 layout) or ``StableDiffusionPipeline``
   / ``StableDiffusionImg2ImgPipeline`` (CLIP text encoder + tokenizer, ``UNet2DConditionModel``,
-  ``AutoencoderKL``, scheduler);
+  ``AutoencoderKL``, scheduler) or ``StableDiffusionXLPipeline`` / ``StableDiffusionXLImg2ImgPipeline`` (two
+  CLIP text encoders and tokenizers, the UNet's ``text_time`` added conditioning: pooled text embeddings and
+  ``add_time_ids`` for the artifact's image size; no refiner yet);
 - a diffusers ``UNet2DModel`` directory (``config.json``) with ``scheduler_config.json`` beside it;
 - a :class:`~edgegen.converters.diffusion.spec.DiffusionSpec` wrapping any denoiser.
 
 Graphs (exported by :func:`edgegen.converters.export.graph.export_graph`: TorchScript exporter,
 opset 17, dynamic batch, checked against PyTorch at batch 1 and 3):
 ``denoiser`` (sample, timestep[, encoder_hidden_states | class_labels] -> out_sample), and for
-Stable Diffusion ``text_encoder`` (input_ids -> last_hidden_state), ``vae_decoder``
+Stable Diffusion ``text_encoder`` (input_ids -> last_hidden_state; SDXL: input_ids, input_ids_2 ->
+prompt_embeds, pooled_prompt_embeds, and the denoiser takes text_embeds and time_ids too), ``vae_decoder``
 (latent_sample -> sample) and ``vae_encoder`` (sample -> latent_parameters: mean and logvar,
 for img2img).  The scheduler config travels in the manifest with diffusers' key names.
 
@@ -60,7 +63,8 @@ VALIDATION_PROMPT = "a red cat"
 VALIDATION_SEED = 0
 
 PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "PNDMPipeline": "unet", "StableDiffusionPipeline": "sd",
-             "StableDiffusionImg2ImgPipeline": "sd"}
+             "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+             "StableDiffusionXLImg2ImgPipeline": "sdxl"}
 #: the scheduler of a source whose config names no class (a spec's bare noise schedule)
 DEFAULT_SCHEDULER = "ddim"
 
@@ -89,6 +93,19 @@ class DiffusionModel:
     value_range: tuple[float, float] = (-1.0, 1.0)
     defaults: dict[str, Any] = field(default_factory=dict)
     checkpoint_sha256: str | None = None
+    xl: XLText | None = None                  # SDXL: the second tokenizer and the micro-conditioning
+
+
+@dataclass
+class XLText:
+    """What SDXL adds to a text-to-image model (``sampler.xl`` in the manifest)."""
+
+    tokenizer_json: str                       # the second tokenizer (tokenizer_2)
+    max_length: int
+    pad_token_id: int
+    pooled_size: int                          # text_encoder_2's projection: the UNet's text_embeds
+    time_ids: tuple[float, ...]               # add_time_ids: original (H, W), crop (0, 0), target (H, W)
+    zero_negative: bool                       # force_zeros_for_empty_prompt
 
 
 class _UNet(torch.nn.Module):
@@ -102,6 +119,34 @@ class _UNet(torch.nn.Module):
         if self.conditional:
             return self.unet(sample, timestep, encoder_hidden_states=cond[0], return_dict=False)[0]
         return self.unet(sample, timestep, return_dict=False)[0]
+
+
+class _XLUNet(torch.nn.Module):
+    """SDXL's UNet: the text conditioning plus ``added_cond_kwargs`` (pooled text embeddings, time ids)."""
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False,
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
+
+
+class _XLTextEncoder(torch.nn.Module):
+    """SDXL's ``encode_prompt`` for one prompt: both encoders' penultimate hidden states, concatenated, and the
+    second encoder's pooled projection (``clip_skip`` unset, as the pipeline's default)."""
+
+    def __init__(self, encoder: torch.nn.Module, encoder_2: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.encoder_2 = encoder, encoder_2
+
+    def forward(self, input_ids: torch.Tensor, input_ids_2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        first = self.encoder(input_ids, output_hidden_states=True)
+        second = self.encoder_2(input_ids_2, output_hidden_states=True)
+        hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)   # [B, T, D1 + D2]
+        return hidden, second.text_embeds                                                  # [B, P]
 
 
 class _TextEncoder(torch.nn.Module):
@@ -174,6 +219,8 @@ def from_directory(path: Path) -> DiffusionModel:
             raise _unsupported_pipeline(path, index, name)
         if kind == "unet":
             return _unet_model(path / "unet", path / "scheduler" / "scheduler_config.json", name)
+        if kind == "sdxl":
+            return _sdxl_model(path, name, index)
         return _sd_model(path, name)
     return _unet_model(path, path / "scheduler_config.json", "UNet2DModel")
 
@@ -269,6 +316,62 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
         defaults={"steps": 50, "guidance": 7.5})
 
 
+def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionModel:
+    """A ``StableDiffusionXLPipeline`` directory (the img2img one alike): two CLIP text encoders and tokenizers,
+    the UNet with ``text_time`` added conditioning, the VAE.  The refiner (no first text encoder, aesthetic
+    score in its time ids) is refused."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizerFast
+
+    if not (path / "text_encoder").is_dir() or index.get("requires_aesthetics_score"):
+        raise UnsupportedModelError(f"{path} is an SDXL refiner (one text encoder, an aesthetic score in its time "
+                                    "ids), which edgegen does not convert yet; convert the SDXL base pipeline")
+    for part in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler"):
+        if not (path / part).is_dir():
+            raise ConversionError(f"{path} has no {part}/ folder; a Stable Diffusion XL pipeline directory needs "
+                                  "text_encoder(_2), tokenizer(_2), unet, vae and scheduler (save it with "
+                                  "save_pretrained)")
+    config = _read_scheduler(path / "scheduler" / "scheduler_config.json")
+    for part in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        safetensors_only(path / part)
+    encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
+    encoder_2 = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder_2").eval()
+    tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
+    tokenizer_2 = CLIPTokenizerFast.from_pretrained(path / "tokenizer_2")
+    unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
+    vae = AutoencoderKL.from_pretrained(path / "vae").eval()
+    if unet.config.addition_embed_type != "text_time":
+        raise UnsupportedModelError(f"{path}/unet: an SDXL pipeline's UNet has addition_embed_type 'text_time', this "
+                                    f"one {unet.config.addition_embed_type!r}; check the directory")
+    if tokenizer.model_max_length != tokenizer_2.model_max_length:
+        raise UnsupportedModelError(f"{path}: tokenizer and tokenizer_2 pad to different lengths "
+                                    f"({tokenizer.model_max_length}, {tokenizer_2.model_max_length}); SDXL's "
+                                    "pipeline concatenates their encoders' states token by token")
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    height, width = h * scale, w * scale
+    shift = vae.config.shift_factor if getattr(vae.config, "shift_factor", None) is not None else 0.0
+
+    def pad_id(tok: Any) -> int:
+        return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+    xl = XLText(tokenizer_json=tokenizer_2.backend_tokenizer.to_str(), max_length=int(tokenizer_2.model_max_length),
+                pad_token_id=pad_id(tokenizer_2), pooled_size=int(encoder_2.config.projection_dim),
+                time_ids=(float(height), float(width), 0.0, 0.0, float(height), float(width)),
+                zero_negative=bool(index.get("force_zeros_for_empty_prompt", True)))
+    return DiffusionModel(
+        denoiser=_XLUNet(unet), sample_shape=(unet.config.in_channels, h, w),
+        scheduler_config=config, model_class=f"diffusers.{pipeline}", conditioning="text",
+        text_encoder=_XLTextEncoder(encoder, encoder_2), tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+        max_length=int(tokenizer.model_max_length), pad_token_id=pad_id(tokenizer),
+        hidden_size=int(encoder.config.hidden_size + encoder_2.config.hidden_size),
+        vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
+        vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
+        image_shape=(vae.config.out_channels, height, width), xl=xl,
+        defaults={"steps": 50, "guidance": 5.0})     # StableDiffusionXLPipeline's own defaults
+
+
 # --- the graphs ---------------------------------------------------------------------------------
 
 
@@ -276,6 +379,11 @@ def _relative_error(_inputs: Any, ref: tuple[torch.Tensor, ...], outs: list[np.n
     """Max abs error relative to the output's scale (CLIP hidden states reach tens)."""
     r = ref[0].numpy().astype(np.float64)
     return float(np.abs(r - outs[0]).max()) / max(1.0, float(np.abs(r).max()))
+
+
+def _relative_error_all(_inputs: Any, ref: tuple[torch.Tensor, ...], outs: list[np.ndarray]) -> float:
+    """:func:`_relative_error` of every output, the worst."""
+    return max(_relative_error(None, (r,), [o]) for r, o in zip(ref, outs, strict=True))
 
 
 def _graphs(model: DiffusionModel) -> list[GraphExport]:
@@ -286,15 +394,27 @@ def _graphs(model: DiffusionModel) -> list[GraphExport]:
         sample = torch.randn((batch, c, h, w), generator=gen)                                  # [B, C, h, w]
         timestep = torch.rand((batch,), generator=gen) * 999                                    # [B]
         if model.conditioning == "text":
-            return sample, timestep, torch.randn((batch, model.max_length, model.hidden_size), generator=gen)
+            hidden = torch.randn((batch, model.max_length, model.hidden_size), generator=gen)      # [B, T, D]
+            if model.xl is not None:
+                size = torch.tensor(model.xl.time_ids)
+                return (sample, timestep, hidden, torch.randn((batch, model.xl.pooled_size), generator=gen),
+                        size * (0.5 + torch.rand((batch, 6), generator=gen)))                        # [B, P], [B, 6]
+            return sample, timestep, hidden
         if model.conditioning == "class":
             return sample, timestep, torch.randint(0, model.num_classes, (batch,), generator=gen)  # [B]
         return sample, timestep
 
     cond = {"text": ("encoder_hidden_states",), "class": ("class_labels",)}.get(model.conditioning, ())
+    cond += ("text_embeds", "time_ids") if model.xl is not None else ()
     graphs = [GraphExport("denoiser", model.denoiser, ("sample", "timestep", *cond), ("out_sample",),
                           denoiser_inputs, _relative_error)]
-    if model.text_encoder is not None:
+    if model.text_encoder is not None and model.xl is not None:
+        graphs.append(GraphExport(
+            "text_encoder", model.text_encoder, ("input_ids", "input_ids_2"),
+            ("prompt_embeds", "pooled_prompt_embeds"),
+            lambda b, gen: tuple(torch.randint(0, 50, (b, model.max_length), generator=gen) for _ in range(2)),
+            _relative_error_all))
+    elif model.text_encoder is not None:
         graphs.append(GraphExport("text_encoder", model.text_encoder, ("input_ids",), ("last_hidden_state",),
                                   lambda b, gen: (torch.randint(0, 50, (b, model.max_length), generator=gen),),
                                   _relative_error))
@@ -311,13 +431,32 @@ def _graphs(model: DiffusionModel) -> list[GraphExport]:
 # --- the PyTorch reference sample ------------------------------------------------------------
 
 
-def _tokenize(model: DiffusionModel, texts: list[str]) -> torch.Tensor:
+def _tokenize(model: DiffusionModel, texts: list[str], second: bool = False) -> torch.Tensor:
     import tokenizers
 
-    tok = tokenizers.Tokenizer.from_str(model.tokenizer_json)
-    tok.enable_truncation(model.max_length)
-    tok.enable_padding(length=model.max_length, pad_id=model.pad_token_id)
+    json_, length, pad = ((model.xl.tokenizer_json, model.xl.max_length, model.xl.pad_token_id) if second and model.xl
+                          else (model.tokenizer_json, model.max_length, model.pad_token_id))
+    tok = tokenizers.Tokenizer.from_str(json_)
+    tok.enable_truncation(length)
+    tok.enable_padding(length=length, pad_id=pad)
     return torch.tensor([e.ids for e in tok.encode_batch(texts)], dtype=torch.int64)     # [B, T]
+
+
+def _xl_cond(model: DiffusionModel, prompt: str, batch: int, cfg: bool) -> tuple[torch.Tensor, ...]:
+    """SDXL's encode_prompt + add_time_ids for ``batch`` rows ([uncond, cond] under guidance; the unconditional
+    half zeros where the pipeline forces them for an absent negative prompt)."""
+    assert model.xl is not None
+    hidden, pooled = model.text_encoder(_tokenize(model, [prompt]), _tokenize(model, [prompt], second=True))
+    hidden, pooled = hidden.repeat(batch, 1, 1), pooled.repeat(batch, 1)
+    if cfg:
+        if model.xl.zero_negative:
+            u_hidden, u_pooled = torch.zeros_like(hidden), torch.zeros_like(pooled)
+        else:
+            u_hidden, u_pooled = model.text_encoder(_tokenize(model, [""]), _tokenize(model, [""], second=True))
+            u_hidden, u_pooled = u_hidden.repeat(batch, 1, 1), u_pooled.repeat(batch, 1)
+        hidden, pooled = torch.cat([u_hidden, hidden]), torch.cat([u_pooled, pooled])
+    time_ids = torch.tensor([model.xl.time_ids] * hidden.shape[0], dtype=torch.float32)    # [(2)B, 6]
+    return hidden, pooled, time_ids
 
 
 @contextlib.contextmanager
@@ -357,7 +496,9 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
     batch = latents.shape[0]
     cond: tuple[torch.Tensor, ...] = ()
     cfg = guidance > 1.0 and (model.conditioning == "text" or model.null_label is not None)
-    if model.conditioning == "text":
+    if model.conditioning == "text" and model.xl is not None:
+        cond = _xl_cond(model, prompt, batch, cfg)
+    elif model.conditioning == "text":
         ids = _tokenize(model, ([""] * batch if cfg else []) + [prompt] * batch)
         cond = (model.text_encoder(ids),)                                                  # [(2)B, T, D]
     elif model.conditioning == "class":
@@ -458,6 +599,8 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
     with ArtifactWriter(output, overwrite=overwrite) as writer:
         if model.tokenizer_json is not None:
             writer.add_asset("tokenizer", "tokenizer.json", model.tokenizer_json)
+        if model.xl is not None:
+            writer.add_asset("tokenizer_2", "tokenizer_2.json", model.xl.tokenizer_json)
         figures: dict[str, Any] = {"graphs": {}}
         for graph in _graphs(model):
             started = time.perf_counter()
@@ -556,6 +699,9 @@ def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
         section.update(num_classes=model.num_classes, null_label=model.null_label)
     if model.conditioning == "text":
         section["text"] = {"max_length": model.max_length, "pad_token_id": model.pad_token_id}
+    if model.xl is not None:
+        section["xl"] = {"max_length": model.xl.max_length, "pad_token_id": model.xl.pad_token_id,
+                         "time_ids": list(model.xl.time_ids), "zero_negative": model.xl.zero_negative}
     if model.vae_decoder is not None:
         section["vae"] = {"scaling_factor": model.vae_scaling_factor, "shift_factor": model.vae_shift_factor}
     return section

@@ -51,9 +51,8 @@ def _step_graph(name: str) -> bytes:
 class LatentLoop:
     """Runs a sampling loop on the device of ``provider`` with the ``denoiser`` session's provider."""
 
-    def __init__(self, denoiser: ort.InferenceSession, provider: str, config: SessionConfig,
-                 cond_input: str | None) -> None:
-        self.denoiser, self.provider, self.cond_input = denoiser, provider, cond_input
+    def __init__(self, denoiser: ort.InferenceSession, provider: str, config: SessionConfig) -> None:
+        self.denoiser, self.provider = denoiser, provider
         self.device, self.device_id = ORT_DEVICES[provider], config.device_id
         # one thread: a few elementwise ops on latents (a pool of spinning threads beside the denoiser's costs more);
         # the user's free-dimension overrides name the artifact's graphs, not these
@@ -83,11 +82,11 @@ class LatentLoop:
         return ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.float32, self.device, self.device_id)
 
     def run(self, scheduler: Scheduler, timesteps: np.ndarray, latents: np.ndarray, *, guided: bool,
-            guidance: float, cond: np.ndarray | None, rng: np.random.Generator,
+            guidance: float, cond: dict[str, np.ndarray], rng: np.random.Generator,
             progress: Callable[[int, int], Any] | None) -> np.ndarray:
         """``len(timesteps)`` steps from ``latents`` [N, C, h, w] (host); the final latents on the host.
 
-        ``cond``: the denoiser's conditioning input for all its rows (uncond rows first under guidance).
+        ``cond``: the denoiser's conditioning inputs by name, for all its rows (uncond rows first under guidance).
         """
         n, total = latents.shape[0], len(timesteps)
         rows = 2 * n if guided else n
@@ -104,9 +103,9 @@ class LatentLoop:
         denoise.bind_ortvalue_input("timestep", timestep)
         # every OrtValue bound stays referenced here until the loop ends: a CPU OrtValue made from numpy
         # borrows the array's memory, and a binding does not keep the Python object alive
-        cond_value = None if self.cond_input is None or cond is None else self._put(cond)
-        if cond_value is not None:
-            denoise.bind_ortvalue_input(self.cond_input, cond_value)
+        cond_values = {name: self._put(value) for name, value in cond.items()}
+        for name, value in cond_values.items():
+            denoise.bind_ortvalue_input(name, value)
         denoise.bind_output(self._out_name, self.device, self.device_id)
         step = self._steps[guided].io_binding()
         step.bind_ortvalue_output("model_input", model_input)

@@ -3,8 +3,11 @@
 Graphs (written by :mod:`edgegen.converters.diffusion.convert`)::
 
     denoiser      sample [B, C, h, w], timestep float32 [B]
-                  [, encoder_hidden_states [B, T, D] | class_labels int64 [B]] -> out_sample [B, C, h, w]
+                  [, encoder_hidden_states [B, T, D] | class_labels int64 [B]]
+                  [, text_embeds [B, P], time_ids [B, 6]]                         (SDXL) -> out_sample [B, C, h, w]
     text_encoder  input_ids int64 [B, T] -> last_hidden_state [B, T, D]          (text-to-image)
+                  SDXL: input_ids, input_ids_2 [B, T] -> prompt_embeds [B, T, D1 + D2] (both encoders'
+                  penultimate hidden states), pooled_prompt_embeds [B, P] (the second's projection)
     vae_decoder   latent_sample [B, C, h, w] -> sample [B, 3, H, W] in [-1, 1]    (latent models)
     vae_encoder   sample [B, 3, H, W] -> latent_parameters [B, 2C, h, w]          (img2img: mean, logvar)
 
@@ -72,7 +75,16 @@ class Diffusion:
             t = self.sampler.text
             self.tokenizer.enable_truncation(t.max_length)
             self.tokenizer.enable_padding(length=t.max_length, pad_id=t.pad_token_id)
-        self._cond_input = {"text": "encoder_hidden_states", "class": "class_labels"}.get(self.sampler.conditioning)
+        self.tokenizer_2 = None
+        if self.sampler.xl is not None:   # SDXL's second tokenizer (the same prompt, its own padding)
+            from edgegen.runtimes.text.tokenizer import load_tokenizer
+
+            self.tokenizer_2 = load_tokenizer(artifact, "tokenizer_2")
+            self.tokenizer_2.enable_truncation(self.sampler.xl.max_length)
+            self.tokenizer_2.enable_padding(length=self.sampler.xl.max_length, pad_id=self.sampler.xl.pad_token_id)
+        #: the denoiser's conditioning inputs, the same every step
+        self._cond_inputs: tuple[str, ...] = {"text": ("encoder_hidden_states",), "class": ("class_labels",)}.get(
+            self.sampler.conditioning, ()) + (("text_embeds", "time_ids") if self.sampler.xl is not None else ())
         #: run the loop with the latents in device memory (:mod:`edgegen.runtimes.diffusion.device_loop`); on by
         #: default where a step's host round trip costs (CUDA, DirectML), off on the CPU (no copy to save)
         self.latents_on_device = provider in ("cuda", "dml")
@@ -93,6 +105,8 @@ class Diffusion:
         missing = [g for g in need if g not in m.graphs]
         if sampler.conditioning == "text" and "tokenizer" not in m.assets:
             missing.append("the 'tokenizer' asset")
+        if sampler.xl is not None and "tokenizer_2" not in m.assets:
+            missing.append("the 'tokenizer_2' asset (SDXL's second tokenizer)")
         if missing:
             raise ManifestError(f"{artifact.root}: this diffusion artifact lacks {', '.join(missing)} (it has graphs "
                                 f"{sorted(m.graphs)}); re-convert the model")
@@ -204,11 +218,11 @@ class Diffusion:
             latents = self._noise(noise, n, rng) * np.float32(sched.init_noise_sigma)   # [n, C, h, w]
 
         total = len(timesteps)
-        fixed = {} if self._cond_input is None else {                                 # the same every step
-            self._cond_input: np.concatenate([uncond, cond]) if cfg else cond}
+        fixed = {name: np.concatenate([uncond[name], cond[name]]) if cfg else cond[name]   # the same every step
+                 for name in self._cond_inputs}
         if total and self._on_device(sched) and (loop := self._device_loop()) is not None:
-            latents = loop.run(sched, timesteps, latents, guided=cfg, guidance=guidance,
-                               cond=fixed.get(self._cond_input), rng=rng, progress=progress)
+            latents = loop.run(sched, timesteps, latents, guided=cfg, guidance=guidance, cond=fixed, rng=rng,
+                               progress=progress)
             return self.decode(latents)
         denoiser = self.sessions["denoiser"]
         for i, t in enumerate(timesteps):
@@ -254,8 +268,7 @@ class Diffusion:
         with self._open_lock:
             if self._latent_loop is None:
                 try:
-                    self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config,
-                                                   self._cond_input)
+                    self._latent_loop = LatentLoop(self.sessions["denoiser"], self.provider, self._config)
                 except ProviderError as exc:
                     warnings.warn(str(exc), RuntimeWarning, stacklevel=3)
                     self.latents_on_device = False
@@ -319,15 +332,17 @@ class Diffusion:
         return s.conditioning == "text" or (s.conditioning == "class" and s.null_label is not None)
 
     def _conditioning(self, n: int, prompt: str | None, negative_prompt: str | None, label: Any, cfg: bool,
-                      rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(cond, uncond) inputs of the denoiser for ``n`` images; uncond only under guidance."""
+                      rng: np.random.Generator) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """(cond, uncond) inputs of the denoiser for ``n`` images, by input name; uncond only under guidance."""
         s = self.sampler
+        if s.conditioning == "text" and s.xl is not None:
+            return self._xl_conditioning(n, prompt, negative_prompt, cfg)
         if s.conditioning == "text":
             texts = [prompt or ""] + ([negative_prompt or ""] if cfg else [])       # each encoded once
             ids = np.asarray([e.ids for e in self.tokenizer.encode_batch(texts)], dtype=np.int64)   # [1|2, T]
             hidden = self.sessions["text_encoder"].run(None, {"input_ids": ids})[0]                 # [1|2, T, D]
             rows = np.repeat(hidden, n, axis=0)                                                      # [(2)n, T, D]
-            return rows[:n], (rows[n:] if cfg else None)
+            return {"encoder_hidden_states": rows[:n]}, ({"encoder_hidden_states": rows[n:]} if cfg else None)
         if s.conditioning == "class":
             assert s.num_classes is not None
             if label is None:
@@ -342,8 +357,34 @@ class Diffusion:
                 raise InvalidArgumentError(f"label {bad[0]} is out of range: this model has classes 0.."
                                            f"{s.num_classes - 1}")
             uncond = np.full((n,), s.null_label, dtype=np.int64) if cfg else None
-            return labels.astype(np.int64), uncond
-        return None, None
+            return {"class_labels": labels.astype(np.int64)}, (None if uncond is None else {"class_labels": uncond})
+        return {}, ({} if cfg else None)
+
+    def _xl_conditioning(self, n: int, prompt: str | None, negative_prompt: str | None,
+                         cfg: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """SDXL's ``encode_prompt``: the prompt through both tokenizers and encoders (penultimate hidden states,
+        concatenated; the second's pooled projection), the negative prompt likewise, or zeros where the
+        pipeline forces them for an absent negative prompt; ``add_time_ids`` for every row."""
+        xl = self.sampler.xl
+        assert xl is not None and self.tokenizer is not None and self.tokenizer_2 is not None
+        zeros = cfg and negative_prompt is None and xl.zero_negative
+        texts = [prompt or ""] + ([negative_prompt or ""] if cfg and not zeros else [])
+        feed = {name: np.asarray([e.ids for e in tok.encode_batch(texts)], dtype=np.int64)       # [1|2, T]
+                for name, tok in (("input_ids", self.tokenizer), ("input_ids_2", self.tokenizer_2))}
+        hidden, pooled = self.sessions["text_encoder"].run(None, feed)[:2]         # [1|2, T, D1+D2], [1|2, P]
+        time_ids = np.broadcast_to(np.asarray(xl.time_ids, dtype=np.float32), (n, 6))
+
+        def rows(i: int) -> dict[str, np.ndarray]:
+            return {"encoder_hidden_states": np.repeat(hidden[i:i + 1], n, axis=0),
+                    "text_embeds": np.repeat(pooled[i:i + 1], n, axis=0), "time_ids": time_ids}
+
+        if not cfg:
+            return rows(0), None
+        if zeros:
+            cond = rows(0)
+            return cond, {"encoder_hidden_states": np.zeros_like(cond["encoder_hidden_states"]),
+                          "text_embeds": np.zeros_like(cond["text_embeds"]), "time_ids": time_ids}
+        return rows(0), rows(1)
 
     def _noise(self, noise: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
         shape = (n, *self.sampler.sample_shape)

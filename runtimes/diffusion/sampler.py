@@ -9,13 +9,27 @@ from typing import Any, Literal
 
 from edgegen.errors import InvalidArgumentError, ManifestError
 
-__all__ = ["DiffusionDefaults", "DiffusionSampler", "SchedulerRecord", "TextSettings", "VAESettings"]
+__all__ = ["DiffusionDefaults", "DiffusionSampler", "SchedulerRecord", "TextSettings", "VAESettings", "XLSettings"]
 
 
 @dataclass(frozen=True)
 class TextSettings:
     max_length: int
     pad_token_id: int
+
+
+@dataclass(frozen=True)
+class XLSettings:
+    """SDXL's second text encoder and micro-conditioning (``StableDiffusionXLPipeline``).
+
+    ``tokenizer_2`` pads to ``max_length`` with ``pad_token_id``; ``time_ids`` is the pipeline's ``add_time_ids``
+    (original size, crop top-left, target size) for the artifact's image size; ``zero_negative`` is the
+    pipeline's ``force_zeros_for_empty_prompt``: without a negative prompt the unconditional half is zeros."""
+
+    max_length: int
+    pad_token_id: int
+    time_ids: tuple[float, ...]
+    zero_negative: bool
 
 
 @dataclass(frozen=True)
@@ -62,6 +76,7 @@ class DiffusionSampler:
     text: TextSettings | None = None
     vae: VAESettings | None = None
     scheduler: SchedulerRecord | None = None
+    xl: XLSettings | None = None
 
     @classmethod
     def from_manifest(cls, section: object) -> DiffusionSampler:
@@ -88,6 +103,15 @@ class DiffusionSampler:
             problems += [f"text.{key}: {p}" for key, p in (
                 ("max_length", count_problem(s.text.max_length, 1, MAX_DIMENSION)),
                 ("pad_token_id", count_problem(s.text.pad_token_id, 0, MAX_COUNT - 1))) if p]
+        if s.xl is not None:
+            if s.conditioning != "text":
+                problems.append("xl: SDXL's second text encoder needs conditioning 'text'")
+            problems += [f"xl.{key}: {p}" for key, p in (
+                ("max_length", count_problem(s.xl.max_length, 1, MAX_DIMENSION)),
+                ("pad_token_id", count_problem(s.xl.pad_token_id, 0, MAX_COUNT - 1))) if p]
+            if len(s.xl.time_ids) != 6 or not all(math.isfinite(v) for v in s.xl.time_ids):
+                problems.append(f"xl.time_ids: must be 6 numbers (original size, crop top-left, target size), got "
+                                f"{short(list(s.xl.time_ids))}")
         if s.vae is not None and not (math.isfinite(s.vae.scaling_factor) and s.vae.scaling_factor != 0
                                       and math.isfinite(s.vae.shift_factor)):
             problems.append(f"vae: scaling_factor must be a non-zero number and shift_factor a number, got "
