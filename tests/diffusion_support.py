@@ -54,9 +54,12 @@ SD_SIZES = {
 }
 
 
-def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "epsilon", size: str = "tiny") -> Path:
+def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "epsilon", size: str = "tiny",
+                           lcm: bool = False) -> Path:
     """A StableDiffusionPipeline directory (CLIP text encoder, UNet2DConditionModel, AutoencoderKL,
-    CLIP tokenizer, DDIM scheduler with SD's scaled_linear schedule), small, at ``dest``."""
+    CLIP tokenizer, DDIM scheduler with SD's scaled_linear schedule), small, at ``dest``.  ``lcm``: a
+    LatentConsistencyModelPipeline instead (the UNet with a guidance embedding, time_cond_proj_dim 32, and
+    LCMScheduler), as LCM-distilled checkpoints ship."""
     import tempfile
 
     import torch
@@ -73,12 +76,25 @@ def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "ep
     unet = UNet2DConditionModel(
         sample_size=c["latent"], in_channels=4, out_channels=4, layers_per_block=c["layers"],
         block_out_channels=c["unet_blocks"], norm_num_groups=c["groups"], cross_attention_dim=32,
-        attention_head_dim=c["head_dim"],
+        attention_head_dim=c["head_dim"], time_cond_proj_dim=32 if lcm else None,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=c["vae_blocks"],
                         norm_num_groups=c["groups"], layers_per_block=1, sample_size=c["latent"] * 2,
                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"))
+    if lcm:
+        from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+        with torch.no_grad():   # random weights barely hear the guidance embedding; a distilled UNet does
+            unet.time_embedding.cond_proj.weight.mul_(20)
+
+        scheduler = LCMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                 beta_schedule="scaled_linear", set_alpha_to_one=True, steps_offset=1,
+                                 original_inference_steps=50, prediction_type=prediction_type)
+        LatentConsistencyModelPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False).save_pretrained(dest)
+        return dest
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                               steps_offset=1, prediction_type=prediction_type)

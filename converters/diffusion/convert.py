@@ -64,7 +64,11 @@ VALIDATION_SEED = 0
 
 PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "PNDMPipeline": "unet", "StableDiffusionPipeline": "sd",
              "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
-             "StableDiffusionXLImg2ImgPipeline": "sdxl"}
+             "StableDiffusionXLImg2ImgPipeline": "sdxl", "LatentConsistencyModelPipeline": "sd",
+             "LatentConsistencyModelImg2ImgPipeline": "sd"}
+#: a pipeline's own call defaults where they are not StableDiffusionPipeline's (50 steps, guidance 7.5)
+PIPELINE_DEFAULTS = {"LatentConsistencyModelPipeline": {"steps": 4, "guidance": 8.5},
+                     "LatentConsistencyModelImg2ImgPipeline": {"steps": 4, "guidance": 8.5}}
 #: the scheduler of a source whose config names no class (a spec's bare noise schedule)
 DEFAULT_SCHEDULER = "ddim"
 
@@ -94,6 +98,7 @@ class DiffusionModel:
     defaults: dict[str, Any] = field(default_factory=dict)
     checkpoint_sha256: str | None = None
     xl: XLText | None = None                  # SDXL: the second tokenizer and the micro-conditioning
+    guidance_embedding: int | None = None     # an LCM UNet's time_cond_proj_dim: guidance as its input
 
 
 @dataclass
@@ -116,9 +121,12 @@ class _UNet(torch.nn.Module):
         self.unet, self.conditional = unet, conditional
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """``cond``: encoder_hidden_states when conditional, then timestep_cond for an LCM UNet."""
+        lcm = getattr(self.unet.config, "time_cond_proj_dim", None) is not None
+        extra = {"timestep_cond": cond[-1]} if lcm else {}
         if self.conditional:
-            return self.unet(sample, timestep, encoder_hidden_states=cond[0], return_dict=False)[0]
-        return self.unet(sample, timestep, return_dict=False)[0]
+            return self.unet(sample, timestep, encoder_hidden_states=cond[0], return_dict=False, **extra)[0]
+        return self.unet(sample, timestep, return_dict=False, **extra)[0]
 
 
 class _XLUNet(torch.nn.Module):
@@ -129,9 +137,11 @@ class _XLUNet(torch.nn.Module):
         self.unet = unet
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                text_embeds: torch.Tensor, time_ids: torch.Tensor) -> torch.Tensor:
+                text_embeds: torch.Tensor, time_ids: torch.Tensor, *lcm: torch.Tensor) -> torch.Tensor:
+        """``lcm``: timestep_cond, for an LCM-distilled UNet."""
+        extra = {"timestep_cond": lcm[0]} if lcm else {}
         return self.unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False,
-                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids})[0]
+                         added_cond_kwargs={"text_embeds": text_embeds, "time_ids": time_ids}, **extra)[0]
 
 
 class _XLTextEncoder(torch.nn.Module):
@@ -313,7 +323,8 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
         vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
         vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
         image_shape=(vae.config.out_channels, h * scale, w * scale),
-        defaults={"steps": 50, "guidance": 7.5})
+        guidance_embedding=unet.config.time_cond_proj_dim,
+        defaults=PIPELINE_DEFAULTS.get(pipeline, {"steps": 50, "guidance": 7.5}))
 
 
 def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionModel:
@@ -368,7 +379,7 @@ def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionMo
         hidden_size=int(encoder.config.hidden_size + encoder_2.config.hidden_size),
         vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
         vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
-        image_shape=(vae.config.out_channels, height, width), xl=xl,
+        image_shape=(vae.config.out_channels, height, width), xl=xl, guidance_embedding=unet.config.time_cond_proj_dim,
         defaults={"steps": 50, "guidance": 5.0})     # StableDiffusionXLPipeline's own defaults
 
 
@@ -391,6 +402,12 @@ def _graphs(model: DiffusionModel) -> list[GraphExport]:
     c, h, w = model.sample_shape
 
     def denoiser_inputs(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+        inputs = conditioned_inputs(batch, gen)
+        if model.guidance_embedding is None:
+            return inputs
+        return (*inputs, torch.randn((batch, model.guidance_embedding), generator=gen))          # [B, E]
+
+    def conditioned_inputs(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         sample = torch.randn((batch, c, h, w), generator=gen)                                  # [B, C, h, w]
         timestep = torch.rand((batch,), generator=gen) * 999                                    # [B]
         if model.conditioning == "text":
@@ -406,6 +423,7 @@ def _graphs(model: DiffusionModel) -> list[GraphExport]:
 
     cond = {"text": ("encoder_hidden_states",), "class": ("class_labels",)}.get(model.conditioning, ())
     cond += ("text_embeds", "time_ids") if model.xl is not None else ()
+    cond += ("timestep_cond",) if model.guidance_embedding is not None else ()
     graphs = [GraphExport("denoiser", model.denoiser, ("sample", "timestep", *cond), ("out_sample",),
                           denoiser_inputs, _relative_error)]
     if model.text_encoder is not None and model.xl is not None:
@@ -495,7 +513,8 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
     latents = torch.from_numpy(noise) * getattr(scheduler, "init_noise_sigma", 1.0)       # [B, C, h, w]
     batch = latents.shape[0]
     cond: tuple[torch.Tensor, ...] = ()
-    cfg = guidance > 1.0 and (model.conditioning == "text" or model.null_label is not None)
+    cfg = guidance > 1.0 and (model.conditioning == "text" or model.null_label is not None) and \
+        model.guidance_embedding is None             # an LCM UNet takes guidance as an input (no CFG batch)
     if model.conditioning == "text" and model.xl is not None:
         cond = _xl_cond(model, prompt, batch, cfg)
     elif model.conditioning == "text":
@@ -507,6 +526,10 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
         scheduler.set_begin_index(0)                 # a run from the start, as the runtime's (and SDXL's pipelines)
     # diffusers' pipelines pass eta (default 0) to the schedulers that take it (DDIM; TCD's gamma), as the runtime
     extra = {"eta": 0.0} if "eta" in inspect.signature(scheduler.step).parameters else {}
+    if model.guidance_embedding is not None:         # the pipelines' get_guidance_scale_embedding(guidance - 1)
+        w = torch.tensor(guidance - 1.0).repeat(batch)
+        cond = (*cond, diffusers.LatentConsistencyModelPipeline.get_guidance_scale_embedding(
+            None, w, embedding_dim=model.guidance_embedding))
     with step_noise_from(scheduler, np.random.default_rng(seed)):
         for t in scheduler.timesteps:
             inp = torch.cat([latents] * 2) if cfg else latents
@@ -699,6 +722,8 @@ def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
         section.update(num_classes=model.num_classes, null_label=model.null_label)
     if model.conditioning == "text":
         section["text"] = {"max_length": model.max_length, "pad_token_id": model.pad_token_id}
+    if model.guidance_embedding is not None:
+        section["guidance_embedding"] = model.guidance_embedding
     if model.xl is not None:
         section["xl"] = {"max_length": model.xl.max_length, "pad_token_id": model.xl.pad_token_id,
                          "time_ids": list(model.xl.time_ids), "zero_negative": model.xl.zero_negative}

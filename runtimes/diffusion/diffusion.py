@@ -4,7 +4,8 @@ Graphs (written by :mod:`edgegen.converters.diffusion.convert`)::
 
     denoiser      sample [B, C, h, w], timestep float32 [B]
                   [, encoder_hidden_states [B, T, D] | class_labels int64 [B]]
-                  [, text_embeds [B, P], time_ids [B, 6]]                         (SDXL) -> out_sample [B, C, h, w]
+                  [, text_embeds [B, P], time_ids [B, 6]]                         (SDXL)
+                  [, timestep_cond [B, E]]                 (LCM: the guidance embedding) -> out_sample [B, C, h, w]
     text_encoder  input_ids int64 [B, T] -> last_hidden_state [B, T, D]          (text-to-image)
                   SDXL: input_ids, input_ids_2 [B, T] -> prompt_embeds [B, T, D1 + D2] (both encoders'
                   penultimate hidden states), pooled_prompt_embeds [B, P] (the second's projection)
@@ -55,6 +56,19 @@ Progress = Callable[[int, int], Any]
 LEAN = {"memory_pattern": False, "shared_cpu_arena": True}
 
 
+def guidance_embedding(guidance: float, dim: int, n: int) -> np.ndarray:
+    """diffusers' ``get_guidance_scale_embedding(w = guidance - 1)`` for ``n`` rows: [n, dim] float32 (sines,
+    then cosines, of 1000 w at geometric frequencies; a zero column padded when dim is odd)."""
+    w = np.float32(guidance - 1.0) * np.float32(1000.0)
+    half = dim // 2
+    step = np.float32(np.log(np.float32(10000.0))) / np.float32(max(half - 1, 1))
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -step)                          # [half]
+    emb = np.concatenate([np.sin(w * freqs), np.cos(w * freqs)]).astype(np.float32)
+    if dim % 2:
+        emb = np.concatenate([emb, np.zeros(1, np.float32)])
+    return np.ascontiguousarray(np.broadcast_to(emb, (n, dim)))
+
+
 class Diffusion:
     """A loaded diffusion artifact (unconditional, class-conditional or text-to-image)."""
 
@@ -85,6 +99,8 @@ class Diffusion:
         #: the denoiser's conditioning inputs, the same every step
         self._cond_inputs: tuple[str, ...] = {"text": ("encoder_hidden_states",), "class": ("class_labels",)}.get(
             self.sampler.conditioning, ()) + (("text_embeds", "time_ids") if self.sampler.xl is not None else ())
+        if self.sampler.guidance_embedding is not None:
+            self._cond_inputs += ("timestep_cond",)
         #: run the loop with the latents in device memory (:mod:`edgegen.runtimes.diffusion.device_loop`); on by
         #: default where a step's host round trip costs (CUDA, DirectML), off on the CPU (no copy to save)
         self.latents_on_device = provider in ("cuda", "dml")
@@ -165,7 +181,8 @@ class Diffusion:
         s = self.sampler
         img2img = s.vae is None or "vae_encoder" in self.artifact.manifest.graphs
         return ("steps", "scheduler", *(("prompt", "negative_prompt") if s.conditioning == "text" else ()),
-                *(("guidance",) if self._can_guide() else ()), *(("image", "strength") if img2img else ()),
+                *(("guidance",) if self._can_guide() or s.guidance_embedding is not None else ()),
+                *(("image", "strength") if img2img else ()),
                 *(("label",) if s.conditioning == "class" else ()))
 
     def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
@@ -218,6 +235,8 @@ class Diffusion:
             latents = self._noise(noise, n, rng) * np.float32(sched.init_noise_sigma)   # [n, C, h, w]
 
         total = len(timesteps)
+        if s.guidance_embedding is not None:   # LCM: guidance goes in as an embedding, one batch half
+            cond["timestep_cond"] = guidance_embedding(guidance, s.guidance_embedding, n)
         fixed = {name: np.concatenate([uncond[name], cond[name]]) if cfg else cond[name]   # the same every step
                  for name in self._cond_inputs}
         if total and self._on_device(sched) and (loop := self._device_loop()) is not None:
@@ -282,7 +301,11 @@ class Diffusion:
         if s.conditioning != "text" and (prompt is not None or negative_prompt is not None):
             raise InvalidArgumentError("this diffusion model is not text-conditioned: it takes no prompt "
                                        "(drop --prompt/--negative-prompt)")
-        if guidance is not None and guidance != 1.0 and not self._can_guide():   # 1 is "off" (as truncation 1)
+        if s.guidance_embedding is not None and negative_prompt is not None:
+            raise InvalidArgumentError("this is a latent consistency (LCM) model: guidance is an input of its UNet, "
+                                       "distilled with the empty prompt as the unconditional one, so it takes no "
+                                       "negative prompt (diffusers' LCM pipeline has none); drop --negative-prompt")
+        if guidance is not None and guidance != 1.0 and not self._can_guide() and s.guidance_embedding is None:
             raise InvalidArgumentError("classifier-free guidance needs a text- or class-conditioned model with an "
                                        "unconditional embedding; this one has none (drop --guidance)")
         if guidance is not None and (not np.isfinite(guidance) or guidance < 0):
@@ -328,7 +351,10 @@ class Diffusion:
         check_count_fits(count, 4 * values + pixels, action, noun)
 
     def _can_guide(self) -> bool:
+        """Whether guidance runs as classifier-free guidance (an unconditional batch half)."""
         s = self.sampler
+        if s.guidance_embedding is not None:
+            return False
         return s.conditioning == "text" or (s.conditioning == "class" and s.null_label is not None)
 
     def _conditioning(self, n: int, prompt: str | None, negative_prompt: str | None, label: Any, cfg: bool,

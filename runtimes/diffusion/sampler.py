@@ -77,6 +77,9 @@ class DiffusionSampler:
     vae: VAESettings | None = None
     scheduler: SchedulerRecord | None = None
     xl: XLSettings | None = None
+    #: an LCM-distilled UNet's ``time_cond_proj_dim``: guidance is an input (``timestep_cond``, the pipelines'
+    #: ``get_guidance_scale_embedding(guidance - 1)``), not a second batch half
+    guidance_embedding: int | None = None
 
     @classmethod
     def from_manifest(cls, section: object) -> DiffusionSampler:
@@ -103,6 +106,8 @@ class DiffusionSampler:
             problems += [f"text.{key}: {p}" for key, p in (
                 ("max_length", count_problem(s.text.max_length, 1, MAX_DIMENSION)),
                 ("pad_token_id", count_problem(s.text.pad_token_id, 0, MAX_COUNT - 1))) if p]
+        if s.guidance_embedding is not None and (p := count_problem(s.guidance_embedding, 1, MAX_DIMENSION)):
+            problems.append(f"guidance_embedding: {p}")
         if s.xl is not None:
             if s.conditioning != "text":
                 problems.append("xl: SDXL's second text encoder needs conditioning 'text'")
