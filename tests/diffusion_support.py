@@ -55,11 +55,12 @@ SD_SIZES = {
 
 
 def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "epsilon", size: str = "tiny",
-                           lcm: bool = False) -> Path:
+                           lcm: bool = False, inpaint: bool = False) -> Path:
     """A StableDiffusionPipeline directory (CLIP text encoder, UNet2DConditionModel, AutoencoderKL,
     CLIP tokenizer, DDIM scheduler with SD's scaled_linear schedule), small, at ``dest``.  ``lcm``: a
     LatentConsistencyModelPipeline instead (the UNet with a guidance embedding, time_cond_proj_dim 32, and
-    LCMScheduler), as LCM-distilled checkpoints ship."""
+    LCMScheduler), as LCM-distilled checkpoints ship.  ``inpaint``: a StableDiffusionInpaintPipeline (the UNet
+    takes 9 channels: latents, mask, masked-image latents)."""
     import tempfile
 
     import torch
@@ -74,7 +75,7 @@ def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "ep
         vocab_size=len(tokenizer), **c["text"], max_position_embeddings=c["max_length"],
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     unet = UNet2DConditionModel(
-        sample_size=c["latent"], in_channels=4, out_channels=4, layers_per_block=c["layers"],
+        sample_size=c["latent"], in_channels=9 if inpaint else 4, out_channels=4, layers_per_block=c["layers"],
         block_out_channels=c["unet_blocks"], norm_num_groups=c["groups"], cross_attention_dim=32,
         attention_head_dim=c["head_dim"], time_cond_proj_dim=32 if lcm else None,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"))
@@ -98,9 +99,12 @@ def write_tiny_sd_pipeline(dest: Path, seed: int = 0, prediction_type: str = "ep
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
                               steps_offset=1, prediction_type=prediction_type)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    cls = StableDiffusionPipeline
+    if inpaint:
+        from diffusers import StableDiffusionInpaintPipeline as cls
+    pipe = cls(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+               scheduler=scheduler, safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
     pipe.save_pretrained(dest)
     return dest
 

@@ -63,11 +63,13 @@ VALIDATION_PROMPT = "a red cat"
 VALIDATION_SEED = 0
 
 PIPELINES = {"DDPMPipeline": "unet", "DDIMPipeline": "unet", "PNDMPipeline": "unet", "StableDiffusionPipeline": "sd",
-             "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionXLPipeline": "sdxl",
+             "StableDiffusionImg2ImgPipeline": "sd", "StableDiffusionInpaintPipeline": "sd",
+             "StableDiffusionXLPipeline": "sdxl",
              "StableDiffusionXLImg2ImgPipeline": "sdxl", "LatentConsistencyModelPipeline": "sd",
              "LatentConsistencyModelImg2ImgPipeline": "sd"}
 #: a pipeline's own call defaults where they are not StableDiffusionPipeline's (50 steps, guidance 7.5)
 PIPELINE_DEFAULTS = {"LatentConsistencyModelPipeline": {"steps": 4, "guidance": 8.5},
+                     "StableDiffusionInpaintPipeline": {"steps": 50, "guidance": 7.5},
                      "LatentConsistencyModelImg2ImgPipeline": {"steps": 4, "guidance": 8.5}}
 #: the scheduler of a source whose config names no class (a spec's bare noise schedule)
 DEFAULT_SCHEDULER = "ddim"
@@ -99,6 +101,7 @@ class DiffusionModel:
     checkpoint_sha256: str | None = None
     xl: XLText | None = None                  # SDXL: the second tokenizer and the micro-conditioning
     guidance_embedding: int | None = None     # an LCM UNet's time_cond_proj_dim: guidance as its input
+    inpainting: bool = False                  # a 9-channel UNet: latents + mask + masked-image latents
 
 
 @dataclass
@@ -314,8 +317,14 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     shift = vae.config.shift_factor if getattr(vae.config, "shift_factor", None) is not None else 0.0
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    latent = int(vae.config.latent_channels)
+    inpainting = unet.config.in_channels == 2 * latent + 1
+    if unet.config.in_channels not in (latent, 2 * latent + 1):
+        raise UnsupportedModelError(f"{path}/unet takes {unet.config.in_channels} input channels; edgegen converts "
+                                    f"UNets over the VAE's {latent} latent channels, or {2 * latent + 1} for "
+                                    "inpainting (latents, mask, masked-image latents)")
     return DiffusionModel(
-        denoiser=_UNet(unet, conditional=True), sample_shape=(unet.config.in_channels, h, w),
+        denoiser=_UNet(unet, conditional=True), sample_shape=(latent, h, w), inpainting=inpainting,
         scheduler_config=config, model_class=f"diffusers.{pipeline}", conditioning="text",
         text_encoder=_TextEncoder(text_encoder), tokenizer_json=tokenizer.backend_tokenizer.to_str(),
         max_length=int(tokenizer.model_max_length), pad_token_id=int(pad),
@@ -408,7 +417,7 @@ def _graphs(model: DiffusionModel) -> list[GraphExport]:
         return (*inputs, torch.randn((batch, model.guidance_embedding), generator=gen))          # [B, E]
 
     def conditioned_inputs(batch: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        sample = torch.randn((batch, c, h, w), generator=gen)                                  # [B, C, h, w]
+        sample = torch.randn((batch, 2 * c + 1 if model.inpainting else c, h, w), generator=gen)  # [B, C(+C+1), h, w]
         timestep = torch.rand((batch,), generator=gen) * 999                                    # [B]
         if model.conditioning == "text":
             hidden = torch.randn((batch, model.max_length, model.hidden_size), generator=gen)      # [B, T, D]
@@ -500,11 +509,13 @@ def step_noise_from(scheduler: Any, rng: np.random.Generator) -> Iterator[None]:
 @torch.no_grad()
 def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidance: float, prompt: str,
                  labels: list[int] | None = None, scheduler_class: str = "DDIMScheduler",
-                 seed: int = VALIDATION_SEED) -> np.ndarray:
+                 seed: int = VALIDATION_SEED, inpaint: torch.Tensor | None = None,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
     """What the PyTorch model samples with diffusers' ``scheduler_class`` (from the model's scheduler config)
     from ``noise``, as diffusers' pipelines do it (guidance batches [uncond, cond]; one model call per entry of
-    ``timesteps``), the per-step noise drawn from ``np.random.default_rng(seed)`` as the runtime draws it:
-    images [B, C, H, W] in value_range."""
+    ``timesteps``), the per-step noise drawn from ``np.random.default_rng(seed)`` (or ``rng``, where earlier draws
+    were taken from it) as the runtime draws it: images [B, C, H, W] in value_range.  ``inpaint``: the mask and
+    masked-image latents [B, 1 + C, h, w] an inpainting UNet takes after the latents."""
     import diffusers
 
     scheduler = getattr(diffusers, scheduler_class).from_config(model.scheduler_config)
@@ -530,10 +541,12 @@ def torch_sample(model: DiffusionModel, noise: np.ndarray, *, steps: int, guidan
         w = torch.tensor(guidance - 1.0).repeat(batch)
         cond = (*cond, diffusers.LatentConsistencyModelPipeline.get_guidance_scale_embedding(
             None, w, embedding_dim=model.guidance_embedding))
-    with step_noise_from(scheduler, np.random.default_rng(seed)):
+    with step_noise_from(scheduler, rng if rng is not None else np.random.default_rng(seed)):
         for t in scheduler.timesteps:
             inp = torch.cat([latents] * 2) if cfg else latents
             inp = scheduler.scale_model_input(inp, t) if hasattr(scheduler, "scale_model_input") else inp
+            if inpaint is not None:
+                inp = torch.cat([inp, torch.cat([inpaint] * 2) if cfg else inpaint], dim=1)
             out = model.denoiser(inp, torch.full((inp.shape[0],), float(t)), *cond)
             if cfg:
                 uncond, text = out.chunk(2)
@@ -724,12 +737,40 @@ def _sampler_section(model: DiffusionModel) -> dict[str, Any]:
         section["text"] = {"max_length": model.max_length, "pad_token_id": model.pad_token_id}
     if model.guidance_embedding is not None:
         section["guidance_embedding"] = model.guidance_embedding
+    if model.inpainting:
+        section["inpainting"] = True
     if model.xl is not None:
         section["xl"] = {"max_length": model.xl.max_length, "pad_token_id": model.xl.pad_token_id,
                          "time_ids": list(model.xl.time_ids), "zero_negative": model.xl.zero_negative}
     if model.vae_decoder is not None:
         section["vae"] = {"scaling_factor": model.vae_scaling_factor, "shift_factor": model.vae_shift_factor}
     return section
+
+
+def validation_inpainting(model: DiffusionModel) -> tuple[np.ndarray, np.ndarray]:
+    """A start image (uint8 [H, W, C], random) and a mask (uint8 [H, W]: the left half repainted)."""
+    c, h, w = model.image_shape
+    image = np.random.default_rng(1).integers(0, 256, (h, w, c), dtype=np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, : w // 2] = 255
+    return image, mask
+
+
+@torch.no_grad()
+def torch_inpainting(model: DiffusionModel, image: np.ndarray, mask: np.ndarray, batch: int,
+                     rng: np.random.Generator) -> torch.Tensor:
+    """What StableDiffusionInpaintPipeline adds after the latents, at strength 1: the binarized mask at latent size
+    (nearest) and the masked image's latents (a posterior draw from ``rng``), [batch, 1 + C, h, w]."""
+    assert model.vae_encoder is not None
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255 * 2 - 1                # [1, C, H, W]
+    m = (torch.from_numpy(mask)[None, None].float() / 255 >= 0.5).float()                  # [1, 1, H, W]
+    masked = (x * (m < 0.5)).repeat(batch, 1, 1, 1)
+    mean, logvar = model.vae_encoder(masked).chunk(2, dim=1)
+    eps = torch.from_numpy(rng.standard_normal(tuple(mean.shape), dtype=np.float32))
+    latents = (mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * eps - model.vae_shift_factor) * \
+        model.vae_scaling_factor
+    small = torch.nn.functional.interpolate(m, size=tuple(latents.shape[2:])).repeat(batch, 1, 1, 1)
+    return torch.cat([small, latents], dim=1)
 
 
 def _compare_sample(model: DiffusionModel, stage: Path, record: dict[str, str]) -> dict[str, Any]:
@@ -749,8 +790,15 @@ def _compare_sample(model: DiffusionModel, stage: Path, record: dict[str, str]) 
     elif model.conditioning == "class":
         labels = [i % model.num_classes for i in range(2)]
         options["label"] = labels
+    inpaint, rng = None, None
+    if model.inpainting:
+        image, mask = validation_inpainting(model)
+        options.update(image=image, mask=mask)
+        rng = np.random.default_rng(VALIDATION_SEED)
+        inpaint = torch_inpainting(model, image, mask, 2, rng)
     expected = torch_sample(model, noise, steps=VALIDATION_STEPS, guidance=guidance, prompt=VALIDATION_PROMPT,
-                            labels=labels, scheduler_class=record["diffusers_class"], seed=VALIDATION_SEED)
+                            labels=labels, scheduler_class=record["diffusers_class"], seed=VALIDATION_SEED,
+                            inpaint=inpaint, rng=rng)
     got = runtime.generate(2, noise=noise, seed=VALIDATION_SEED, steps=VALIDATION_STEPS, **options)   # its default
     return {"steps": VALIDATION_STEPS, "scheduler": record["name"], "diffusers_class": record["diffusers_class"],
             "chosen_by": record["chosen_by"], "guidance": guidance,

@@ -12,6 +12,10 @@ Graphs (written by :mod:`edgegen.converters.diffusion.convert`)::
     vae_decoder   latent_sample [B, C, h, w] -> sample [B, 3, H, W] in [-1, 1]    (latent models)
     vae_encoder   sample [B, 3, H, W] -> latent_parameters [B, 2C, h, w]          (img2img: mean, logvar)
 
+An inpainting denoiser's sample is [B, 2C + 1, h, w]: the scaled latents, the mask (1 = repaint) at latent size,
+the masked image's latents (the image with the repainted part set to 0, through the VAE encoder), as
+``StableDiffusionInpaintPipeline`` concatenates them.
+
 The loop is diffusers' pipelines, step for step: initial noise scaled by the scheduler's
 ``init_noise_sigma``; per timestep ``scale_model_input``, one denoiser call (the
 unconditional and conditional halves batched together under classifier-free guidance:
@@ -112,10 +116,12 @@ class Diffusion:
         sampler = DiffusionSampler.from_manifest(m.sampler)   # bad sections fail before any session opens
         DiffusionDefaults.from_manifest(m.defaults, sampler)
         denoiser = m.graphs["denoiser"].tensor("sample") if "denoiser" in m.graphs else None
-        if denoiser is not None and not denoiser.fits(sampler.sample_shape):
-            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.sample_shape is {list(sampler.sample_shape)}, "
-                                f"but the denoiser declares its input sample as {list(denoiser.shape)}; "
-                                "re-convert the model")
+        c, h, w = sampler.sample_shape
+        expected = (2 * c + 1, h, w) if sampler.inpainting else sampler.sample_shape   # + mask, masked latents
+        if denoiser is not None and not denoiser.fits(expected):
+            raise ManifestError(f"{artifact.root}: edgegen.json.sampler.sample_shape is {list(sampler.sample_shape)}"
+                                f"{' (inpainting)' * sampler.inpainting}, but the denoiser declares its input sample "
+                                f"as {list(denoiser.shape)}; re-convert the model")
         need = ["denoiser"] + (["text_encoder"] if sampler.conditioning == "text" else []) + \
                (["vae_decoder"] if sampler.vae is not None else [])
         missing = [g for g in need if g not in m.graphs]
@@ -143,7 +149,7 @@ class Diffusion:
     def sample(self, n: int = 1, *, seed: int | None = None, steps: int | None = None, scheduler: str | None = None,
                prompt: str | None = None, negative_prompt: str | None = None, guidance: float | None = None,
                label: int | Sequence[int] | None = None, image: Any = None, strength: float | None = None,
-               progress: Progress | None = None) -> np.ndarray:
+               progress: Progress | None = None, mask: Any = None) -> np.ndarray:
         """Draw ``n`` images; uint8 ``[n, H, W, C]``.
 
         ``label`` (class-conditional models): one class for all, one per image, or None for
@@ -152,13 +158,14 @@ class Diffusion:
         artifact's own (:meth:`describe_scheduler` says which).  ``progress`` counts model evaluations (two per
         step for Heun).
         ``image`` (a path, or uint8 ``[H, W, C]`` / ``[n, H, W, C]``) with ``strength`` in [0, 1]
-        runs img2img.  ``progress(done, total)`` is called after every step; returning
+        runs img2img; an inpainting model takes ``mask`` too (a path or uint8 [H, W]: white = repaint; strength
+        1 by default, as diffusers' inpainting pipeline).  ``progress(done, total)`` is called after every step; returning
         ``False`` from it cancels (:class:`~edgegen.errors.CancelledError`).  To cancel from another
         thread, also in the middle of a graph run: ``with edgegen.cancel_on(event): ...``, then ``event.set()``.
         """
         images = self.generate(n, seed=seed, steps=steps, scheduler=scheduler, prompt=prompt,
                                negative_prompt=negative_prompt, guidance=guidance, label=label, image=image,
-                               strength=strength, progress=progress)
+                               strength=strength, progress=progress, mask=mask)
         return to_uint8(images, self.sampler.value_range)
 
     def describe_scheduler(self, scheduler: str | None = None) -> str:
@@ -183,7 +190,7 @@ class Diffusion:
         return ("steps", "scheduler", *(("prompt", "negative_prompt") if s.conditioning == "text" else ()),
                 *(("guidance",) if self._can_guide() or s.guidance_embedding is not None else ()),
                 *(("image", "strength") if img2img else ()),
-                *(("label",) if s.conditioning == "class" else ()))
+                *(("label",) if s.conditioning == "class" else ()), *(("mask",) if s.inpainting else ()))
 
     def interpolate(self, seed_a: int, seed_b: int, *, frames: int = 8, **options: Any) -> np.ndarray:
         """Images along the spherical path between two seeds' initial noise; uint8 ``[frames, H, W, C]``."""
@@ -197,7 +204,7 @@ class Diffusion:
                  scheduler: str | None = None, prompt: str | None = None, negative_prompt: str | None = None,
                  guidance: float | None = None, label: int | Sequence[int] | None = None, image: Any = None,
                  strength: float | None = None, noise: np.ndarray | None = None, progress: Progress | None = None,
-                 force_guidance_batch: bool = False) -> np.ndarray:
+                 force_guidance_batch: bool = False, mask: Any = None) -> np.ndarray:
         """Like :meth:`sample`, as floats ``[n, C, H, W]`` in the model's value range.
 
         ``noise`` replaces the initial noise draw (``[n, *sample_shape]``, before scaling by
@@ -213,6 +220,12 @@ class Diffusion:
         guidance = self._guidance(guidance, prompt, negative_prompt)
         if strength is not None and image is None:
             raise InvalidArgumentError("strength applies to img2img; give an image (--image) too")
+        if s.inpainting and (image is None or mask is None):
+            raise InvalidArgumentError("this is an inpainting model: give the image (--image) and a mask (--mask: "
+                                       "white where to repaint, black where to keep)")
+        if mask is not None and not s.inpainting:
+            raise InvalidArgumentError("a mask applies to inpainting models (StableDiffusionInpaintPipeline); this "
+                                       "one is not: drop --mask")
         if strength is not None and not 0.0 <= strength <= 1.0:
             raise InvalidArgumentError(f"strength must be between 0 and 1 (0 keeps the image, 1 ignores it), got "
                                        f"{strength}")
@@ -225,7 +238,10 @@ class Diffusion:
         self._check_memory(n, "sampling", guided=cfg, img2img=image is not None)
         cond, uncond = self._conditioning(n, prompt, negative_prompt, label, cfg, rng)
 
-        if image is not None:
+        extra = None                                       # inpainting: mask and masked-image latents, per row
+        if s.inpainting:
+            latents, timesteps, extra = self._inpaint_start(image, mask, n, rng, sched, noise, strength)
+        elif image is not None:
             init = self._encode_image(image, n, rng)                                      # [n, C, h, w]
             strength = 0.8 if strength is None else strength
             timesteps = sched.timesteps_for_strength(strength)
@@ -239,7 +255,7 @@ class Diffusion:
             cond["timestep_cond"] = guidance_embedding(guidance, s.guidance_embedding, n)
         fixed = {name: np.concatenate([uncond[name], cond[name]]) if cfg else cond[name]   # the same every step
                  for name in self._cond_inputs}
-        if total and self._on_device(sched) and (loop := self._device_loop()) is not None:
+        if total and not s.inpainting and self._on_device(sched) and (loop := self._device_loop()) is not None:
             latents = loop.run(sched, timesteps, latents, guided=cfg, guidance=guidance, cond=fixed, rng=rng,
                                progress=progress)
             return self.decode(latents)
@@ -247,6 +263,8 @@ class Diffusion:
         for i, t in enumerate(timesteps):
             model_in = np.concatenate([latents, latents]) if cfg else latents           # [(2)n, C, h, w]
             model_in = sched.scale_model_input(model_in, t)
+            if extra is not None:                                                        # [(2)n, 2C + 1, h, w]
+                model_in = np.concatenate([model_in, np.concatenate([extra, extra]) if cfg else extra], axis=1)
             feed = {"sample": np.ascontiguousarray(model_in, dtype=np.float32),
                     "timestep": np.full((model_in.shape[0],), t, dtype=np.float32), **fixed}
             out = denoiser.run(None, feed)[0]
@@ -420,8 +438,52 @@ class Diffusion:
             raise InvalidArgumentError(f"noise has shape {noise.shape}; this model needs {shape}")
         return noise.astype(np.float32, copy=False)
 
-    def _encode_image(self, image: Any, n: int, rng: np.random.Generator) -> np.ndarray:
-        """The start image as clean latents ``[n, C, h, w]``."""
+    def _inpaint_start(self, image: Any, mask: Any, n: int, rng: np.random.Generator, sched: Any,
+                       noise: np.ndarray | None, strength: float | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """StableDiffusionInpaintPipeline's start: (latents, timesteps, [mask, masked-image latents] [n, 1 + C, h, w]).
+
+        Its draws, in its order: at strength 1 (its default) the noise, then the masked image's posterior sample;
+        below 1 the image's posterior sample, the noise (added to the image's latents at the first timestep), then
+        the masked image's."""
+        strength = 1.0 if strength is None else strength
+        x = self._pixels(image, n)                                                       # [n, C, H, W]
+        keep = self._mask(mask, n)                                                       # [n, 1, H, W] 1 = repaint
+        timesteps = sched.timesteps_for_strength(strength)
+        if strength == 1.0:
+            latents = self._noise(noise, n, rng) * np.float32(sched.init_noise_sigma)
+        else:
+            init = self._latents_of(x, rng)
+            start_noise = self._noise(noise, n, rng)
+            latents = sched.add_noise(init, start_noise, timesteps[:1]) if len(timesteps) else init
+        lo = self.sampler.value_range[0]
+        masked = self._latents_of(np.where(keep < 0.5, x, np.float32(lo + (self.sampler.value_range[1] - lo) / 2)),
+                                  rng)                                                  # the repainted part: 0 in [-1, 1]
+        _, h, w = self.sampler.sample_shape
+        H, W = keep.shape[2:]
+        rows, cols = (np.arange(h) * H) // h, (np.arange(w) * W) // w                   # torch's nearest interpolate
+        small = keep[:, :, rows][:, :, :, cols]                                          # [n, 1, h, w]
+        return latents, timesteps, np.concatenate([small, masked], axis=1).astype(np.float32)
+
+    def _mask(self, mask: Any, n: int) -> np.ndarray:
+        """The inpainting mask as diffusers' mask processor makes it: grey, in [0, 1], binarized at 0.5
+        (1 = repaint): [n, 1, H, W]."""
+        _, h, w = self.sampler.image_shape
+        if isinstance(mask, (str, os.PathLike)):
+            grey = load_image(mask, (h, w), 1)                                        # [1, H, W, 1] uint8
+        else:
+            grey = np.asarray(mask)
+            grey = grey[..., None] if grey.ndim == 2 or (grey.ndim == 3 and grey.shape[-1] != 1) else grey
+            grey = grey[None] if grey.ndim == 3 else grey
+            if grey.dtype != np.uint8 or grey.ndim != 4 or grey.shape[1:] != (h, w, 1):
+                raise InvalidArgumentError(f"mask must be uint8 [H, W] = [{h}, {w}] (white = repaint), got "
+                                           f"{grey.dtype} {list(np.asarray(mask).shape)}")
+        if len(grey) not in (1, n):
+            raise InvalidArgumentError(f"{len(grey)} masks for {n} samples; give one mask or {n}")
+        value = grey.transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+        return np.broadcast_to((value >= 0.5).astype(np.float32), (n, 1, h, w))
+
+    def _pixels(self, image: Any, n: int) -> np.ndarray:
+        """A start image (a path, or uint8 [H, W, C] / [k, H, W, C]) as floats [n, C, H, W] in the value range."""
         s = self.sampler
         c, h, w = s.image_shape
         if isinstance(image, (str, os.PathLike)):
@@ -434,7 +496,15 @@ class Diffusion:
                                            f"got {pixels.dtype} {list(pixels.shape)}")
         if len(pixels) not in (1, n):
             raise InvalidArgumentError(f"{len(pixels)} start images for {n} samples; give one image or {n}")
-        x = np.broadcast_to(from_uint8(pixels, s.value_range), (n, c, h, w))              # [n, C, H, W]
+        return np.broadcast_to(from_uint8(pixels, s.value_range), (n, c, h, w))         # [n, C, H, W]
+
+    def _encode_image(self, image: Any, n: int, rng: np.random.Generator) -> np.ndarray:
+        """The start image as clean latents ``[n, C, h, w]``."""
+        return self._latents_of(self._pixels(image, n), rng)
+
+    def _latents_of(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Images [n, C, H, W] in the value range -> latents [n, C, h, w] (a draw from the VAE's posterior)."""
+        s = self.sampler
         if s.vae is None:
             return np.ascontiguousarray(x)
         if "vae_encoder" not in self.artifact.manifest.graphs:

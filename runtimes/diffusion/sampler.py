@@ -80,6 +80,9 @@ class DiffusionSampler:
     #: an LCM-distilled UNet's ``time_cond_proj_dim``: guidance is an input (``timestep_cond``, the pipelines'
     #: ``get_guidance_scale_embedding(guidance - 1)``), not a second batch half
     guidance_embedding: int | None = None
+    #: an inpainting UNet (StableDiffusionInpaintPipeline): its sample input is the latents, the mask at latent
+    #: size and the masked image's latents, concatenated on channels (2 C + 1)
+    inpainting: bool = False
 
     @classmethod
     def from_manifest(cls, section: object) -> DiffusionSampler:
@@ -106,6 +109,8 @@ class DiffusionSampler:
             problems += [f"text.{key}: {p}" for key, p in (
                 ("max_length", count_problem(s.text.max_length, 1, MAX_DIMENSION)),
                 ("pad_token_id", count_problem(s.text.pad_token_id, 0, MAX_COUNT - 1))) if p]
+        if s.inpainting and s.vae is None:
+            problems.append("inpainting: an inpainting model needs its 'vae' section (it encodes the masked image)")
         if s.guidance_embedding is not None and (p := count_problem(s.guidance_embedding, 1, MAX_DIMENSION)):
             problems.append(f"guidance_embedding: {p}")
         if s.xl is not None:
