@@ -1,8 +1,10 @@
-"""Real-time factor of text to speech: edgegen's tts runtime against transformers' VitsModel in PyTorch eager, on
-the same random-weight voice.
+"""Real-time factor of audio generation: edgegen's runtimes against transformers in PyTorch eager, on the same
+random-weight models: a VITS voice, SpeechT5 + HiFi-GAN (benchmarks/_audio_speecht5.py) and MusicGen
+(benchmarks/_audio_music.py).
 
-    python benchmarks/audio.py            # an MMS-TTS-sized voice (transformers' default VitsConfig), 7 repeats
-    python benchmarks/audio.py --quick    # a tiny voice, 3 repeats, to check the script
+    python benchmarks/audio.py            # full-sized models (MMS-TTS, SpeechT5, MusicGen-small), 7 / 3 / 3 repeats
+    python benchmarks/audio.py --quick    # tiny models, 3 repeats, to check the script
+    python benchmarks/audio.py --only vits   # one family: vits, speecht5 or musicgen
 
 The voice is transformers' default ``VitsConfig`` (MMS-TTS's sizes: hidden 192, 6 encoder layers, HiFi-GAN from
 512 channels, upsampling 8x8x2x2 = 256 samples per frame, 16 kHz) with random weights; random weights speak noise
@@ -52,8 +54,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--only", choices=("vits", "speecht5", "musicgen"), default=None)
     args = parser.parse_args()
-    repeats = args.repeats or (3 if args.quick else 7)
+    if args.only in (None, "vits"):
+        vits(args, args.repeats or (3 if args.quick else 7))
+    for family, module in (("speecht5", "_audio_speecht5"), ("musicgen", "_audio_music")):
+        if args.only in (None, family):
+            others(module, args.quick, args.repeats or 3)
+
+
+def others(module: str, quick: bool, repeats: int) -> None:
+    """Rows of a family's run(): seconds per repeat both sides, as real-time factors (median, min..max)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    for row in importlib.import_module(module).run(quick, repeats):
+        audio = row["audio_s"]
+        print(f"{row['model']}: {audio:.2f} s of audio per repeat, {repeats} interleaved repeats, CPU")
+        meds = {}
+        for key, name in (("eager_s", "pytorch eager"), ("edgegen_s", "edgegen fp32")):
+            rtf = [t / audio for t in row[key]]
+            meds[name] = statistics.median(rtf)
+            print(f"  {name:<16}RTF {meds[name]:.4f} ({min(rtf):.4f}..{max(rtf):.4f})")
+        print(f"  edgegen vs PyTorch eager: {meds['pytorch eager'] / meds['edgegen fp32']:.2f}x "
+              "(issue 23's target: >= 1.5x)")
+
+
+def vits(args: argparse.Namespace, repeats: int) -> None:
 
     import torch
     from transformers import VitsModel, VitsTokenizer

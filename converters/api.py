@@ -161,6 +161,9 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
     from edgegen.converters.lm.hf_config import check_lm_config, read_config_json
 
     config = read_config_json(model_dir)
+    vocoder = options.pop("vocoder", None)   # SpeechT5 text-to-speech only
+    if vocoder is not None and config.get("model_type") != "speecht5":
+        raise InvalidArgumentError("--vocoder applies to SpeechT5 text-to-speech models; drop it")
     diffusers_class = config.get("_class_name")
     if diffusers_class == "UNet2DModel":
         return _convert_diffusers(model_dir, output, **_no_attention(options, "a diffusers UNet"))
@@ -174,12 +177,23 @@ def _convert_config_dir(model_dir: Path, output: Path, **options: Any) -> Path:
         _refuse_diffusers_component(model_dir, str(diffusers_class))
     from edgegen.converters.tts import is_tts_config
 
-    if is_tts_config(config):   # VitsModel (MMS-TTS): the tts family
-        from edgegen.converters.tts.vits import convert_vits
+    if config.get("model_type") == "hifigan":
+        raise UnsupportedModelError(f"{model_dir} holds a SpeechT5HifiGan vocoder on its own; convert the SpeechT5 "
+                                    f"model and pass this directory as its vocoder: --vocoder {model_dir}")
+    if is_tts_config(config):   # VitsModel (MMS-TTS), SpeechT5ForTextToSpeech: the tts family
+        from edgegen.converters.tts import converter_for
 
-        what = "a VITS voice"
+        what = "a text-to-speech model"
         _no_gate(_no_lm_gate(_no_scheduler(_no_attention(options, what), what), "tts"), "tts")
-        return convert_vits(model_dir, output, **options)
+        return converter_for(config)(model_dir, output, vocoder=vocoder, **options)
+    from edgegen.converters.music import is_music_config
+
+    if is_music_config(config):   # MusicgenForConditionalGeneration: the music family
+        from edgegen.converters.music.musicgen import convert_musicgen
+
+        what = "a MusicGen model"
+        _no_gate(_no_lm_gate(_no_scheduler(_no_attention(options, what), what), "music"), "music")
+        return convert_musicgen(model_dir, output, **options)
     from edgegen.converters.seq2seq.convert import is_seq2seq_config
 
     if is_seq2seq_config(config):   # T5, BART, Marian...: the seq2seq family
@@ -255,7 +269,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
             max_ppl_increase: float | None = None, lm_head: str = "auto",
             report: Callable[[str], None] | None = None, attention: str = "auto",
-            scheduler: str | None = None) -> Path:
+            scheduler: str | None = None, vocoder: str | os.PathLike[str] | None = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
@@ -271,7 +285,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     keeps fp32.  ``lm_head`` (int8: ``float`` or ``int8``; int4: also ``int4``; ``auto``: int8) stores the LM head.
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
     mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`edgegen.converters.lm.gqa_decoder`);
-    ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.
+    ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.  ``vocoder`` (SpeechT5
+    text-to-speech): its SpeechT5HifiGan directory (default: ``source/vocoder``).
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
@@ -280,6 +295,10 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         raise InvalidArgumentError(f"attention must be auto, standard or gqa, got {attention!r}")
     options = {"overwrite": overwrite, "optimize": optimize, "quantize": quantize, "target": target,
                "report": report or (lambda _line: None), "attention": attention}
+    if vocoder is not None:   # SpeechT5: its SpeechT5HifiGan directory
+        if not (isinstance(source, (str, os.PathLike)) and (Path(source) / "config.json").is_file()):
+            raise InvalidArgumentError("--vocoder applies to SpeechT5 text-to-speech model directories; drop it")
+        options["vocoder"] = vocoder
     if scheduler is not None:   # diffusion: the default scheduler instead of the source's own (recorded as the user's)
         options["scheduler"] = scheduler
     if min_psnr is not None:

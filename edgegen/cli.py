@@ -239,10 +239,12 @@ def _scheduler_line(record: dict[str, Any]) -> str:
 @click.option("--scheduler", default=None, metavar="NAME",
               help="Diffusion: the artifact's default scheduler instead of the pipeline's own (recorded as your "
                    "choice): an edgegen name (edgegen sample --help lists them) or a diffusers class name.")
+@click.option("--vocoder", type=click.Path(exists=True, file_okay=False), default=None,
+              help="SpeechT5 text-to-speech: the SpeechT5HifiGan directory [default: SOURCE/vocoder].")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
             target: str, min_psnr: float | None, max_ppl_increase: float | None, lm_head: str, attention: str,
-            scheduler: str | None, as_json: bool) -> None:
+            scheduler: str | None, vocoder: str | None, as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -268,7 +270,8 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
     with _StageClock((lambda line: click.echo(line, err=True)) if as_json else click.echo) as report:
         path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
                                target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase,
-                               lm_head=lm_head, report=report, attention=attention, scheduler=scheduler)
+                               lm_head=lm_head, report=report, attention=attention, scheduler=scheduler,
+                               vocoder=vocoder)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})
@@ -525,14 +528,16 @@ def generate(artifact: str, prompts: tuple[str, ...], as_json: bool, runtime: di
 
 
 #: ``edgegen sample`` options -> the keyword each image family's ``sample``/``interpolate`` takes.
-_SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance", "image", "strength",
+_SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance", "image", "strength", "mask",
                    "truncation", "label", "temperature")
 
 
-@cli.command(short_help="Draw images (PNG) or table rows (CSV, JSON lines, Parquet) from an artifact.")
+@cli.command(short_help="Draw images (PNG), table rows (CSV, JSON lines, Parquet) or music (WAV) from an "
+                        "artifact.")
 @click.argument("artifact", type=click.Path(exists=True, file_okay=False))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="PNG to write (a grid when -n > 1, unless --separate); tabular: .csv, .jsonl or .parquet.")
+              help="PNG to write (a grid when -n > 1, unless --separate); tabular: .csv, .jsonl or .parquet; "
+                   "music: .wav.")
 @click.option("-n", "--num", type=click.IntRange(min=1), default=1, show_default=True,
               help="How many images (tabular: rows).")
 @click.option("--condition", default=None, metavar="COLUMN=VALUE",
@@ -542,14 +547,17 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
 @click.option("--scheduler", default=None, metavar="NAME",
               help=f"Diffusion: the scheduler to run instead of the artifact's own (edgegen info shows it): "
                    f"{', '.join(DIFFUSERS_CLASSES)}, or the diffusers class name (PNDMScheduler, ...).")
-@click.option("--prompt", default=None, help="Text-to-image: what to draw.")
+@click.option("--prompt", default=None, help="Text-to-image: what to draw; music: what to play.")
 @click.option("--negative-prompt", default=None, help="Text-to-image: what to steer away from.")
-@click.option("--guidance", type=float, default=None, help="Text-to-image: classifier-free guidance scale.")
+@click.option("--guidance", type=float, default=None, help="Text-to-image and music: classifier-free guidance scale.")
 @click.option("--image", type=click.Path(dir_okay=False), default=None, help="Diffusion img2img: start image.")
 @click.option("--strength", type=float, default=None, help="img2img: 0 keeps the image, 1 ignores it.")
+@click.option("--mask", type=click.Path(dir_okay=False), default=None,
+              help="Inpainting: a mask image the size of --image, white where to repaint.")
 @click.option("--truncation", type=float, default=None, help="GAN: truncation psi (1 = none).")
 @click.option("--label", type=int, default=None, help="Class-conditional models: the class to draw.")
-@click.option("--temperature", type=float, default=None, help="VAE/flow: scale of the prior's noise.")
+@click.option("--temperature", type=float, default=None,
+              help="VAE/flow: scale of the prior's noise; music: sampling temperature (0: greedy).")
 @click.option("--interpolate", nargs=2, type=click.IntRange(min=0), default=None, metavar="SEED_A SEED_B",
               help="Draw a strip of --frames images between two seeds' latents.")
 @click.option("--frames", type=click.IntRange(min=2), default=8, show_default=True,
@@ -557,13 +565,18 @@ _SAMPLE_OPTIONS = ("steps", "scheduler", "prompt", "negative_prompt", "guidance"
 @click.option("--separate", is_flag=True, help="Write OUTPUT-0.png, OUTPUT-1.png, ... instead of a grid.")
 @click.option("--upscale", type=click.IntRange(min=1, max=32), default=1, show_default=True,
               help="Enlarge the PNG by this factor (nearest neighbour), e.g. for 8x8 digits.")
+@click.option("--seconds", type=float, default=None, help="Music: seconds of audio [default: 5].")
+@click.option("--spectrogram", is_flag=True,
+              help="Music: also write the spectrogram as OUTPUT with .png for .wav (as edgegen speak).")
+@click.option("--float", "as_float", is_flag=True, help="Music: write float32 samples (needs edgegen[audio]).")
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print the files written and timings as JSON.")
 def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: tuple[int, int] | None,
            frames: int, separate: bool, upscale: int, runtime: dict[str, Any], as_json: bool,
-           condition: str | None, **family_options: Any) -> None:
-    """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG, or rows from a
-    tabular one into CSV, JSON lines or Parquet."""
+           condition: str | None, seconds: float | None, spectrogram: bool, as_float: bool,
+           **family_options: Any) -> None:
+    """Draw images from an image-model ARTIFACT (diffusion, gan, vae, vq-vae, flow) into a PNG, rows from a
+    tabular one into CSV, JSON lines or Parquet, or music from a music one into a WAV file."""
     import inspect
     import time
 
@@ -577,6 +590,23 @@ def sample(artifact: str, output: str, num: int, seed: int | None, interpolate: 
     if family == "tts":
         raise InvalidArgumentError(f"{artifact} is a tts artifact; use 'edgegen speak {artifact} \"text\" -o out.wav'")
     said = click.get_current_context().get_parameter_source   # options given, not defaulted, apply or are refused
+    if family == "music":
+        from edgegen.cli_music import MUSIC_OPTIONS, sample_music
+
+        image_only = [k for k in ("num", "condition", "interpolate", "frames", "separate", "upscale",
+                                  *_SAMPLE_OPTIONS) if k not in MUSIC_OPTIONS
+                      and said(k) is not click.core.ParameterSource.DEFAULT]
+        if image_only:
+            raise InvalidArgumentError(f"--{image_only[0].replace('_', '-')} applies to image artifacts; a music "
+                                       "artifact takes --prompt, --seconds, --seed, --guidance, --temperature, "
+                                       "--spectrogram, --float and -o (.wav)")
+        return sample_music(artifact, output, family_options["prompt"], seconds, seed, family_options["guidance"],
+                            family_options["temperature"], spectrogram, as_float, runtime, as_json, _echo_json)
+    audio_only = [k for k in ("seconds", "spectrogram", "as_float")
+                  if said(k) is not click.core.ParameterSource.DEFAULT]
+    if audio_only:
+        name = {"as_float": "float"}.get(audio_only[0], audio_only[0])
+        raise InvalidArgumentError(f"--{name} applies to music artifacts; this is a {family!r} artifact")
     if family == "tabular":
         from edgegen.cli_tabular import sample_tabular
 

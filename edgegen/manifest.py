@@ -48,7 +48,7 @@ MIN_FORMAT = 1
 MAX_FORMAT = 1
 CURRENT_FORMAT = f"{FORMAT_PREFIX}{MAX_FORMAT}"
 
-FAMILIES = ("causal-lm", "rnn-lm", "diffusion", "gan", "vae", "vq-vae", "flow", "seq2seq", "tabular", "tts")
+FAMILIES = ("causal-lm", "rnn-lm", "diffusion", "gan", "vae", "vq-vae", "flow", "seq2seq", "tabular", "tts", "music")
 PRECISIONS = ("fp32", "fp16", "int8-dynamic", "int8-qdq", "int8-weight", "int4-weight")
 #: Element types, named as numpy names them.
 DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",

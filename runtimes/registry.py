@@ -37,6 +37,7 @@ RUNTIMES: dict[str, str] = {
     "vq-vae": "edgegen.runtimes.image.vae:VQVAE",
     "tabular": "edgegen.runtimes.tabular.tabular:Tabular",
     "tts": "edgegen.runtimes.tts.tts:TTS",
+    "music": "edgegen.runtimes.music.music:MusicGen",
 }
 
 

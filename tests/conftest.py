@@ -77,6 +77,20 @@ def tiny_voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Pat
 
 
 @pytest.fixture(scope="session")
+def tiny_speecht5(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(SpeechT5ForTextToSpeech directory with its x-vector speaker.npy, its SpeechT5HifiGan directory, the artifact):
+    tiny random models (tests/speecht5_support.py) whose stop head stops after a few dozen frames; converted once
+    per session (about 15 s)."""
+    pytest.importorskip("sentencepiece")
+    import edgegen
+    from speecht5_support import make_speecht5
+
+    root = tmp_path_factory.mktemp("tiny-speecht5")
+    source, vocoder = make_speecht5(root / "speecht5")
+    return source, vocoder, edgegen.convert(str(source), root / "artifact", vocoder=str(vocoder))
+
+
+@pytest.fixture(scope="session")
 def tiny_tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[object, Path]]:
     """{"ctgan": (fitted CTGAN, its artifact), "tvae": (fitted TVAE, its artifact)}: tiny models fitted for a few
     epochs on tests/tabular_support.py's mixed table, converted once per session."""
@@ -91,3 +105,16 @@ def tiny_tabular(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[ob
         model = fit(kind)
         out[kind] = (model, edgegen.convert(TabularSpec(model=model), root / kind))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_musicgen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(MusicgenForConditionalGeneration directory, its artifact): a tiny random MusicGen (tests/music_support.py),
+    converted once per session (about 20 s)."""
+    pytest.importorskip("transformers")
+    import edgegen
+    from music_support import make_musicgen
+
+    root = tmp_path_factory.mktemp("tiny-musicgen")
+    source = make_musicgen(root / "hf")
+    return source, edgegen.convert(str(source), root / "artifact")

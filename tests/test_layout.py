@@ -23,7 +23,7 @@ import edgegen
 import edgegen.converters
 import edgegen.runtimes
 
-FAMILIES = {"lm", "rnn", "diffusion", "image", "flow", "seq2seq", "tabular", "tts"}
+FAMILIES = {"lm", "rnn", "diffusion", "image", "flow", "seq2seq", "tabular", "tts", "music"}
 #: sub-packages of each half that are shared core (named for what they do)
 SHARED = {"converters": {"export", "quantization", "text"}, "runtimes": {"text", "audio"}}
 CORE = {"edgegen.errors", "edgegen.manifest", "edgegen.strict"}

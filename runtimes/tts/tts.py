@@ -47,6 +47,8 @@ __all__ = ["TTS", "Speech", "VitsSampler"]
 
 #: seconds of audio per streamed window (before its context), unless the caller says
 STREAM_SECONDS = 1.0
+#: the manifest sampler's ``model`` -> "module:Class" of its runtime (``vits`` is :class:`TTS` itself)
+MODELS = {"speecht5": "edgegen.runtimes.tts.speecht5:SpeechT5Voice"}
 
 
 @dataclass(frozen=True)
@@ -128,10 +130,17 @@ class TTS:
         return self.sampler.sampling_rate
 
     @classmethod
-    def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> TTS:
+    def from_artifact(cls, artifact: Artifact, config: SessionConfig) -> Any:
+        """The runtime of the manifest sampler's ``model``: this class for ``vits``, the others from MODELS."""
         from edgegen.strict import from_json
 
         m, fix = artifact.manifest, "re-convert the voice"
+        other = MODELS.get(m.sampler.get("model")) if isinstance(m.sampler, dict) else None
+        if other is not None:
+            import importlib
+
+            module, _, name = other.partition(":")
+            return getattr(importlib.import_module(module), name).from_artifact(artifact, config)
         sampler = from_json(VitsSampler, m.sampler, where="edgegen.json.sampler", error=ManifestError, fix=fix)
         text = VitsText.from_json(sampler.text, where="edgegen.json.sampler.text")
         c, speakers = sampler.flow_size, sampler.num_speakers > 1

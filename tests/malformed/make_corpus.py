@@ -209,7 +209,7 @@ CASES: dict[str, Callable[[Path], None]] = {
     "wrong-field-type": _edit(lambda d: d["source"].update(opset="17")),
     "format-newer": _edit(lambda d: d.update(format="edgegen/99")),
     "format-other": _edit(lambda d: d.update(format="other/1")),
-    "family-unknown": _edit(lambda d: d.update(family="music")),
+    "family-unknown": _edit(lambda d: d.update(family="hologram")),
     "precision-unknown": _edit(lambda d: _decoder(d).update(precision="fp8")),
     "graph-file-missing": lambda root: (root / "decoder.onnx").unlink(),
     "graph-checksum-mismatch": graph_checksum_mismatch,

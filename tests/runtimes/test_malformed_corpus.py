@@ -53,7 +53,7 @@ EXPECT: dict[str, Expect] = {
     "format-newer": Expect(UnsupportedFormatError, ("'edgegen/99' is newer than this edgegen reads",
                                                     "pip install -U edgegen")),
     "format-other": Expect(ManifestError, ("'other/1' is not an edgegen format",)),
-    "family-unknown": Expect(ManifestError, ("family 'music' is not one of", "causal-lm")),
+    "family-unknown": Expect(ManifestError, ("family 'hologram' is not one of", "causal-lm")),
     "precision-unknown": Expect(ManifestError, ("graphs.decoder: precision 'fp8' is not one of", "fp16")),
     "graph-file-missing": Expect(ArtifactError, ("missing decoder.onnx", "incomplete")),
     "graph-checksum-mismatch": Expect(IntegrityError, ("decoder.onnx does not match the sha256",)),

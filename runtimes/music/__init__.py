@@ -1,0 +1,1 @@
+"""MusicGen: text-to-music."""
