@@ -24,7 +24,8 @@ REPO_MODELS = Path(__file__).resolve().parents[1] / "models"
 @dataclass(frozen=True)
 class Bundled:
     name: str
-    spec: str                       # "<file>.py:function" inside models/, returning an edgegen spec
+    spec: str                       # "<file>.py:function" inside models/, returning an edgegen spec, or a
+                                    # model directory there (a transformers save_pretrained folder)
     checkpoint: str                 # relative to models/, for the reuse check
     run: Callable[[Any, Path, Callable[[str], None]], dict[str, Any]]
 
@@ -128,6 +129,25 @@ def _run_wine(model: Any, out: Path, say: Callable[[str], None]) -> dict[str, An
             "class_1_share_conditioned": round(float((conditioned["cultivar"] == "class_1").mean()), 3)}
 
 
+def _run_speech(voice: Any, out: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """Three digit phrases spoken by the bundled VITS voice (seed 0) to WAV files, each with its spectrogram."""
+    from edgegen.runtimes.audio.wav import save_spectrogram_png, write_wav
+
+    phrases = ["seven two", "nine four one", "three"]
+    audio_s = speak_s = 0.0
+    paths = []
+    for i, phrase in enumerate(phrases):
+        started = time.perf_counter()
+        samples, rate = voice.speak(phrase, seed=0)                                       # [n] at rate Hz
+        speak_s += time.perf_counter() - started
+        audio_s += len(samples) / rate
+        paths.append(write_wav(out / f"speech_{i}.wav", samples, rate))
+        save_spectrogram_png(samples, rate, out / f"speech_{i}.spectrogram.png")
+        say(f"VITS voice (seed 0): {phrase!r} -> {paths[-1]} ({len(samples) / rate:.2f} s, spectrogram beside it)")
+    return {"output": str(paths[0]), "phrases": len(phrases), "audio_s": round(audio_s, 2),
+            "real_time_factor": round(speak_s / max(audio_s, 1e-9), 4)}
+
+
 BUNDLED = (
     Bundled("pycode", "pycode.py:spec", "pycode/model.safetensors", _run_pycode),
     Bundled("charlstm", "charlstm_bundled.py:spec", "charlstm/model.safetensors", _run_charlstm),
@@ -136,6 +156,7 @@ BUNDLED = (
     Bundled("digits_vae", "digits_vae.py:spec", "digits_vae/model.safetensors", _run_digits_vae),
     Bundled("digits_flow", "digits_flow.py:spec", "digits_flow/model.safetensors", _run_digits_flow),
     Bundled("wine_tabular", "wine_tabular.py:spec", "wine_tabular/model.safetensors", _run_wine),
+    Bundled("speech", "speech", "speech/model.safetensors", _run_speech),
 )
 
 
@@ -144,7 +165,16 @@ _FIGURE_TEXT = {"prompt_tokens": "{} prompt tokens", "new_tokens": "{} new token
                 "time_to_first_token_ms": "first token {} ms", "decode_tokens_per_s": "{} tokens/s",
                 "batch_of_3_decode_tokens_per_s": "{} tokens/s in all for a batch of 3", "images": "{} images",
                 "sample_s": "sampled in {} s", "rows": "{} rows", "rows_per_s": "{} rows/s",
-                "class_1_share_conditioned": "class_1 share {} when conditioned on it"}
+                "class_1_share_conditioned": "class_1 share {} when conditioned on it", "phrases": "{} phrases",
+                "audio_s": "{} s of audio", "real_time_factor": "real-time factor {}"}
+
+
+def _source(item: Bundled, models: Path) -> str:
+    """What ``edgegen.convert`` takes for ``item``: ``models/<file>.py:function``, or the model directory."""
+    if ":" not in item.spec:
+        return str(models / item.spec)
+    file, function = item.spec.split(":")
+    return f"{models / file}:{function}"
 
 
 def _sha256(path: Path) -> str:
@@ -187,7 +217,7 @@ def run_demo(out: Path, models: Path | None = None, provider: str = "auto", say:
             say(f"{item.name}: reusing {artifact}")
         else:
             say(f"{item.name}: converting {checkpoint.relative_to(models.parent)} ...")
-            edgegen.convert(f"{models / item.spec.split(':')[0]}:{item.spec.split(':')[1]}", artifact, overwrite=True,
+            edgegen.convert(_source(item, models), artifact, overwrite=True,
                             report=lambda line, name=item.name: say(f"  {line}"))
         convert_s = time.perf_counter() - started
         started = time.perf_counter()

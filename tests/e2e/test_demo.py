@@ -4,6 +4,7 @@ and a second run reuses the artifacts."""
 from __future__ import annotations
 
 import json
+import wave
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,12 @@ def test_demo_converts_generates_and_reuses(tmp_path: Path) -> None:
     for grid in grids:                  # ten rows of ten 8x8 digits, 2 px padding, upscaled 4x
         with Image.open(grid) as img:
             assert img.size == (4 * (10 * 8 + 11 * 2),) * 2, grid
+    speech = report["models"]["speech"]
+    assert speech["phrases"] == 3 and speech["audio_s"] > 1.0 and speech["real_time_factor"] > 0
+    for i in range(3):                   # the voice's phrases: 16 kHz WAVs with their spectrograms
+        with wave.open(str(tmp_path / f"speech_{i}.wav"), "rb") as wav:
+            assert wav.getframerate() == 16000 and wav.getnframes() > 1600
+        assert (tmp_path / f"speech_{i}.spectrogram.png").is_file()
     second = runner.invoke(cli, ["demo", "--out", str(tmp_path), "--provider", "cpu", "--json"])
     assert second.exit_code == 0, second.output
     assert all(entry["reused"] for entry in json.loads(second.stdout)["models"].values())
