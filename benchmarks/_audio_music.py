@@ -7,6 +7,8 @@ config has it); ``quick=True`` a tiny one (hidden 48, 2 layers) to check the scr
 model's generation settings (guidance 3, top-k 250, as musicgen-small's generation_config.json), batch 1, on the
 CPU with their default threads; each repeat times both, interleaved, after a warm-up.  Random weights make noise
 but run the same graphs; conversion (export, graph checks and the validation against transformers) is not timed.
+edgegen runs three artifacts of the model: the decoder in float32, int8 (dynamic) and fp16 (``--quantize``), each
+with the fidelity its conversion measured (guided logits against transformers' float32, teacher forced).
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 PROMPT = "lo-fi piano with soft drums"
+SCHEMES = ("none", "int8", "fp16")
 SECONDS = 2.0
 
 
@@ -65,8 +69,9 @@ def make_musicgen(root: Path, quick: bool) -> Path:
     return root
 
 
-def run(quick: bool, repeats: int) -> list[dict[str, Any]]:
-    """One row: seconds per run of transformers' generate (torch eager) and of edgegen, ``repeats`` each."""
+def run(quick: bool, repeats: int, schemes: tuple[str, ...] = SCHEMES) -> list[dict[str, Any]]:
+    """One row: seconds per run of transformers' generate (torch eager) and of edgegen with the decoder in each of
+    ``schemes`` (none = float32, fp16, int8: one conversion each), ``repeats`` each, interleaved."""
     import torch
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration
 
@@ -75,31 +80,39 @@ def run(quick: bool, repeats: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = make_musicgen(Path(tmp) / "hf", quick)
-        started = time.perf_counter()
-        music = edgegen.load(edgegen.convert(str(source), Path(tmp) / "music"), provider="cpu")
-        convert_s = time.perf_counter() - started
+        variants, convert_s, quality = {}, {}, {}
+        for scheme in schemes:
+            started = time.perf_counter()
+            artifact = edgegen.convert(str(source), Path(tmp) / f"music-{scheme}", quantize=scheme)
+            name = f"edgegen {'fp32' if scheme == 'none' else scheme}"
+            convert_s[name] = round(time.perf_counter() - started, 1)
+            variants[name] = edgegen.load(artifact, provider="cpu")
+            q = variants[name].artifact.manifest.validation.get("quantization")
+            if q:
+                quality[name] = {"min_logits_snr_db": round(q["min_snr_db"], 1),
+                                 "min_top1_agreement": round(q["min_top1_agreement"], 3)}
         model = MusicgenForConditionalGeneration.from_pretrained(source).eval()
         ids = AutoTokenizer.from_pretrained(source)(PROMPT, return_tensors="pt")
-        steps = music.steps_for(SECONDS)
+        steps = next(iter(variants.values())).steps_for(SECONDS)
 
         def eager() -> None:
             with torch.no_grad():
                 model.generate(input_ids=ids.input_ids, attention_mask=ids.attention_mask, max_new_tokens=steps)
 
-        def ours() -> float:
-            return music.generate(PROMPT, seconds=SECONDS, seed=0).seconds
+        def ours(music: Any) -> Callable[[], float]:
+            return lambda: music.generate(PROMPT, seconds=SECONDS, seed=0).seconds
 
-        eager()
-        audio_s = ours()                                                  # warm-up
-        times: dict[str, list[float]] = {"eager_s": [], "edgegen_s": []}
+        runs = {"pytorch eager": eager, **{name: ours(music) for name, music in variants.items()}}
+        audio_s = [fn() for fn in runs.values()][-1]                         # warm-up
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
-            for key, fn in (("eager_s", eager), ("edgegen_s", ours)):
+            for name, fn in runs.items():
                 t = time.perf_counter()
                 fn()
-                times[key].append(round(time.perf_counter() - t, 4))
+                times[name].append(round(time.perf_counter() - t, 4))
     name = "musicgen tiny (random)" if quick else "musicgen-small-sized (random, hidden 1024, 24 layers)"
-    return [{"model": name, **times, "audio_s": round(audio_s, 4), "steps": steps, "convert_s": round(convert_s, 1),
-             "torch_threads": torch.get_num_threads()}]
+    return [{"model": name, "times_s": times, "audio_s": round(audio_s, 4), "steps": steps, "convert_s": convert_s,
+             "quantized_fidelity": quality, "torch_threads": torch.get_num_threads()}]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ in PyTorch eager, on the same random-weight SpeechT5ForTextToSpeech + SpeechT5Hi
 ``quick=True`` a tiny one to check the script.  A random stop head never stops where a trained one would, so both
 sides run a fixed number of decoder steps (minlenratio = maxlenratio, giving STEPS steps for each sentence): the
 same frames, the same audio length.  Each repeat speaks the 2 sentences with both, interleaved, batch 1, after a
-warm-up, on the CPU with their default threads; conversion is not timed.
+warm-up, on the CPU with their default threads; conversion is not timed.  edgegen runs three artifacts: the
+decoder step in float32, int8 (dynamic) and fp16 (``--quantize``); each quantized one's waveforms are measured
+against the float32 artifact's (the same dropout draws and length) as SNR in dB, the lowest of the sentences.
 """
 
 from __future__ import annotations
@@ -50,25 +52,30 @@ def make_speecht5(root: Path, quick: bool) -> tuple[Path, Path]:
     return model_dir, vocoder_dir
 
 
-def run(quick: bool, repeats: int) -> list[dict[str, Any]]:
+def run(quick: bool, repeats: int, schemes: tuple[str, ...] = ("none", "int8", "fp16")) -> list[dict[str, Any]]:
     import numpy as np
     import torch
     from transformers import SpeechT5ForTextToSpeech, SpeechT5HifiGan, SpeechT5Tokenizer
 
     import edgegen
     from edgegen.converters.api import convert
+    from edgegen.converters.tts.vits import snr_db
 
     warnings.filterwarnings("ignore")
     steps = STEPS[quick]
     with tempfile.TemporaryDirectory(prefix="edgegen-bench-speecht5-") as tmp:
         model_dir, vocoder_dir = make_speecht5(Path(tmp), quick)
-        started = time.perf_counter()
-        artifact = convert(str(model_dir), Path(tmp) / "artifact", vocoder=str(vocoder_dir))
-        convert_s = time.perf_counter() - started
+        voices, convert_s = {}, {}
+        for scheme in schemes:
+            started = time.perf_counter()
+            artifact = convert(str(model_dir), Path(tmp) / f"artifact-{scheme}", vocoder=str(vocoder_dir),
+                               quantize=scheme)
+            name = f"edgegen {'fp32' if scheme == 'none' else scheme}"
+            convert_s[name] = round(time.perf_counter() - started, 1)
+            voices[name] = edgegen.load(artifact, provider="cpu")
         model = SpeechT5ForTextToSpeech.from_pretrained(model_dir).eval()
         vocoder = SpeechT5HifiGan.from_pretrained(vocoder_dir).eval()
         tokenizer = SpeechT5Tokenizer.from_pretrained(model_dir)
-        voice = edgegen.load(artifact, provider="cpu")
         speaker = np.random.default_rng(0).standard_normal(512).astype(np.float32)
         # (ids, ratio): the ratio gives exactly `steps` steps for that sentence (minlen = maxlen = steps)
         jobs = [(tokenizer(s, return_tensors="pt").input_ids, s) for s in SENTENCES]
@@ -82,23 +89,29 @@ def run(quick: bool, repeats: int) -> list[dict[str, Any]]:
                                                      minlenratio=ratio, maxlenratio=ratio).shape[0]
             return samples
 
-        def ours() -> float:
-            return sum(len(voice.speak(s, seed=0, speaker=speaker, minlenratio=r, maxlenratio=r)[0])
-                       for _, s, r in jobs)
+        def speech(voice: Any) -> list[np.ndarray]:
+            return [voice.speak(s, seed=0, speaker=speaker, minlenratio=r, maxlenratio=r)[0] for _, s, r in jobs]
 
-        eager_samples, our_samples = eager(), ours()            # warm-up; the same frames on both sides
-        if eager_samples != our_samples:
-            raise RuntimeError(f"eager gave {eager_samples} samples, edgegen {our_samples}: the loops differ")
-        times: dict[str, list[float]] = {"eager_s": [], "edgegen_s": []}
+        def ours(voice: Any) -> Any:
+            return lambda: sum(len(w) for w in speech(voice))
+
+        reference = speech(voices["edgegen fp32"]) if "edgegen fp32" in voices else None
+        quality = {name: round(min(snr_db(a, b) for a, b in zip(reference, speech(voice))), 1)
+                   for name, voice in voices.items() if reference is not None and name != "edgegen fp32"}
+        runs = {"pytorch eager": eager, **{name: ours(voice) for name, voice in voices.items()}}
+        counts = {name: fn() for name, fn in runs.items()}              # warm-up; the same frames on all sides
+        if len(set(counts.values())) != 1:
+            raise RuntimeError(f"the loops gave different numbers of samples: {counts}")
+        times: dict[str, list[float]] = {name: [] for name in runs}
         for _ in range(repeats):
-            for key, fn in (("eager_s", eager), ("edgegen_s", ours)):
+            for name, fn in runs.items():
                 started = time.perf_counter()
                 fn()
-                times[key].append(round(time.perf_counter() - started, 4))
-        audio_s = our_samples / voice.sampling_rate
+                times[name].append(round(time.perf_counter() - started, 4))
+        audio_s = counts["pytorch eager"] / next(iter(voices.values())).sampling_rate
     name = "speecht5-tiny (random)" if quick else "speecht5_tts-sized (random, default SpeechT5Config)"
-    return [{"model": name, **times, "audio_s": round(audio_s, 4), "steps_per_sentence": steps,
-             "sentences": len(SENTENCES), "convert_s": round(convert_s, 1)}]
+    return [{"model": name, "times_s": times, "quantized_snr_db": quality, "audio_s": round(audio_s, 4), "steps_per_sentence": steps,
+             "sentences": len(SENTENCES), "convert_s": convert_s}]
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main() -> None:
 
 
 def others(module: str, quick: bool, repeats: int) -> None:
-    """Rows of a family's run(): seconds per repeat both sides, as real-time factors (median, min..max)."""
+    """Rows of a family's run(): seconds per repeat of each side, as real-time factors (median, min..max)."""
     import importlib
     import sys
 
@@ -73,12 +73,18 @@ def others(module: str, quick: bool, repeats: int) -> None:
         audio = row["audio_s"]
         print(f"{row['model']}: {audio:.2f} s of audio per repeat, {repeats} interleaved repeats, CPU")
         meds = {}
-        for key, name in (("eager_s", "pytorch eager"), ("edgegen_s", "edgegen fp32")):
-            rtf = [t / audio for t in row[key]]
+        for name, times in row["times_s"].items():
+            rtf = [t / audio for t in times]
             meds[name] = statistics.median(rtf)
-            print(f"  {name:<16}RTF {meds[name]:.4f} ({min(rtf):.4f}..{max(rtf):.4f})")
-        print(f"  edgegen vs PyTorch eager: {meds['pytorch eager'] / meds['edgegen fp32']:.2f}x "
-              "(issue 23's target: >= 1.5x)")
+            fidelity = row.get("quantized_fidelity", {}).get(name)
+            note = "" if not fidelity else (f"  logits {fidelity['min_logits_snr_db']} dB SNR vs float32, top-1 "
+                                            f"agreeing {fidelity['min_top1_agreement']:.1%}")
+            note = note or ("" if name not in row.get("quantized_snr_db", {}) else
+                            f"  waveform {row['quantized_snr_db'][name]} dB SNR vs edgegen fp32")
+            print(f"  {name:<16}RTF {meds[name]:.4f} ({min(rtf):.4f}..{max(rtf):.4f}){note}")
+        eager = meds.pop("pytorch eager")
+        print("  vs PyTorch eager (issue 23's target: >= 1.5x): "
+              + ", ".join(f"{name} {eager / m:.2f}x" for name, m in meds.items()))
 
 
 def vits(args: argparse.Namespace, repeats: int) -> None:

@@ -9,6 +9,13 @@ Then the staged artifact runs through the runtime and is measured against transf
 (b) the EnCodec graph's waveform from transformers' codes against ``EncodecModel.decode``: SNR >= 40 dB;
 (c) a sampled run of the runtime (the model's own settings), teacher forced through transformers' forward with
     the same codes: the guided logits of every step, max abs difference <= 1e-3.
+
+``--quantize fp16|int8`` then rewrites the decoder (the graph run once per step, and nearly all the weights: on
+a CPU each step reads them all, so the step is bound by memory bandwidth) with ONNX Runtime's float16 converter
+or its dynamic int8 quantizer, and measures the quantized artifact the same way as (c): a sampled run of its own,
+teacher forced through transformers' float32 forward; the SNR of transformers' guided logits over the difference
+must reach MIN_QUANTIZED_SNR_DB (the share of steps whose most likely code agrees is recorded beside it).  The
+text encoder, cross-attention and EnCodec graphs stay float32 (run once per prompt / per clip).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ MIN_SNR_DB = 40.0
 #: guided logits of a sampled run, teacher forced, against transformers: float32 through up to ~50 layers, times
 #: the guidance scale
 LOGITS_ATOL = 1e-3
+#: a quantized decoder's guided logits over its own sampled run against transformers' float32 (teacher forced)
+MIN_QUANTIZED_SNR_DB = 20.0
+SCHEMES = {"fp16": "fp16", "int8": "int8-dynamic"}
 #: generation_config fields edgegen's loop does not run -> the value that means "off"
 UNSUPPORTED = {"top_p": 1.0, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
                "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "bad_words_ids": None, "num_beams": 1,
@@ -155,15 +165,16 @@ def _check_decoder(model: Any, session: Any, inputs: list[str], gen: torch.Gener
 def convert_musicgen(model_dir: Path, output: str | Path, *, quantize: str = "auto", overwrite: bool = False,
                      report: Callable[[str], None] = lambda _line: None, **_ignored: Any) -> Path:
     """Convert the MusicGen directory ``model_dir`` (weights, config, generation_config.json, tokenizer.json)
-    into a music artifact at ``output`` (fp32)."""
+    into a music artifact at ``output``: float32, or with the decoder in ``quantize`` (fp16, int8; auto and none
+    keep float32)."""
     from edgegen.converters.versions import library_versions
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.music.music import MusicGen
     from edgegen.runtimes.session import SessionConfig
 
-    if quantize not in ("auto", "none"):
-        raise InvalidArgumentError(f"a MusicGen model converts as fp32 (auto, none); --quantize {quantize} does not "
-                                   "apply yet")
+    if quantize not in ("auto", "none", *SCHEMES):
+        raise InvalidArgumentError(f"a MusicGen model converts with --quantize auto, none (both float32), fp16 or int8 "
+                                   f"(the decoder), not {quantize!r}")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     check_directory(model_dir, config)
     started = time.perf_counter()
@@ -193,8 +204,50 @@ def convert_musicgen(model_dir: Path, output: str | Path, *, quantize: str = "au
                f"{figures['min_snr_db']:.1f} dB (gate {MIN_SNR_DB:g}), sampled run teacher forced: guided logits max "
                f"abs {figures['teacher_forced_max_abs']:.1e} (gate {LOGITS_ATOL:g}) "
                f"({time.perf_counter() - started:.1f} s)")
+        if quantize in SCHEMES:
+            figures["quantization"] = _quantize(writer, music, model, quantize, report)
         writer.write(writer.manifest(family="music", source=source, sampler=sampler, validation=figures))
         return writer.commit()
+
+
+def _quantize(writer: ArtifactWriter, fp32: Any, model: Any, scheme: str,
+              report: Callable[[str], None]) -> dict[str, Any]:
+    """The staged decoder in ``scheme``, its artifact's sampled runs teacher forced through transformers (the
+    module docstring's gate); replaces the float32 decoder when it meets the gate."""
+    from edgegen.converters.quantization.graphs import quantize_staged, remove_graph, tool
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.music.music import MusicGen
+    from edgegen.runtimes.session import SessionConfig
+
+    started, manifest = time.perf_counter(), fp32.artifact.manifest
+    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
+    writer.write(writer.manifest(family="music", source=manifest.source, sampler=manifest.sampler))
+    quantized = MusicGen.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
+    steps, runs = validation_steps(quantized), []
+    temperature = None if quantized.sampler.do_sample else 1.0
+    for seed, prompt in enumerate(PROMPTS):
+        ids = quantized.encode(prompt)
+        ours = quantized.generate_ids(ids, steps, seed=seed, temperature=temperature, keep_scores=True)
+        if not np.all(np.isfinite(ours.scores)):
+            raise ConversionError(f"the {scheme} decoder gives non-finite logits; convert with --quantize none "
+                                  "(float32)" + (" or fp16" if scheme == "int8" else ""))
+        theirs = teacher_forced(model, ids, ours.sequence, quantized.settings(None, None, temperature)[0])
+        runs.append({"prompt": prompt, "seed": seed, "snr_db": snr_db(theirs, ours.scores),
+                     "top1_agreement": float(np.mean(theirs.argmax(-1) == ours.scores.argmax(-1)))})
+    worst = min(r["snr_db"] for r in runs)
+    if not worst >= MIN_QUANTIZED_SNR_DB:
+        raise ConversionError(f"the {scheme} decoder's logits are {worst:.1f} dB SNR against transformers' float32 "
+                              f"(gate {MIN_QUANTIZED_SNR_DB:g} dB); convert with --quantize none (float32)"
+                              + (" or fp16" if scheme == "int8" else ""))
+    remove_graph(writer.path("decoder.onnx"))
+    agreement = min(r["top1_agreement"] for r in runs)
+    report(f"quantize: decoder {scheme}, guided logits {worst:.1f} dB SNR against transformers' float32 at worst "
+           f"(gate {MIN_QUANTIZED_SNR_DB:g} dB), most likely code agreeing at {agreement:.1%} of steps, "
+           f"{size / 2**20:.0f} MiB ({time.perf_counter() - started:.1f} s)")
+    return {"scheme": scheme, "graphs": ["decoder"], "reference": "transformers' float32 forward, teacher forced "
+            "on the quantized artifact's own sampled runs", "steps": steps, "runs": runs, "min_snr_db": worst,
+            "min_top1_agreement": agreement, "gate": {"min_snr_db": MIN_QUANTIZED_SNR_DB},
+            "fp32_decoder_sha256": manifest.graphs["decoder"].sha256, "tool": tool(scheme)}
 
 
 def validation_steps(music: Any) -> int:

@@ -13,6 +13,8 @@ sensitivity and census.  :mod:`edgegen.converters.quantization.psnr_gate` runs t
 - :func:`ranked`: compute nodes, most int8-sensitive first, measured (:func:`sqnr_loss`, which the causal-LM
   gate shares); :func:`exclusions`: the gate's ladder.
 - :func:`census`: which weight-bearing nodes a graph file holds quantized and which in float32.
+- :func:`quantize_staged`: one staged graph of an artifact being written, prepared and quantized beside the float
+  one and recorded in its place (the audio families' decoders; the caller gates it, then removes the float one).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from edgegen.errors import ConversionError, EdgegenError
 
 __all__ = ["COMPUTE_OPS", "HANDLES", "STATIC_OP_TYPES", "census", "exclusions", "graph_bytes", "prepare",
-           "quantize_graph", "quiet_ort", "ranked", "remove_graph", "sqnr_loss", "tool"]
+           "quantize_graph", "quantize_staged", "quiet_ort", "ranked", "remove_graph", "sqnr_loss", "tool"]
 
 #: The ops whose weights and inputs int8 quantizes (and the gate ranks and excludes).
 COMPUTE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
@@ -87,6 +89,20 @@ def prepare(src: Path, dst: Path) -> Path:
     onnx.save_model(model, str(dst), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=f"{dst.name}.data")
     return dst
+
+
+def quantize_staged(writer: Any, role: str, scheme: str, precision: str) -> tuple[Any, int]:
+    """The ArtifactWriter ``writer``'s staged ``<role>.onnx`` quantized by ``scheme`` (no calibration: fp16 or
+    int8) into ``<role>.<scheme>.onnx``, recorded as the role's graph with ``precision``; (its GraphSpec, its bytes
+    with external data).  The float graph stays on disk: the caller removes it once its gate passes."""
+    import tempfile
+
+    file = f"{role}.{scheme}.onnx"
+    with tempfile.TemporaryDirectory(prefix="edgegen-quantize-") as tmp, quiet_ort():
+        prepared = prepare(writer.path(f"{role}.onnx"), Path(tmp) / f"{role}.prepared.onnx")
+        quantize_graph(prepared, writer.path(file), scheme, [], [])
+    spec = writer.add_graph_file(role, file, precision=precision)
+    return spec, sum(writer.path(f).stat().st_size for f in (file, *(r.file for r in spec.external_data)))
 
 
 def quantize_graph(src: Path, dst: Path, scheme: str, feeds: list[dict[str, np.ndarray]], exclude: list[str]) -> str:

@@ -15,12 +15,19 @@ Four graphs (TorchScript exporter; each checked against PyTorch at two lengths, 
 The loop (runtimes/tts/speecht5.py) is generate_speech's.  Validation: the staged artifact speaks test sentences
 with its own draws and generate_speech(..., vocoder=...) runs with its prenet's torch.bernoulli answered by those
 draws (:func:`replayed_dropout`); the lengths must agree exactly and the waveforms reach MIN_SNR_DB.
+
+``--quantize fp16|int8`` then rewrites the decoder step (run once per r frames; most of the weights) with ONNX
+Runtime's float16 converter or dynamic int8 quantizer; the quantized artifact speaks the test sentences from the
+float32 run's seeds (the same dropout draws) at the float32 run's length (minlenratio = maxlenratio), and its
+waveform's SNR against the float32 artifact's must reach MIN_QUANTIZED_SNR_DB (whether the stop head still stops
+at the same step with the default settings is recorded beside it).  Encoder, postnet and vocoder stay float32.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -31,13 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgegen.converters.tts.vits import snr_db
+from edgegen.converters.tts.vits import hifigan_reach, snr_db
 from edgegen.converters.writer import ArtifactWriter
 from edgegen.errors import ConversionError, InvalidArgumentError, UnsupportedModelError
 from edgegen.manifest import Source
 
 OPSET = 17
 ATOL, MIN_SNR_DB = 1e-4, 40.0
+MIN_QUANTIZED_SNR_DB = 20.0
+SCHEMES = {"fp16": "fp16", "int8": "int8-dynamic"}
 #: (text tokens, past frames) the decoder step is checked at; (tokens) the encoder; (frames) postnet and vocoder
 CHECK_STEPS, CHECK_TOKENS, CHECK_FRAMES = ((3, 0), (17, 6)), (3, 17), (2, 23)
 
@@ -263,6 +272,13 @@ def _graphs(model: Any, vocoder: Any) -> list[tuple[str, torch.nn.Module, list[s
              {"spectrogram_post": frames, "waveform": {0: "batch", 1: "samples"}}, frames_example)]
 
 
+def context_frames(config: Any, vocoder_config: Any) -> int:
+    """Spectrogram frames on each side that reach one output sample of postnet + vocoder (an upper bound,
+    doubled, as the VITS decoder's): the postnet's convolutions, then HiFi-GAN's reach."""
+    postnet = config.speech_decoder_postnet_layers * ((config.speech_decoder_postnet_kernel - 1) // 2)
+    return 2 * (postnet + math.ceil(hifigan_reach(vocoder_config))) + 2
+
+
 def bytes_per_frame(config: Any) -> int:
     """Memory of one spectrogram frame through the vocoder: its widest stage (channels x samples per frame),
     float32, a few buffers live at once, and the waveform."""
@@ -277,15 +293,16 @@ def convert_speecht5(model_dir: Path, output: str | Path, *, vocoder: str | Path
                      quantize: str = "auto", overwrite: bool = False,
                      report: Callable[[str], None] = lambda _line: None, **_ignored: Any) -> Path:
     """Convert the SpeechT5ForTextToSpeech directory ``model_dir`` (with its SpeechT5Tokenizer) and its
-    SpeechT5HifiGan (``vocoder``, else ``model_dir/vocoder``) into a tts artifact at ``output`` (fp32)."""
+    SpeechT5HifiGan (``vocoder``, else ``model_dir/vocoder``) into a tts artifact at ``output``: float32, or with
+    the decoder step in ``quantize`` (fp16, int8; auto and none keep float32)."""
     from edgegen.converters.versions import library_versions
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.session import SessionConfig
     from edgegen.runtimes.tts.tts import TTS
 
-    if quantize not in ("auto", "none"):
-        raise InvalidArgumentError(f"a SpeechT5 model converts as fp32 (auto, none); --quantize {quantize} does not "
-                                   "apply yet")
+    if quantize not in ("auto", "none", *SCHEMES):
+        raise InvalidArgumentError(f"a SpeechT5 model converts with --quantize auto, none (both float32), fp16 or int8 "
+                                   f"(the decoder step), not {quantize!r}")
     check_directory(model_dir, json.loads((model_dir / "config.json").read_text(encoding="utf-8")))
     vocoder_dir = find_vocoder(model_dir, vocoder)
     text = read_text(model_dir)
@@ -313,7 +330,8 @@ def convert_speecht5(model_dir: Path, output: str | Path, *, vocoder: str | Path
                "prenet_dropout": float(cfg.speech_decoder_prenet_dropout),
                "speaker_embedding_dim": int(cfg.speaker_embedding_dim),
                "max_text_positions": int(cfg.max_text_positions), "max_speech_positions": int(cfg.max_speech_positions),
-               "vocab_size": int(cfg.vocab_size), "bytes_per_frame": bytes_per_frame(vcfg), "text": text}
+               "vocab_size": int(cfg.vocab_size), "bytes_per_frame": bytes_per_frame(vcfg),
+               "context_frames": context_frames(cfg, vcfg), "text": text}
     weights = sum(p.numel() for p in model.parameters()) + sum(p.numel() for p in voc.parameters())
     report(f"read: SpeechT5 + HiFi-GAN, {weights:,} weights, {vcfg.sampling_rate} Hz, {len(text['pieces'])} "
            f"pieces ({time.perf_counter() - started:.1f} s)")
@@ -339,8 +357,49 @@ def convert_speecht5(model_dir: Path, output: str | Path, *, vocoder: str | Path
         figures["graph_max_abs_error"] = errors
         report(f"validate: {len(figures['sentences'])} sentences through the runtime vs transformers' generate_speech "
                f"on the same dropout draws: SNR {figures['min_snr_db']:.1f} dB at worst (gate {MIN_SNR_DB:g} dB)")
+        if quantize in SCHEMES:
+            figures["quantization"] = _quantize(writer, voice, quantize, report)
         writer.write(writer.manifest(family="tts", source=source, sampler=sampler, validation=figures))
         return writer.commit()
+
+
+def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[str], None]) -> dict[str, Any]:
+    """The staged decoder step in ``scheme``, measured against the float32 voice ``fp32`` (the module docstring's
+    gate); replaces the float32 decoder when it meets the gate."""
+    from edgegen.converters.quantization.graphs import quantize_staged, remove_graph, tool
+    from edgegen.runtimes.artifact import open_artifact
+    from edgegen.runtimes.session import SessionConfig
+    from edgegen.runtimes.tts.tts import TTS
+
+    started, manifest = time.perf_counter(), fp32.artifact.manifest
+    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
+    writer.write(writer.manifest(family="tts", source=manifest.source, sampler=manifest.sampler))
+    quantized = TTS.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
+    speaker, runs = test_speaker(fp32.sampler.speaker_embedding_dim), []
+    fix = "convert with --quantize none (float32)" + (" or fp16" if scheme == "int8" else "")
+    for i, sentence in enumerate(test_sentences(fp32)):
+        reference = fp32.speak_with_draws(sentence, seed=i, speaker=speaker)
+        steps = int(reference.draws[0].shape[0])
+        ratio = (steps + 0.5) * fp32.sampler.reduction_factor / len(fp32.text.encode(sentence))
+        try:
+            ours = quantized.speak(sentence, seed=i, speaker=speaker, minlenratio=ratio, maxlenratio=ratio)[0]
+            free = quantized.speak(sentence, seed=i, speaker=speaker)[0]
+        except InvalidArgumentError as exc:   # non-finite samples, or a stop head that never stops
+            raise ConversionError(f"the {scheme} decoder fails on a test sentence ({exc}); {fix}") from None
+        runs.append({"sentence": sentence, "seed": i, "steps": steps, "snr_db": snr_db(reference.samples, ours),
+                     "stops_at_the_same_step": free.shape == reference.samples.shape})
+    worst = min(r["snr_db"] for r in runs)
+    if not worst >= MIN_QUANTIZED_SNR_DB:
+        raise ConversionError(f"the {scheme} decoder's speech is {worst:.1f} dB SNR against float32 (gate "
+                              f"{MIN_QUANTIZED_SNR_DB:g} dB); {fix}")
+    remove_graph(writer.path("decoder.onnx"))
+    same = sum(r["stops_at_the_same_step"] for r in runs)
+    report(f"quantize: decoder {scheme}, SNR {worst:.1f} dB against float32 at worst (gate {MIN_QUANTIZED_SNR_DB:g} "
+           f"dB), stopping where float32 stops in {same} of {len(runs)} sentences, {size / 2**20:.1f} MiB "
+           f"({time.perf_counter() - started:.1f} s)")
+    return {"scheme": scheme, "graphs": ["decoder"], "reference": "the float32 artifact, the same dropout draws and "
+            "length", "runs": runs, "min_snr_db": worst, "gate": {"min_snr_db": MIN_QUANTIZED_SNR_DB},
+            "fp32_decoder_sha256": manifest.graphs["decoder"].sha256, "tool": tool(scheme)}
 
 
 def test_sentences(voice: Any) -> list[str]:

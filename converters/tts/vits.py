@@ -206,6 +206,13 @@ def context_frames(config: Any) -> int:
     k, rate = config.wavenet_kernel_size, config.wavenet_dilation_rate
     flow = config.prior_encoder_num_flows * sum((k - 1) // 2 * rate ** i
                                                for i in range(config.prior_encoder_num_wavenet_layers))
+    return 2 * (flow + math.ceil(hifigan_reach(config))) + 2
+
+
+def hifigan_reach(config: Any) -> float:
+    """Input frames on each side that reach one output sample of a HiFi-GAN generator (transformers' VITS decoder
+    and SpeechT5HifiGan share its layout and config keys): conv_pre, per upsampling stage its transposed
+    convolution and the widest residual block, conv_post, the later stages counted in frames at their rate."""
     vocoder, scale = 3.0, 1                                     # conv_pre: kernel 7
     for up, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes):
         vocoder += math.ceil(kernel / up) / scale               # the transposed convolution, in input frames
@@ -213,8 +220,7 @@ def context_frames(config: Any) -> int:
         widest = max(sum((kr - 1) // 2 * d + (kr - 1) // 2 for d in dilations)
                      for kr, dilations in zip(config.resblock_kernel_sizes, config.resblock_dilation_sizes))
         vocoder += widest / scale
-    vocoder += 3 / scale                                        # conv_post: kernel 7
-    return 2 * (flow + math.ceil(vocoder)) + 2
+    return vocoder + 3 / scale                                  # conv_post: kernel 7
 
 
 def bytes_per_frame(config: Any) -> int:
@@ -350,8 +356,12 @@ def convert_vits(model_dir: Path, output: str | Path, *, quantize: str = "auto",
                "context_frames": context_frames(cfg), "bytes_per_frame": bytes_per_frame(cfg), "text": text.to_json()}
     report(f"read: VITS voice, {sum(p.numel() for p in model.parameters()):,} weights, {cfg.sampling_rate} Hz, "
            f"{len(text.vocab)} symbols, {cfg.num_speakers} speaker(s) ({time.perf_counter() - started:.1f} s)")
+    from edgegen.runtimes.artifact import sha256_file
+
+    weights = model_dir / "model.safetensors"   # a single weights file (a sharded voice records none)
     source = Source(model_class="transformers.VitsModel", converter=f"torch.onnx.export (dynamo, torch "
-                    f"{torch.__version__}, opset {OPSET})", opset=OPSET, libraries=library_versions())
+                    f"{torch.__version__}, opset {OPSET})", opset=OPSET, libraries=library_versions(),
+                    checkpoint_sha256=sha256_file(weights) if weights.is_file() else None)
     batch, tokens, frames = (torch.export.Dim("batch", min=1, max=1024), torch.export.Dim("tokens", min=1, max=65536),
                              torch.export.Dim("frames", min=1, max=1 << 24))
     with ArtifactWriter(output, overwrite=overwrite) as writer:
@@ -387,19 +397,13 @@ def convert_vits(model_dir: Path, output: str | Path, *, quantize: str = "auto",
 def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[str], None]) -> dict[str, Any]:
     """The staged decoder in ``scheme``, measured against the fp32 voice ``fp32`` on the test sentences (the same
     seeds: the fp32 encoder gives the same durations and draws); replaces the fp32 decoder when it meets the gate."""
-    import tempfile
-
-    from edgegen.converters.quantization.graphs import prepare, quantize_graph, quiet_ort, remove_graph, tool
+    from edgegen.converters.quantization.graphs import quantize_staged, remove_graph, tool
     from edgegen.runtimes.artifact import open_artifact
     from edgegen.runtimes.session import SessionConfig
     from edgegen.runtimes.tts.tts import TTS
 
     started = time.perf_counter()
-    file = f"decoder.{scheme}.onnx"
-    with tempfile.TemporaryDirectory(prefix="edgegen-tts-") as tmp, quiet_ort():
-        prepared = prepare(writer.path("decoder.onnx"), Path(tmp) / "decoder.prepared.onnx")
-        quantize_graph(prepared, writer.path(file), scheme, [], [])
-    writer.add_graph_file("decoder", file, precision=SCHEMES[scheme])
+    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
     writer.write(writer.manifest(family="tts", source=fp32.artifact.manifest.source, sampler=fp32.artifact.manifest.sampler))
     quantized = TTS.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
     snrs = []
@@ -415,9 +419,8 @@ def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[
                               f"{MIN_QUANTIZED_SNR_DB:g} dB); convert with --quantize none (fp32)"
                               + (" or fp16" if scheme == "int8" else ""))
     remove_graph(writer.path("decoder.onnx"))
-    size = lambda spec_file: writer.path(spec_file).stat().st_size   # noqa: E731
     report(f"quantize: decoder {scheme}, SNR {worst:.1f} dB against fp32 at worst (gate {MIN_QUANTIZED_SNR_DB:g} dB), "
-           f"{size(file) / 2**20:.2f} MiB ({time.perf_counter() - started:.1f} s)")
+           f"{size / 2**20:.2f} MiB ({time.perf_counter() - started:.1f} s)")
     return {"scheme": scheme, "graphs": ["decoder"], "snr_db": snrs, "min_snr_db": worst,
             "gate": {"min_snr_db": MIN_QUANTIZED_SNR_DB}, "fp32_decoder_sha256": fp32.artifact.manifest.graphs["decoder"].sha256,
             "tool": tool(scheme)}

@@ -22,6 +22,9 @@ One utterance, as transformers' ``generate_speech(input_ids, speaker_embeddings,
 4. Stop at step i when i >= minlen and (i >= maxlen or sum(stop probabilities) >= threshold), with
    maxlen = int(T * maxlenratio / r), minlen = int(T * minlenratio / r) (transformers' defaults 20.0, 0.0, 0.5).
 5. The postnet runs over the whole spectrogram [1, i * r, mel], the vocoder turns it into i * r * hop samples.
+
+``stream`` runs step 5 over windows of frames as the loop makes them, each with ``context_frames`` (an upper bound
+of postnet + vocoder's receptive field, from the config at conversion) of its neighbours on both sides.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import base64
 import dataclasses
 import math
 import unicodedata
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
@@ -40,7 +44,7 @@ from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.latents import rng_for
 from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.session import SessionConfig
-from edgegen.runtimes.tts.tts import Speech
+from edgegen.runtimes.tts.tts import STREAM_SECONDS, Speech
 from edgegen.strict import FieldError, from_json, short, to_json
 
 __all__ = ["SpeechT5Sampler", "SpeechT5Text", "SpeechT5Voice"]
@@ -217,6 +221,8 @@ class SpeechT5Sampler:
     vocab_size: int
     bytes_per_frame: int
     text: Any
+    #: frames of context on each side of a streamed window (0: converted before streaming)
+    context_frames: int = 0
 
     def __post_init__(self) -> None:
         if self.model != "speecht5":
@@ -229,6 +235,8 @@ class SpeechT5Sampler:
                if not getattr(self, name) >= 1]
         if not 0 <= self.prenet_dropout < 1:
             bad.append(("prenet_dropout", f"must be in [0, 1), got {self.prenet_dropout!r}"))
+        if not self.context_frames >= 0:
+            bad.append(("context_frames", "must not be negative"))
         if bad:
             raise FieldError(*bad)
 
@@ -306,6 +314,52 @@ class SpeechT5Voice:
                          threshold: float | None = None, minlenratio: float | None = None,
                          maxlenratio: float | None = None, unknown: str = "refuse") -> Speech:
         """:meth:`speak`, with its draws: ``(dropout_masks [steps, prenet_layers, units],)``."""
+        spectra, masks = [], []
+        for spectrum, drawn in self._steps(self._prepare(text, seed, speaker, threshold, minlenratio, maxlenratio,
+                                                         unknown)):
+            spectra.append(spectrum)
+            masks.append(drawn)
+        spectrogram = np.concatenate(spectra, axis=1)                                    # [1, steps * r, mel]
+        samples = self._render(spectrogram, 0, spectrogram.shape[1])
+        return Speech(samples, self.sampler.sampling_rate, (np.stack(masks),))
+
+    def stream(self, text: str, *, seed: int | None = None, speaker: Any = None, threshold: float | None = None,
+               minlenratio: float | None = None, maxlenratio: float | None = None, unknown: str = "refuse",
+               chunk_seconds: float = STREAM_SECONDS) -> Iterator[np.ndarray]:
+        """:meth:`speak`'s samples in chunks of about ``chunk_seconds`` (float32 [n] each), each rendered (postnet
+        and vocoder over its frames and ``context_frames`` of their neighbours) as soon as the decoder loop has
+        made them, the first long before the loop stops.  Their concatenation equals :meth:`speak`'s samples to
+        float rounding (same seed, same settings)."""
+        s = self.sampler
+        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or \
+                not 0.01 <= chunk_seconds <= 3600:
+            raise InvalidArgumentError(f"chunk_seconds must be a number from 0.01 to 3600, got {chunk_seconds!r}")
+        if not s.context_frames:
+            raise InvalidArgumentError(f"{self.artifact.root} was converted before edgegen streamed SpeechT5 (its "
+                                       "sampler has no context_frames); re-convert the model, or call speak")
+        prepared = self._prepare(text, seed, speaker, threshold, minlenratio, maxlenratio, unknown)
+        window, context = max(1, round(chunk_seconds * s.sampling_rate / s.hop_length)), s.context_frames
+        check_fits((window + 2 * context) * s.bytes_per_frame, "one streamed window", "pass a smaller chunk_seconds")
+
+        def chunks() -> Iterator[np.ndarray]:
+            spectra, made, done = [], 0, 0                            # frames made by the loop, frames rendered
+            for spectrum, _ in self._steps(prepared):
+                spectra.append(spectrum[0])                                           # [r, mel]
+                made += spectrum.shape[1]
+                while made - done >= window + context:                # its right context is all made
+                    frames = np.concatenate(spectra)[None]                             # [1, made, mel]
+                    yield self._render(frames, done, done + window)
+                    done += window
+            frames = np.concatenate(spectra)[None]
+            while done < made:
+                yield self._render(frames, done, min(made, done + window))
+                done = min(made, done + window)
+        return chunks()
+
+    # -- the steps ----------------------------------------------------------------------------------------------
+    def _prepare(self, text: str, seed: int | None, speaker: Any, threshold: float | None,
+                 minlenratio: float | None, maxlenratio: float | None, unknown: str) -> dict[str, Any]:
+        """Steps 1-2 and the loop's settings, checked."""
         s = self.sampler
         threshold = _setting("threshold", threshold, THRESHOLD)
         minlen_ratio = _setting("minlenratio", minlenratio, MINLENRATIO)
@@ -326,31 +380,21 @@ class SpeechT5Voice:
         mask = (input_ids != self.text.pad_id).astype(np.int64)                          # [1, T]
         cross = dict(zip([o.name for o in self.encoder.get_outputs()],
                          self.encoder.run(None, {"input_ids": input_ids, "attention_mask": mask})))
-        spectra, masks = self._loop(cross, mask, xvector, rng, threshold, minlen, maxlen)
-        spectrogram = np.concatenate(spectra, axis=1)                                    # [1, steps * r, mel]
-        (post,) = self.postnet.run(["spectrogram_post"], {"spectrogram": spectrogram})
-        (waveform,) = self.vocoder.run(["waveform"], {"spectrogram_post": post})
-        frames = spectrogram.shape[1]
-        if waveform.shape != (1, frames * s.hop_length):
-            raise ManifestError(f"{self.artifact.root}: the vocoder gave {list(waveform.shape)} samples for {frames} "
-                                f"frames, not [1, {frames * s.hop_length}] (hop_length in edgegen.json); {FIX}")
-        if not np.all(np.isfinite(waveform)):
-            raise InvalidArgumentError("the model produced non-finite samples (NaN or inf) for this text and speaker")
-        return Speech(np.ascontiguousarray(waveform[0], dtype=np.float32), s.sampling_rate, (np.stack(masks),))
+        return {"cross": cross, "mask": mask, "xvector": xvector, "rng": rng, "threshold": threshold,
+                "minlen": minlen, "maxlen": maxlen}
 
-    # -- the steps ----------------------------------------------------------------------------------------------
-    def _loop(self, cross: dict[str, np.ndarray], mask: np.ndarray, xvector: np.ndarray, rng: np.random.Generator,
-              threshold: float, minlen: int, maxlen: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Steps 3-4: the decoder until it stops; (spectra [1, r, mel] per step, dropout masks per step)."""
-        s = self.sampler
-        feed = {"speaker_embeddings": xvector, "encoder_attention_mask": mask,
+    def _steps(self, prepared: dict[str, Any]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Steps 3-4: the decoder until it stops; per step (spectrum [1, r, mel], dropout masks [layers, units])."""
+        s, cross, threshold = self.sampler, prepared["cross"], prepared["threshold"]
+        minlen, maxlen, rng = prepared["minlen"], prepared["maxlen"], prepared["rng"]
+        feed = {"speaker_embeddings": prepared["xvector"], "encoder_attention_mask": prepared["mask"],
                 "frame": np.zeros((1, 1, s.num_mel_bins), dtype=np.float32)}
         feed.update({f"cross.{i}.{w}": cross[f"cross.{i}.{w}"] for i in range(s.decoder_layers)
                      for w in ("key", "value")})
         empty = np.zeros((1, s.decoder_heads, 0, s.head_dim), dtype=np.float32)           # [1, heads, 0, hd]
         feed.update({f"past.{i}.{w}": empty for i in range(s.decoder_layers) for w in ("key", "value")})
         names = [o.name for o in self.decoder.get_outputs()]
-        spectra, masks, step = [], [], 0
+        step = 0
         while True:
             step += 1
             if step > s.max_speech_positions:
@@ -359,15 +403,31 @@ class SpeechT5Voice:
             drawn = rng.random((s.prenet_layers, 1, s.prenet_units), dtype=np.float32) < s.prenet_dropout
             feed["dropout_masks"] = drawn.astype(np.float32)                              # [layers, 1, units]
             out = dict(zip(names, self.decoder.run(None, feed)))
-            spectra.append(out["spectrum"])                                               # [1, r, mel]
-            masks.append(feed["dropout_masks"][:, 0])
+            yield out["spectrum"], feed["dropout_masks"][:, 0]                            # [1, r, mel]
             feed["frame"] = out["spectrum"][:, -1:]                                       # [1, 1, mel]
             feed.update({f"past.{i}.{w}": out[f"present.{i}.{w}"] for i in range(s.decoder_layers)
                          for w in ("key", "value")})
             if step < minlen:
                 continue
             if step >= maxlen or float(out["stop_probabilities"].sum()) >= threshold:
-                return spectra, masks
+                return
+
+    def _render(self, spectrogram: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Step 5 for frames [start, stop) of ``spectrogram`` [1, L, mel]: postnet and vocoder over them and up to
+        ``context_frames`` on each side (all of it when start = 0 and stop = L); float32 samples [(stop - start) *
+        hop]."""
+        s, total = self.sampler, spectrogram.shape[1]
+        lo, hi = (0, total) if (start, stop) == (0, total) else \
+            (max(0, start - s.context_frames), min(total, stop + s.context_frames))
+        (post,) = self.postnet.run(["spectrogram_post"], {"spectrogram": spectrogram[:, lo:hi]})
+        (waveform,) = self.vocoder.run(["waveform"], {"spectrogram_post": post})
+        if waveform.shape != (1, (hi - lo) * s.hop_length):
+            raise ManifestError(f"{self.artifact.root}: the vocoder gave {list(waveform.shape)} samples for {hi - lo} "
+                                f"frames, not [1, {(hi - lo) * s.hop_length}] (hop_length in edgegen.json); {FIX}")
+        samples = waveform[0, (start - lo) * s.hop_length:(stop - lo) * s.hop_length]
+        if not np.all(np.isfinite(samples)):
+            raise InvalidArgumentError("the model produced non-finite samples (NaN or inf) for this text and speaker")
+        return np.ascontiguousarray(samples, dtype=np.float32)
 
     def _speaker(self, speaker: Any) -> np.ndarray:
         n = self.sampler.speaker_embedding_dim

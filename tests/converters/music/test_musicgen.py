@@ -14,7 +14,7 @@ import edgegen
 from edgegen.converters.music.musicgen import snr_db
 from edgegen.errors import EdgegenError
 from edgegen.runtimes.music.delay import apply_delay_pattern_mask, build_delay_pattern_mask
-from music_support import PROMPTS, load_reference, reference_codes
+from music_support import PROMPTS, load_reference, reference_codes, reference_logits
 
 torch = pytest.importorskip("torch")
 
@@ -113,3 +113,37 @@ def test_refusals_are_one_line(tiny_musicgen, tmp_path, edit, match) -> None:
     with pytest.raises(EdgegenError, match=match) as info:
         edgegen.convert(str(source), tmp_path / "art")
     assert "\n" not in str(info.value) and not (tmp_path / "art").exists()
+
+
+@pytest.mark.parametrize("scheme, precision, low", [("int8", "int8-dynamic", 20.0), ("fp16", "fp16", 45.0)])
+def test_quantized_decoder_is_measured_against_transformers(tiny_musicgen, reference, tmp_path, scheme, precision,
+                                                            low) -> None:
+    artifact = edgegen.convert(str(tiny_musicgen[0]), tmp_path / scheme, quantize=scheme)
+    manifest = json.loads((artifact / "edgegen.json").read_text())
+    graphs = manifest["graphs"]
+    assert graphs["decoder"]["precision"] == precision and graphs["decoder"]["file"] == f"decoder.{scheme}.onnx"
+    assert {graphs[r]["precision"] for r in ("text_encoder", "cross_cache", "audio_decoder")} == {"fp32"}
+    assert not (artifact / "decoder.onnx").exists()
+    q = manifest["validation"]["quantization"]
+    assert q["scheme"] == scheme and q["min_snr_db"] >= q["gate"]["min_snr_db"] == 20.0
+    # measured again here, on a prompt and seed of the test's own: its logits against transformers' float32
+    model, tokenizer = reference
+    music = edgegen.load(artifact)
+    prompt = "ambient pads, slow"
+    ours = music.generate_ids(music.encode(prompt), 40, seed=5, keep_scores=True)
+    theirs = reference_logits(model, tokenizer, prompt, ours.sequence, music.settings(None, None, None)[0])
+    assert low <= snr_db(theirs, ours.scores) < 150          # close to float32, and not float32 itself
+    assert np.mean(theirs.argmax(-1) == ours.scores.argmax(-1)) >= 0.9
+
+
+def test_quantization_gate_refuses(tiny_musicgen, tmp_path, monkeypatch) -> None:
+    import edgegen.converters.music.musicgen as musicgen
+    from edgegen.errors import ConversionError
+
+    monkeypatch.setattr(musicgen, "MIN_QUANTIZED_SNR_DB", 150.0)
+    with pytest.raises(ConversionError, match=r"int8 decoder's logits are .* dB SNR .* \(gate 150 dB\); convert with "
+                                              r"--quantize none \(float32\) or fp16"):
+        edgegen.convert(str(tiny_musicgen[0]), tmp_path / "int8", quantize="int8")
+    assert not (tmp_path / "int8").exists()
+    with pytest.raises(EdgegenError, match="--quantize auto, none .* not 'int4'"):
+        edgegen.convert(str(tiny_musicgen[0]), tmp_path / "q", quantize="int4")

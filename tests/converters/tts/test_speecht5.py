@@ -109,8 +109,8 @@ def test_cli_convert_refusals(tiny_speecht5, tmp_path) -> None:
     shutil.copytree(source, bare)
     cases = [(["convert", str(bare), "-o", str(tmp_path / "a")], "--vocoder"),
              (["convert", str(vocoder), "-o", str(tmp_path / "b")], "--vocoder " + str(vocoder)),
-             (["convert", str(source), "-o", str(tmp_path / "c"), "--vocoder", str(vocoder), "-q", "int8"],
-              "fp32")]
+             (["convert", str(source), "-o", str(tmp_path / "c"), "--vocoder", str(vocoder), "-q", "int4"],
+              "not 'int4'")]
     vits = tmp_path / "vits"
     vits.mkdir()
     (vits / "config.json").write_text(json.dumps({"model_type": "vits"}))
@@ -135,3 +135,75 @@ def test_other_heads_and_pickles_are_refused(tiny_speecht5, tmp_path) -> None:
     (pickled / "model.safetensors").unlink()
     with pytest.raises(UnsupportedModelError, match="safetensors"):
         edgegen.convert(str(pickled), tmp_path / "o2")
+
+
+@pytest.mark.parametrize("scheme, precision, low", [("int8", "int8-dynamic", 20.0), ("fp16", "fp16", 40.0)])
+def test_quantized_decoder_is_measured_against_fp32(tiny_speecht5, voice, speaker, tmp_path, scheme, precision,
+                                                    low) -> None:
+    source, vocoder, _ = tiny_speecht5
+    artifact = edgegen.convert(str(source), tmp_path / scheme, vocoder=str(vocoder), quantize=scheme)
+    manifest = json.loads((artifact / "edgegen.json").read_text())
+    graphs = manifest["graphs"]
+    assert graphs["decoder"]["precision"] == precision and graphs["decoder"]["file"] == f"decoder.{scheme}.onnx"
+    assert {graphs[r]["precision"] for r in ("encoder", "postnet", "vocoder")} == {"fp32"}
+    assert not (artifact / "decoder.onnx").exists()
+    q = manifest["validation"]["quantization"]
+    assert q["scheme"] == scheme and q["min_snr_db"] >= q["gate"]["min_snr_db"] == 20.0 and len(q["runs"]) == 3
+    # measured again here on a sentence, speaker and seed of the test's own, at float32's length
+    text = "measured again here"
+    reference = voice.speak_with_draws(text, seed=7, speaker=speaker)
+    ratio = (reference.draws[0].shape[0] + 0.5) * voice.sampler.reduction_factor / len(voice.text.encode(text))
+    ours = edgegen.load(artifact).speak(text, seed=7, speaker=speaker, minlenratio=ratio, maxlenratio=ratio)[0]
+    assert ours.shape == reference.samples.shape and low <= snr_db(reference.samples, ours) < 150
+
+
+def test_quantization_gate_refuses(tiny_speecht5, tmp_path, monkeypatch) -> None:
+    import edgegen.converters.tts.speecht5 as speecht5
+    from edgegen.errors import ConversionError
+
+    monkeypatch.setattr(speecht5, "MIN_QUANTIZED_SNR_DB", 150.0)
+    with pytest.raises(ConversionError, match=r"int8 decoder's speech is .* dB SNR against float32 \(gate 150 dB\); "
+                                              r"convert with --quantize none \(float32\) or fp16"):
+        edgegen.convert(str(tiny_speecht5[0]), tmp_path / "int8", vocoder=str(tiny_speecht5[1]), quantize="int8")
+    assert not (tmp_path / "int8").exists()
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.05, 0.3, 100.0])
+def test_stream_equals_speak_and_starts_before_the_loop_ends(voice, speaker, chunk_seconds) -> None:
+    text = "the quick brown fox jumps over the lazy dog"
+    whole = voice.speak(text, seed=4, speaker=speaker, minlenratio=4.0)[0]
+    steps, run = [], voice.decoder.run
+
+    def counted(*args, **kwargs):
+        steps.append(1)
+        return run(*args, **kwargs)
+
+    voice.decoder.run = counted
+    try:
+        chunks = voice.stream(text, seed=4, speaker=speaker, minlenratio=4.0, chunk_seconds=chunk_seconds)
+        first = next(chunks)
+        steps_at_first = len(steps)
+        rest = list(chunks)
+    finally:
+        del voice.decoder.run
+    joined = np.concatenate([first, *rest])
+    assert joined.shape == whole.shape and joined.dtype == np.float32
+    np.testing.assert_allclose(joined, whole, rtol=0, atol=1e-5 * float(np.abs(whole).max()))
+    window = round(chunk_seconds * voice.sampling_rate / voice.sampler.hop_length)
+    if window + voice.sampler.context_frames < len(whole) // voice.sampler.hop_length:
+        assert len(rest) >= 1 and steps_at_first < len(steps)      # the first chunk came while the loop ran
+    assert all(len(c) == window * voice.sampler.hop_length for c in [first, *rest][:-1])
+
+
+def test_stream_refusals(voice, speaker) -> None:
+    import dataclasses
+
+    with pytest.raises(InvalidArgumentError, match="chunk_seconds must be a number"):
+        voice.stream("hi", speaker=speaker, chunk_seconds=0)
+    old = dataclasses.replace(voice.sampler, context_frames=0)
+    voice.sampler, kept = old, voice.sampler
+    try:
+        with pytest.raises(InvalidArgumentError, match="re-convert the model, or call speak"):
+            voice.stream("hi", speaker=speaker)
+    finally:
+        voice.sampler = kept
