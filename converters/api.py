@@ -143,7 +143,7 @@ def _convert_diffusers(model_dir: Path, output: Path, **options: Any) -> Path:
     options = _diffusion_options(options)   # before the pipeline loads
     from edgegen.converters.diffusion.convert import convert_diffusion, from_directory
 
-    return convert_diffusion(from_directory(model_dir), output, **options)
+    return convert_diffusion(from_directory(model_dir, loras=options.pop("lora", ())), output, **options)
 
 
 def _refuse_diffusers_component(model_dir: Path, name: str) -> None:
@@ -269,7 +269,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
             max_ppl_increase: float | None = None, lm_head: str = "auto",
             report: Callable[[str], None] | None = None, attention: str = "auto",
-            scheduler: str | None = None, vocoder: str | os.PathLike[str] | None = None) -> Path:
+            scheduler: str | None = None, vocoder: str | os.PathLike[str] | None = None,
+            lora: Any = None) -> Path:
     """Convert ``source`` into an artifact directory at ``output``; returns its path.
 
     ``overwrite`` replaces an existing artifact (atomically); ``optimize`` tries ONNX
@@ -286,7 +287,9 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     ``report`` receives progress lines (default: silent).  ``attention="gqa"`` (Hugging Face llama,
     mistral, qwen2) writes the decoder with ONNX Runtime's GroupQueryAttention (:mod:`edgegen.converters.lm.gqa_decoder`);
     ``auto`` (the default) does so where the model allows it and ``target`` is ``cpu``.  ``vocoder`` (SpeechT5
-    text-to-speech): its SpeechT5HifiGan directory (default: ``source/vocoder``).
+    text-to-speech): its SpeechT5HifiGan directory (default: ``source/vocoder``).  ``lora`` (Stable Diffusion and
+    SDXL pipeline directories): a diffusers / PEFT LoRA file, ``"FILE:SCALE"``, a ``(file, scale)`` pair or a list
+    of those, fused into the weights before export (diffusers' own ``load_lora_weights`` and ``fuse_lora``).
     """
     if quantize not in QUANTIZE:
         raise InvalidArgumentError(f"quantize must be one of {', '.join(QUANTIZE)}, got {quantize!r}")
@@ -299,6 +302,14 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         if not (isinstance(source, (str, os.PathLike)) and (Path(source) / "config.json").is_file()):
             raise InvalidArgumentError("--vocoder applies to SpeechT5 text-to-speech model directories; drop it")
         options["vocoder"] = vocoder
+    if lora is not None and lora != [] and lora != ():   # diffusion pipelines: LoRAs fused before export
+        from edgegen.converters.diffusion.lora import parse_loras
+
+        loras = parse_loras(lora)
+        if not (isinstance(source, (str, os.PathLike)) and (Path(source) / "model_index.json").is_file()):
+            raise InvalidArgumentError("--lora applies to Stable Diffusion and SDXL pipeline directories "
+                                       "(model_index.json); drop it")
+        options["lora"] = loras
     if scheduler is not None:   # diffusion: the default scheduler instead of the source's own (recorded as the user's)
         options["scheduler"] = scheduler
     if min_psnr is not None:

@@ -94,7 +94,8 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
             quantize: str = "auto", target: str = "cpu", min_psnr: float | None = None,
             max_ppl_increase: float | None = None, lm_head: str = "auto",
             report: Callable[[str], None] | None = None, attention: str = "auto",
-            scheduler: str | None = None, vocoder: str | os.PathLike[str] | None = None) -> Path:
+            scheduler: str | None = None, vocoder: str | os.PathLike[str] | None = None,
+            lora: Any = None) -> Path:
     """Convert a model (a Hugging Face directory, a spec such as ``CausalLMSpec``, or
     ``"file.py:function"``) into a validated artifact at ``output``; ``quantize``: auto (the
     family's measured default for ``target`` cpu, cuda or dml), none, fp16, int8, int4 (LMs)
@@ -105,14 +106,15 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
     target is cpu), standard, or gqa (Hugging Face llama, mistral, qwen2 with a head size that is a
     multiple of 16: ONNX Runtime GroupQueryAttention layers); ``scheduler``: a diffusion artifact's default
     scheduler instead of the pipeline's own (an edgegen name or a diffusers class; other models refuse it);
-    ``vocoder``: a SpeechT5 text-to-speech model's SpeechT5HifiGan directory (default: ``source/vocoder``).
-    Needs the ``[convert]`` extra."""
+    ``vocoder``: a SpeechT5 text-to-speech model's SpeechT5HifiGan directory (default: ``source/vocoder``);
+    ``lora``: LoRAs to fuse into a Stable Diffusion / SDXL pipeline (``"FILE[:SCALE]"``, ``(file, scale)``, or a
+    list of those).  Needs the ``[convert]`` extra."""
     with _needs_convert_extra():   # the converters import torch & co. as they go, not all up front
         from edgegen.converters.api import convert as _convert
 
         return _convert(source, output, overwrite=overwrite, optimize=optimize, quantize=quantize, target=target,
                         min_psnr=min_psnr, max_ppl_increase=max_ppl_increase, lm_head=lm_head, report=report,
-                        attention=attention, scheduler=scheduler, vocoder=vocoder)
+                        attention=attention, scheduler=scheduler, vocoder=vocoder, lora=lora)
 
 
 #: the top-level modules of the ``[convert]`` extra (pyproject.toml)

@@ -241,10 +241,13 @@ def _scheduler_line(record: dict[str, Any]) -> str:
                    "choice): an edgegen name (edgegen sample --help lists them) or a diffusers class name.")
 @click.option("--vocoder", type=click.Path(exists=True, file_okay=False), default=None,
               help="SpeechT5 text-to-speech: the SpeechT5HifiGan directory [default: SOURCE/vocoder].")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]",
+              help="Stable Diffusion / SDXL pipelines: fuse this diffusers or PEFT LoRA (.safetensors) into the "
+                   "weights at SCALE [default: 1]; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the validation figures as JSON at the end.")
 def convert(source: str, output: str | None, check: bool, overwrite: bool, no_optimize: bool, quantize: str,
             target: str, min_psnr: float | None, max_ppl_increase: float | None, lm_head: str, attention: str,
-            scheduler: str | None, vocoder: str | None, as_json: bool) -> None:
+            scheduler: str | None, vocoder: str | None, loras: tuple[str, ...], as_json: bool) -> None:
     """Convert SOURCE into a validated artifact.
 
     SOURCE is a Hugging Face model directory (config.json, weights, tokenizer) or
@@ -271,7 +274,7 @@ def convert(source: str, output: str | None, check: bool, overwrite: bool, no_op
         path = edgegen.convert(source, output, overwrite=overwrite, optimize=not no_optimize, quantize=quantize,
                                target=target, min_psnr=min_psnr, max_ppl_increase=max_ppl_increase,
                                lm_head=lm_head, report=report, attention=attention, scheduler=scheduler,
-                               vocoder=vocoder)
+                               vocoder=vocoder, lora=list(loras) or None)
     m = open_artifact(path).manifest
     if as_json:
         _echo_json({"artifact": str(path), "family": m.family, "validation": m.validation})

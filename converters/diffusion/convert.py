@@ -102,6 +102,7 @@ class DiffusionModel:
     xl: XLText | None = None                  # SDXL: the second tokenizer and the micro-conditioning
     guidance_embedding: int | None = None     # an LCM UNet's time_cond_proj_dim: guidance as its input
     inpainting: bool = False                  # a 9-channel UNet: latents + mask + masked-image latents
+    lora: list[dict[str, Any]] = field(default_factory=list)   # LoRAs fused into the weights (validation.lora)
 
 
 @dataclass
@@ -219,8 +220,9 @@ def is_diffusers_unet_dir(path: Path) -> bool:
         return False
 
 
-def from_directory(path: Path) -> DiffusionModel:
-    """Load a diffusers pipeline (model_index.json) or UNet2DModel directory."""
+def from_directory(path: Path, loras: Any = ()) -> DiffusionModel:
+    """Load a diffusers pipeline (model_index.json) or UNet2DModel directory; ``loras`` [(file, scale)]: fused into
+    a Stable Diffusion or SDXL pipeline's weights (:mod:`edgegen.converters.diffusion.lora`)."""
     import diffusers
 
     diffusers.utils.logging.set_verbosity_error()    # e.g. "install accelerate": not the user's concern here
@@ -230,11 +232,15 @@ def from_directory(path: Path) -> DiffusionModel:
         kind = PIPELINES.get(name)
         if kind is None:
             raise _unsupported_pipeline(path, index, name)
+        if kind == "unet" and loras:
+            raise InvalidArgumentError(f"--lora applies to Stable Diffusion and SDXL pipelines, not a {name}; drop it")
         if kind == "unet":
             return _unet_model(path / "unet", path / "scheduler" / "scheduler_config.json", name)
         if kind == "sdxl":
-            return _sdxl_model(path, name, index)
-        return _sd_model(path, name)
+            return _sdxl_model(path, name, index, loras)
+        return _sd_model(path, name, loras)
+    if loras:
+        raise InvalidArgumentError("--lora applies to Stable Diffusion and SDXL pipelines, not a UNet2DModel; drop it")
     return _unet_model(path, path / "scheduler_config.json", "UNet2DModel")
 
 
@@ -297,7 +303,7 @@ def _unet_model(unet_dir: Path, scheduler_path: Path, pipeline: str) -> Diffusio
                           model_class=f"diffusers.{pipeline}", image_shape=shape, defaults={"steps": steps})
 
 
-def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
+def _sd_model(path: Path, pipeline: str, loras: Any = ()) -> DiffusionModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizerFast
 
@@ -312,6 +318,7 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
     tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
     vae = AutoencoderKL.from_pretrained(path / "vae").eval()
+    fused = _fuse(loras, "sd", vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -332,11 +339,19 @@ def _sd_model(path: Path, pipeline: str) -> DiffusionModel:
         vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
         vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
         image_shape=(vae.config.out_channels, h * scale, w * scale),
-        guidance_embedding=unet.config.time_cond_proj_dim,
+        guidance_embedding=unet.config.time_cond_proj_dim, lora=fused,
         defaults=PIPELINE_DEFAULTS.get(pipeline, {"steps": 50, "guidance": 7.5}))
 
 
-def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionModel:
+def _fuse(loras: Any, pipeline: str, **components: Any) -> list[dict[str, Any]]:
+    if not loras:
+        return []
+    from edgegen.converters.diffusion.lora import fuse_loras
+
+    return fuse_loras(pipeline, components, list(loras))
+
+
+def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any], loras: Any = ()) -> DiffusionModel:
     """A ``StableDiffusionXLPipeline`` directory (the img2img one alike): two CLIP text encoders and tokenizers,
     the UNet with ``text_time`` added conditioning, the VAE.  The refiner (no first text encoder, aesthetic
     score in its time ids) is refused."""
@@ -360,6 +375,8 @@ def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionMo
     tokenizer_2 = CLIPTokenizerFast.from_pretrained(path / "tokenizer_2")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
     vae = AutoencoderKL.from_pretrained(path / "vae").eval()
+    fused = _fuse(loras, "sdxl", vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
+                  tokenizer_2=tokenizer_2, unet=unet)
     if unet.config.addition_embed_type != "text_time":
         raise UnsupportedModelError(f"{path}/unet: an SDXL pipeline's UNet has addition_embed_type 'text_time', this "
                                     f"one {unet.config.addition_embed_type!r}; check the directory")
@@ -389,7 +406,7 @@ def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any]) -> DiffusionMo
         vae_decoder=_VAEDecoder(vae), vae_encoder=_VAEEncoder(vae),
         vae_scaling_factor=float(vae.config.scaling_factor), vae_shift_factor=float(shift),
         image_shape=(vae.config.out_channels, height, width), xl=xl, guidance_embedding=unet.config.time_cond_proj_dim,
-        defaults={"steps": 50, "guidance": 5.0})     # StableDiffusionXLPipeline's own defaults
+        lora=fused, defaults={"steps": 50, "guidance": 5.0})     # StableDiffusionXLPipeline's own defaults
 
 
 # --- the graphs ---------------------------------------------------------------------------------
@@ -638,6 +655,11 @@ def convert_diffusion(model: DiffusionModel, output: str | Path, *, overwrite: b
         if model.xl is not None:
             writer.add_asset("tokenizer_2", "tokenizer_2.json", model.xl.tokenizer_json)
         figures: dict[str, Any] = {"graphs": {}}
+        if model.lora:
+            figures["lora"] = model.lora
+            for lora in model.lora:
+                report(f"lora: fused {lora['file']} at scale {lora['scale']:g} into "
+                       + ", ".join(f"{part} ({n} layers)" for part, n in lora["layers"].items()))
         for graph in _graphs(model):
             started = time.perf_counter()
             file = f"{graph.role}.onnx"
