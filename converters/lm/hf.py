@@ -224,7 +224,11 @@ class HFLMSource(LMSource):
             from optimum.exporters.onnx import onnx_export_from_model
 
             try:
-                onnx_export_from_model(self._model, directory, task=_TASK, do_validation=False)
+                # no_post_process: for one model.onnx Optimum's post-processing only deduplicates tied weights,
+                # and only where accelerate is installed (PEFT, for --lora, brings it): the LM head then reads a
+                # Transpose of the embedding instead of its own initializer, which the quantizers and their gates
+                # look for; edgegen's graphs are the same with or without accelerate
+                onnx_export_from_model(self._model, directory, task=_TASK, do_validation=False, no_post_process=True)
             except Exception as exc:  # noqa: BLE001
                 raise ConversionError(f"Optimum's ONNX export of {self.model_type} failed: {_first_line(exc)}") from exc
             path = directory / "model.onnx"
