@@ -110,8 +110,8 @@ def run(quick: bool, repeats: int, schemes: tuple[str, ...] = ("none", "int8", "
                 times[name].append(round(time.perf_counter() - started, 4))
         audio_s = counts["pytorch eager"] / next(iter(voices.values())).sampling_rate
     name = "speecht5-tiny (random)" if quick else "speecht5_tts-sized (random, default SpeechT5Config)"
-    return [{"model": name, "times_s": times, "quantized_snr_db": quality, "audio_s": round(audio_s, 4), "steps_per_sentence": steps,
-             "sentences": len(SENTENCES), "convert_s": convert_s}]
+    return [{"model": name, "times_s": times, "quantized_snr_db": quality, "audio_s": round(audio_s, 4),
+             "steps_per_sentence": steps, "sentences": len(SENTENCES), "convert_s": convert_s}]
 
 
 if __name__ == "__main__":

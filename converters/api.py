@@ -302,7 +302,7 @@ def convert(source: Any, output: str | os.PathLike[str], *, overwrite: bool = Fa
         if not (isinstance(source, (str, os.PathLike)) and (Path(source) / "config.json").is_file()):
             raise InvalidArgumentError("--vocoder applies to SpeechT5 text-to-speech model directories; drop it")
         options["vocoder"] = vocoder
-    if lora is not None and lora != [] and lora != ():   # diffusion pipelines: LoRAs fused before export
+    if lora not in (None, [], ()):   # diffusion pipelines: LoRAs fused before export
         from edgegen.converters.diffusion.lora import parse_loras
 
         loras = parse_loras(lora)

@@ -318,7 +318,6 @@ def _sd_model(path: Path, pipeline: str, loras: Any = ()) -> DiffusionModel:
     tokenizer = CLIPTokenizerFast.from_pretrained(path / "tokenizer")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
     vae = AutoencoderKL.from_pretrained(path / "vae").eval()
-    fused = _fuse(loras, "sd", vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -330,6 +329,7 @@ def _sd_model(path: Path, pipeline: str, loras: Any = ()) -> DiffusionModel:
         raise UnsupportedModelError(f"{path}/unet takes {unet.config.in_channels} input channels; edgegen converts "
                                     f"UNets over the VAE's {latent} latent channels, or {2 * latent + 1} for "
                                     "inpainting (latents, mask, masked-image latents)")
+    fused = _fuse(loras, "sd", vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet)   # after the checks
     return DiffusionModel(
         denoiser=_UNet(unet, conditional=True), sample_shape=(latent, h, w), inpainting=inpainting,
         scheduler_config=config, model_class=f"diffusers.{pipeline}", conditioning="text",
@@ -375,8 +375,6 @@ def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any], loras: Any = (
     tokenizer_2 = CLIPTokenizerFast.from_pretrained(path / "tokenizer_2")
     unet = UNet2DConditionModel.from_pretrained(path / "unet").eval()
     vae = AutoencoderKL.from_pretrained(path / "vae").eval()
-    fused = _fuse(loras, "sdxl", vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
-                  tokenizer_2=tokenizer_2, unet=unet)
     if unet.config.addition_embed_type != "text_time":
         raise UnsupportedModelError(f"{path}/unet: an SDXL pipeline's UNet has addition_embed_type 'text_time', this "
                                     f"one {unet.config.addition_embed_type!r}; check the directory")
@@ -384,6 +382,8 @@ def _sdxl_model(path: Path, pipeline: str, index: dict[str, Any], loras: Any = (
         raise UnsupportedModelError(f"{path}: tokenizer and tokenizer_2 pad to different lengths "
                                     f"({tokenizer.model_max_length}, {tokenizer_2.model_max_length}); SDXL's "
                                     "pipeline concatenates their encoders' states token by token")
+    fused = _fuse(loras, "sdxl", vae=vae, text_encoder=encoder, text_encoder_2=encoder_2, tokenizer=tokenizer,
+                  tokenizer_2=tokenizer_2, unet=unet)                             # after the checks
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)

@@ -113,8 +113,9 @@ def fuse_loras(pipeline: str, components: dict[str, Any], loras: list[tuple[Path
                   for part, module in components.items() if hasattr(module, "modules")}
         layers = {part: n for part, n in layers.items() if n}
         if sum(layers.values()) != pairs:
-            raise ConversionError(f"LoRA {file} has {pairs} layers, {sum(layers.values())} of which match a module of "
-                                  "this pipeline; it was trained for another base model")
+            raise ConversionError(f"LoRA {file} has {pairs} layers, {sum(layers.values())} of which diffusers loaded into "
+                                  "this pipeline's modules: it was trained for another base model, or holds layers "
+                                  "diffusers does not load; edgegen fuses a LoRA whole or not at all")
         names.append(name)
         records.append({"file": file.name, "sha256": sha256_file(file), "scale": scale, "layers": layers})
     pipe.set_adapters(names, adapter_weights=[scale for _, scale in loras])

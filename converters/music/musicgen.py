@@ -220,25 +220,24 @@ def _quantize(writer: ArtifactWriter, fp32: Any, model: Any, scheme: str,
     from edgegen.runtimes.session import SessionConfig
 
     started, manifest = time.perf_counter(), fp32.artifact.manifest
-    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
+    size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
     writer.write(writer.manifest(family="music", source=manifest.source, sampler=manifest.sampler))
     quantized = MusicGen.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
     steps, runs = validation_steps(quantized), []
     temperature = None if quantized.sampler.do_sample else 1.0
+    fix = "convert with --quantize none (float32)" + (" or fp16" if scheme == "int8" else "")
     for seed, prompt in enumerate(PROMPTS):
         ids = quantized.encode(prompt)
         ours = quantized.generate_ids(ids, steps, seed=seed, temperature=temperature, keep_scores=True)
         if not np.all(np.isfinite(ours.scores)):
-            raise ConversionError(f"the {scheme} decoder gives non-finite logits; convert with --quantize none "
-                                  "(float32)" + (" or fp16" if scheme == "int8" else ""))
+            raise ConversionError(f"the {scheme} decoder gives non-finite logits; {fix}")
         theirs = teacher_forced(model, ids, ours.sequence, quantized.settings(None, None, temperature)[0])
         runs.append({"prompt": prompt, "seed": seed, "snr_db": snr_db(theirs, ours.scores),
                      "top1_agreement": float(np.mean(theirs.argmax(-1) == ours.scores.argmax(-1)))})
     worst = min(r["snr_db"] for r in runs)
     if not worst >= MIN_QUANTIZED_SNR_DB:
         raise ConversionError(f"the {scheme} decoder's logits are {worst:.1f} dB SNR against transformers' float32 "
-                              f"(gate {MIN_QUANTIZED_SNR_DB:g} dB); convert with --quantize none (float32)"
-                              + (" or fp16" if scheme == "int8" else ""))
+                              f"(gate {MIN_QUANTIZED_SNR_DB:g} dB); {fix}")
     remove_graph(writer.path("decoder.onnx"))
     agreement = min(r["top1_agreement"] for r in runs)
     report(f"quantize: decoder {scheme}, guided logits {worst:.1f} dB SNR against transformers' float32 at worst "

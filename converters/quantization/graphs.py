@@ -91,10 +91,10 @@ def prepare(src: Path, dst: Path) -> Path:
     return dst
 
 
-def quantize_staged(writer: Any, role: str, scheme: str, precision: str) -> tuple[Any, int]:
+def quantize_staged(writer: Any, role: str, scheme: str, precision: str) -> int:
     """The ArtifactWriter ``writer``'s staged ``<role>.onnx`` quantized by ``scheme`` (no calibration: fp16 or
-    int8) into ``<role>.<scheme>.onnx``, recorded as the role's graph with ``precision``; (its GraphSpec, its bytes
-    with external data).  The float graph stays on disk: the caller removes it once its gate passes."""
+    int8) into ``<role>.<scheme>.onnx``, recorded as the role's graph with ``precision``; its bytes with external
+    data.  The float graph stays on disk: the caller removes it once its gate passes."""
     import tempfile
 
     file = f"{role}.{scheme}.onnx"
@@ -102,7 +102,7 @@ def quantize_staged(writer: Any, role: str, scheme: str, precision: str) -> tupl
         prepared = prepare(writer.path(f"{role}.onnx"), Path(tmp) / f"{role}.prepared.onnx")
         quantize_graph(prepared, writer.path(file), scheme, [], [])
     spec = writer.add_graph_file(role, file, precision=precision)
-    return spec, sum(writer.path(f).stat().st_size for f in (file, *(r.file for r in spec.external_data)))
+    return sum(writer.path(f).stat().st_size for f in (file, *(r.file for r in spec.external_data)))
 
 
 def quantize_graph(src: Path, dst: Path, scheme: str, feeds: list[dict[str, np.ndarray]], exclude: list[str]) -> str:

@@ -372,7 +372,7 @@ def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[
     from edgegen.runtimes.tts.tts import TTS
 
     started, manifest = time.perf_counter(), fp32.artifact.manifest
-    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
+    size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
     writer.write(writer.manifest(family="tts", source=manifest.source, sampler=manifest.sampler))
     quantized = TTS.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
     speaker, runs = test_speaker(fp32.sampler.speaker_embedding_dim), []

@@ -403,7 +403,7 @@ def _quantize(writer: ArtifactWriter, fp32: Any, scheme: str, report: Callable[[
     from edgegen.runtimes.tts.tts import TTS
 
     started = time.perf_counter()
-    _, size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
+    size = quantize_staged(writer, "decoder", scheme, SCHEMES[scheme])
     writer.write(writer.manifest(family="tts", source=fp32.artifact.manifest.source, sampler=fp32.artifact.manifest.sampler))
     quantized = TTS.from_artifact(open_artifact(writer.stage), SessionConfig(provider="cpu"))
     snrs = []

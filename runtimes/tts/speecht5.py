@@ -44,7 +44,7 @@ from edgegen.runtimes.artifact import Artifact, open_sessions
 from edgegen.runtimes.latents import rng_for
 from edgegen.runtimes.memory import check_fits
 from edgegen.runtimes.session import SessionConfig
-from edgegen.runtimes.tts.tts import STREAM_SECONDS, Speech
+from edgegen.runtimes.tts.tts import STREAM_SECONDS, Speech, stream_window
 from edgegen.strict import FieldError, from_json, short, to_json
 
 __all__ = ["SpeechT5Sampler", "SpeechT5Text", "SpeechT5Voice"]
@@ -331,14 +331,11 @@ class SpeechT5Voice:
         made them, the first long before the loop stops.  Their concatenation equals :meth:`speak`'s samples to
         float rounding (same seed, same settings)."""
         s = self.sampler
-        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or \
-                not 0.01 <= chunk_seconds <= 3600:
-            raise InvalidArgumentError(f"chunk_seconds must be a number from 0.01 to 3600, got {chunk_seconds!r}")
-        if not s.context_frames:
+        window, context = stream_window(chunk_seconds, s.sampling_rate, s.hop_length), s.context_frames
+        if not context:
             raise InvalidArgumentError(f"{self.artifact.root} was converted before edgegen streamed SpeechT5 (its "
                                        "sampler has no context_frames); re-convert the model, or call speak")
         prepared = self._prepare(text, seed, speaker, threshold, minlenratio, maxlenratio, unknown)
-        window, context = max(1, round(chunk_seconds * s.sampling_rate / s.hop_length)), s.context_frames
         check_fits((window + 2 * context) * s.bytes_per_frame, "one streamed window", "pass a smaller chunk_seconds")
 
         def chunks() -> Iterator[np.ndarray]:
@@ -417,8 +414,7 @@ class SpeechT5Voice:
         ``context_frames`` on each side (all of it when start = 0 and stop = L); float32 samples [(stop - start) *
         hop]."""
         s, total = self.sampler, spectrogram.shape[1]
-        lo, hi = (0, total) if (start, stop) == (0, total) else \
-            (max(0, start - s.context_frames), min(total, stop + s.context_frames))
+        lo, hi = max(0, start - s.context_frames), min(total, stop + s.context_frames)
         (post,) = self.postnet.run(["spectrogram_post"], {"spectrogram": spectrogram[:, lo:hi]})
         (waveform,) = self.vocoder.run(["waveform"], {"spectrogram_post": post})
         if waveform.shape != (1, (hi - lo) * s.hop_length):

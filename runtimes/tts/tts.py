@@ -47,6 +47,15 @@ __all__ = ["TTS", "Speech", "VitsSampler"]
 
 #: seconds of audio per streamed window (before its context), unless the caller says
 STREAM_SECONDS = 1.0
+def stream_window(chunk_seconds: Any, rate: int, hop: int) -> int:
+    """Frames per streamed chunk of about ``chunk_seconds`` (checked: a number from 0.01 to 3600) at ``rate`` Hz
+    and ``hop`` samples per frame; at least one."""
+    if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or \
+            not 0.01 <= chunk_seconds <= 3600:
+        raise InvalidArgumentError(f"chunk_seconds must be a number from 0.01 to 3600, got {chunk_seconds!r}")
+    return max(1, round(chunk_seconds * rate / hop))
+
+
 #: the manifest sampler's ``model`` -> "module:Class" of its runtime (``vits`` is :class:`TTS` itself)
 MODELS = {"speecht5": "edgegen.runtimes.tts.speecht5:SpeechT5Voice"}
 
@@ -206,12 +215,10 @@ class TTS:
         """``speak``'s samples in chunks of about ``chunk_seconds`` (float32 [n] each), the first one ready after
         one window's decode instead of the whole utterance's.  Their concatenation equals :meth:`speak`'s samples
         to float rounding (same seed, same settings)."""
-        if isinstance(chunk_seconds, bool) or not isinstance(chunk_seconds, (int, float)) or \
-                not 0.01 <= chunk_seconds <= 3600:
-            raise InvalidArgumentError(f"chunk_seconds must be a number from 0.01 to 3600, got {chunk_seconds!r}")
+        s = self.sampler
+        window = stream_window(chunk_seconds, s.sampling_rate, s.hop_length)
         plan = self._plan(text, seed, speaker, noise_scale, noise_scale_duration, speaking_rate, unknown)
-        frames, s = plan["latent_noise"].shape[2], self.sampler
-        window = max(1, round(chunk_seconds * s.sampling_rate / s.hop_length))
+        frames = plan["latent_noise"].shape[2]
         self._check_memory(min(frames, window + 2 * s.context_frames), "one streamed window",
                            "pass a smaller chunk_seconds")
 
